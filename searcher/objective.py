@@ -1,0 +1,215 @@
+"""One trial: sample, build, fit on train, score on validation each epoch, prune, record.
+
+``train`` is the single training loop; the search, ``retrain``, ``replay`` and ``confirm``
+all call it, so they train the same way. Imports TensorFlow: worker processes only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+import optuna
+
+from searcher.data import SearchData, to_tf_dataset
+from searcher.models import build_model
+from searcher.space import TrialConfig, suggest_values, trial_config
+from searcher.spec import StudySpec
+
+
+class TrialFailed(Exception):
+    """The trial cannot produce a score (NaN loss, out of memory); the search goes on.
+
+    ``reason`` is stored on the trial as ``fail_reason`` so ``status`` can count it.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    """A seed for one trial, derived from the study seed and the trial number."""
+    return int(np.random.SeedSequence([study_seed, trial_number]).generate_state(1)[0] % (2**31 - 1))
+
+
+@dataclass
+class TrainResult:
+    model: keras.Model
+    history: dict[str, list[float]]
+    metric: str
+    direction: str
+    epoch_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def curve(self) -> list[float]:
+        """The validation metric after each epoch."""
+        return [float(v) for v in self.history.get(self.metric, [])]
+
+    @property
+    def best_epoch(self) -> int:
+        """1-based epoch with the best validation metric."""
+        pick = max if self.direction == "maximize" else min
+        return self.curve.index(pick(self.curve)) + 1
+
+    @property
+    def best_value(self) -> float:
+        return self.curve[self.best_epoch - 1]
+
+    def summary(self) -> dict[str, Any]:
+        """The figures stored on every trial and written by ``retrain``."""
+        return {
+            "n_params": int(self.model.count_params()),
+            "epochs": len(self.curve),
+            "best_epoch": self.best_epoch,
+            "sec_per_epoch": round(statistics.median(self.epoch_seconds), 4),
+            "train_seconds": round(sum(self.epoch_seconds), 3),
+        }
+
+
+class _EpochClock(keras.callbacks.Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+class _FailOnNaN(keras.callbacks.Callback):
+    """Raise ``TrialFailed`` at the first NaN loss, as ``TerminateOnNaN`` would stop."""
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrialFailed("nan", f"loss became {float(loss)} in epoch {self._epoch + 1}, batch {batch + 1}")
+
+
+def train(
+    config: TrialConfig,
+    data: SearchData,
+    *,
+    direction: str,
+    callbacks: list[keras.callbacks.Callback] = (),
+    jit_compile: bool | str = "auto",
+    max_epochs: int | None = None,
+) -> TrainResult:
+    """Train ``config`` on ``data.train``, score ``data.val`` every epoch, stop early on it.
+
+    Weights are restored to the best validation epoch, so the returned model is the one
+    the best value belongs to.
+    """
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(config.seed)
+    training = config.training
+    model = build_model(config.model, input_shape=data.input_shape, n_classes=data.n_classes, jit_compile=jit_compile)
+    clock = _EpochClock()
+    cbs: list[keras.callbacks.Callback] = [_FailOnNaN(), clock]
+    if training.patience:
+        cbs.append(
+            keras.callbacks.EarlyStopping(
+                monitor=training.metric,
+                patience=training.patience,
+                mode="max" if direction == "maximize" else "min",
+                restore_best_weights=True,
+            )
+        )
+    cbs.extend(callbacks)
+    try:
+        history = model.fit(
+            to_tf_dataset(data.train, batch_size=training.batch_size, shuffle_seed=config.seed),
+            validation_data=to_tf_dataset(data.val, batch_size=max(training.batch_size, 256)),
+            epochs=max_epochs or training.max_epochs,
+            callbacks=cbs,
+            shuffle=False,  # tf.data already shuffles, seeded
+            verbose=0,
+        )
+    except MemoryError as e:
+        raise TrialFailed("out of memory", f"host memory: {e}") from e
+    except Exception as e:
+        if type(e).__name__ == "ResourceExhaustedError":
+            raise TrialFailed("out of memory", str(e).splitlines()[0][:200]) from e
+        raise
+    return TrainResult(model, history.history, training.metric, direction, clock.seconds)
+
+
+class _ReportAndPrune(keras.callbacks.Callback):
+    """Report the validation metric each epoch and stop training when the pruner says so.
+
+    Like optuna-integration's ``KerasPruningCallback``, but it stops ``fit`` instead of
+    raising inside it, so a pruned trial still records its epochs and timings.
+    """
+
+    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+        super().__init__()
+        self.trial, self.metric = trial, metric
+        self.pruned_at: int | None = None
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        value = (logs or {}).get(self.metric)
+        if value is None:
+            return
+        self.trial.report(float(value), step=epoch)
+        if self.trial.should_prune():
+            self.pruned_at = epoch + 1
+            self.model.stop_training = True
+
+
+class Objective:
+    """The Optuna objective of a study: one call is one trial.
+
+    Args:
+        spec: the study spec (search space, training settings, seed).
+        data: training and validation splits, loaded once per worker process.
+        jit_compile: XLA on or off (``runtime.xla``).
+    """
+
+    def __init__(self, spec: StudySpec, data: SearchData, *, jit_compile: bool | str = "auto") -> None:
+        self.spec, self.data, self.jit_compile = spec, data, jit_compile
+        self._host = socket.gethostname()
+
+    def config_for(self, trial: optuna.Trial) -> TrialConfig:
+        values = suggest_values(trial, self.spec)
+        return trial_config(self.spec, values, seed=trial_seed(self.spec.seed, trial.number))
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker_pid", os.getpid())
+        trial.set_user_attr("worker_host", self._host)
+        config = self.config_for(trial)
+        trial.set_user_attr("config", config.to_dict())
+        trial.set_user_attr("seed", config.seed)
+        pruning = _ReportAndPrune(trial, config.training.metric)
+        try:
+            result = train(
+                config,
+                self.data,
+                direction=self.spec.training.direction,
+                callbacks=[pruning],
+                jit_compile=self.jit_compile,
+            )
+        except TrialFailed as e:
+            trial.set_user_attr("fail_reason", e.reason)
+            trial.set_user_attr("fail_detail", str(e)[:300])
+            raise
+        except Exception as e:
+            trial.set_user_attr("fail_reason", "exception")
+            trial.set_user_attr("fail_detail", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300])
+            raise
+        for key, value in result.summary().items():
+            trial.set_user_attr(key, value)
+        if pruning.pruned_at is not None:
+            raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at}")
+        return result.best_value

@@ -1,0 +1,104 @@
+"""The builder: tutorial networks have the tutorials' parameter counts; every knob trains."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+
+from searcher.spec import ACTIVATIONS, INITIALIZERS, OPTIMIZERS, load_spec
+
+keras = pytest.importorskip("keras")
+
+from searcher.data import load_search_data  # noqa: E402
+from searcher.models import build_model  # noqa: E402
+from searcher.objective import train  # noqa: E402
+from searcher.space import baseline_params, suggest_values, trial_config  # noqa: E402
+
+
+def _baseline_config(study: str, name: str):
+    spec = load_spec(study)
+    baseline = next(b for b in spec.baselines if b.name == name)
+    trial = optuna.trial.FixedTrial(baseline_params(spec, baseline.params))
+    return trial_config(spec, suggest_values(trial, spec), seed=0)
+
+
+def test_cifar_tutorial_cnn_has_356810_parameters():
+    config = _baseline_config("cifar-cnn", "tutorial-base")
+    model = build_model(config.model, input_shape=(32, 32, 3), n_classes=10)
+    assert model.count_params() == 356_810
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == [32, 64, 128]
+
+
+def test_mnist_tutorial_mlp_has_40480_parameters():
+    config = _baseline_config("mnist-mlp", "tutorial-784-50-20-10")
+    model = build_model(config.model, input_shape=(28, 28, 1), n_classes=10)
+    assert model.count_params() == 40_480
+    assert [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)] == [50, 20, 10]
+
+
+def test_batch_norm_and_l2_reach_every_block():
+    config = _baseline_config("cifar-cnn", "tutorial-batchnorm")
+    model = build_model(config.model, input_shape=(32, 32, 3), n_classes=10)
+    assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers) == 4
+    l2 = _baseline_config("cifar-cnn", "tutorial-l2")
+    model = build_model(l2.model, input_shape=(32, 32, 3), n_classes=10)
+    kernels = [layer for layer in model.layers if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))]
+    assert all(layer.kernel_regularizer is not None for layer in kernels)
+
+
+def test_output_layer_stays_float32_for_mixed_precision():
+    config = _baseline_config("digits-cnn", "small-cnn")
+    model = build_model(config.model, input_shape=(8, 8, 1), n_classes=10)
+    assert model.layers[-1].dtype_policy.compute_dtype == "float32"
+
+
+@pytest.fixture(scope="module")
+def digits():
+    spec = load_spec("digits-mlp")
+    return spec, load_search_data(spec.data, split_seed=0)
+
+
+def _one_epoch(spec, digits_data, **knobs):
+    values = {"activation": "relu", "initializer": "glorot_uniform", "optimizer": "adam", "learning_rate": 0.01,
+              "dropout": 0.1, "l2": 1e-4, "batch_norm": True, "batch_size": 64, "depth": 1, "units": 16}
+    values.update(knobs)
+    trial = optuna.trial.FixedTrial(baseline_params(spec, values) | {"momentum": 0.9})
+    config = trial_config(spec, suggest_values(trial, spec), seed=1)
+    result = train(config, digits_data, direction="maximize", max_epochs=1)
+    return result
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_every_activation_trains(digits, activation):
+    spec, data = digits
+    result = _one_epoch(spec, data, activation=activation)
+    assert math.isfinite(result.history["loss"][0])
+    assert 0.0 <= result.curve[0] <= 1.0
+
+
+@pytest.mark.parametrize("initializer", INITIALIZERS)
+def test_every_initializer_trains(digits, initializer):
+    spec, data = digits
+    assert math.isfinite(_one_epoch(spec, data, initializer=initializer).history["loss"][0])
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_every_optimizer_trains(digits, optimizer):
+    spec, data = digits
+    result = _one_epoch(spec, data, optimizer=optimizer)
+    assert math.isfinite(result.history["loss"][0])
+    sgd = result.model.optimizer
+    if optimizer in ("momentum", "nesterov"):
+        assert float(sgd.momentum) == pytest.approx(0.9)
+        assert bool(sgd.nesterov) is (optimizer == "nesterov")
+
+
+def test_a_cnn_trains_on_digits():
+    spec = load_spec("digits-cnn")
+    data = load_search_data(spec.data, split_seed=0)
+    config = _baseline_config("digits-cnn", "small-cnn")
+    result = train(config, data, direction="maximize", max_epochs=2)
+    assert len(result.curve) == 2 and result.curve[-1] > 0.5
