@@ -1,0 +1,74 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import NoReturn
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from postgres_server import PostgresServer, PostgresServerError
+
+# PostgreSQL (tests marked @pytest.mark.postgres). One server per session, started by
+# tests/postgres_server.py, or the one SEARCHER_TEST_POSTGRES_URL points at.
+
+
+def _no_postgres(reason: str) -> NoReturn:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"PostgreSQL is required when CI=true: {reason}", pytrace=False)
+    pytest.skip(f"no PostgreSQL server: {reason}")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """The session's PostgreSQL server; fails in CI, skips elsewhere, if there is none."""
+    url = os.environ.get("SEARCHER_TEST_POSTGRES_URL")
+    if url:
+        server = PostgresServer.from_url(url)
+        try:
+            server.start()  # only checks that it accepts the login
+            reason = None
+        except PostgresServerError as e:
+            reason = str(e)
+        if reason is not None:  # set on purpose, so a failure even outside CI
+            pytest.fail(f"SEARCHER_TEST_POSTGRES_URL: {reason}", pytrace=False)
+        yield server
+        return
+    server = PostgresServer()
+    try:
+        server.start()
+        reason = None
+    except PostgresServerError as e:
+        server.close()
+        reason = str(e)
+    if reason is not None:
+        _no_postgres(reason)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def restartable_postgres_server(postgres_server: PostgresServer) -> Iterator[PostgresServer]:
+    """The session's server, for tests that stop, restart or kill it; running again afterwards."""
+    if not postgres_server.can_restart:
+        pytest.skip("SEARCHER_TEST_POSTGRES_URL is set: the tests cannot restart a server they did not start")
+    postgres_server.start()
+    yield postgres_server
+    postgres_server.start()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh database, dropped afterwards: ``postgresql://searcher:<password>@127.0.0.1:<port>/<db>``.
+
+    With SEARCHER_TEST_POSTGRES_URL: that URL's user, host and port, and the new database.
+    """
+    postgres_server.start()  # no-op unless an earlier test left it stopped
+    url = postgres_server.create_database()
+    yield url
+    if postgres_server.is_running():
+        postgres_server.drop_database(make_url(url).database)
