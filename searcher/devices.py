@@ -1,0 +1,267 @@
+"""Devices: which GPU and how many CPU threads each worker gets, and TensorFlow's runtime setup.
+
+The parent plans without importing TensorFlow (~6 s, and it would start CUDA in a process that
+never trains). A placement reaches its worker as environment variables, because visible GPUs and
+thread pools are fixed once TF's runtime starts; the worker then calls configure_tensorflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from searcher.errors import UserError
+
+log = logging.getLogger(__name__)
+
+MAX_DEFAULT_CPU_WORKERS = 4
+_NVIDIA_SMI_TIMEOUT = 10.0  # seconds: a wedged driver can hang nvidia-smi, and launch must not hang too
+
+
+def detect_gpus(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Return the GPU ids this host offers, found without TensorFlow; ``[]`` if none or on any failure.
+
+    Args:
+        environ: Where to read ``CUDA_VISIBLE_DEVICES`` and ``PATH``; ``os.environ`` when None.
+    """
+    env = os.environ if environ is None else environ
+    if "CUDA_VISIBLE_DEVICES" in env:  # the user already chose; "" or "-1" means no GPU
+        return _parse_visible_devices(env["CUDA_VISIBLE_DEVICES"])
+    return _query_nvidia_smi(env.get("PATH"))
+
+
+def _parse_visible_devices(value: str) -> list[str]:
+    # CUDA stops at the first invalid entry, so "-1" or "" hides it and everything after it.
+    # Entries are kept verbatim: they may be GPU/MIG UUIDs, which CUDA_VISIBLE_DEVICES accepts.
+    ids: list[str] = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item or item.startswith("-"):
+            break
+        ids.append(item)
+    return ids
+
+
+def _query_nvidia_smi(path: str | None) -> list[str]:
+    exe = shutil.which("nvidia-smi", path=path)
+    if exe is None:
+        return []
+    try:
+        result = subprocess.run([exe, "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                                text=True, errors="replace", timeout=_NVIDIA_SMI_TIMEOUT, check=True)
+    except (OSError, subprocess.SubprocessError) as e:
+        # A driver/library mismatch makes nvidia-smi exit non-zero: plan CPU workers rather than fail.
+        stderr = (getattr(e, "stderr", None) or "").strip()
+        log.warning("nvidia-smi failed, planning CPU-only workers: %s %s", e, stderr)
+        return []
+    return [line.strip() for line in result.stdout.splitlines() if line.strip().isdecimal()]
+
+
+def parse_gpu_list(text: str) -> list[str]:
+    """Parse ``--gpus 0,2`` into ``["0", "2"]``.
+
+    Args:
+        text: The flag's value: comma-separated GPU indices as nvidia-smi numbers them.
+    """
+    items = [item.strip() for item in text.split(",")]
+    if not all(item.isdecimal() for item in items):  # also rejects "", "0,,2" and "-1"
+        raise UserError(f"--gpus: expected a comma-separated list of GPU indices like 0,2, got {text!r}")
+    gpus = [str(int(item)) for item in items]  # "02" -> "2"
+    if len(set(gpus)) != len(gpus):
+        raise UserError(f"--gpus: each GPU may be listed once (share one with --workers-per-gpu), got {text!r}")
+    return gpus
+
+
+@dataclass(frozen=True)
+class WorkerPlacement:
+    """Where one worker runs: its GPU (``None``: CPU only) and its TensorFlow thread pools."""
+
+    index: int
+    gpu: str | None  # value for CUDA_VISIBLE_DEVICES
+    intra_op_threads: int
+    inter_op_threads: int
+
+    def env(self) -> dict[str, str]:
+        """Return the environment variables to set in the worker process before it starts."""
+        env = {
+            # "" rather than unset: unset would let a CPU worker on a GPU host grab every GPU.
+            "CUDA_VISIBLE_DEVICES": self.gpu if self.gpu is not None else "",
+            # TensorFlow sizes its pools from these at start-up; configure_tensorflow sets them again.
+            "TF_NUM_INTRAOP_THREADS": str(self.intra_op_threads),
+            "TF_NUM_INTEROP_THREADS": str(self.inter_op_threads),
+            # oneDNN's OpenMP pool ignores TF's settings; without this each worker would use every core.
+            "OMP_NUM_THREADS": str(self.intra_op_threads),
+            "TF_CPP_MIN_LOG_LEVEL": "2",  # TF's C++ INFO/WARNING; TF 2.21 still prints a few start-up lines
+        }
+        if self.gpu is not None:
+            # Without memory growth the first worker on a GPU takes all its memory and the others OOM.
+            env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
+            # Number GPUs as nvidia-smi and --gpus do (PCI bus), not CUDA's default fastest-first.
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        return env
+
+    def describe(self) -> str:
+        """Return a short phrase for the console, like ``GPU 2, 4 intra-op threads``."""
+        where = f"GPU {self.gpu}" if self.gpu is not None else "CPU"
+        return f"{where}, {self.intra_op_threads} intra-op thread{'' if self.intra_op_threads == 1 else 's'}"
+
+    @classmethod
+    def from_env(cls, index: int, environ: Mapping[str, str]) -> WorkerPlacement:
+        """Read back the placement a worker was started with (see :meth:`env`).
+
+        A worker started by hand may lack the variables: it then owns the host's cores, and
+        ``gpu`` is None when ``CUDA_VISIBLE_DEVICES`` is unset (TensorFlow sees every GPU).
+
+        Args:
+            index: The worker's index, for log lines.
+            environ: The worker's environment, usually ``os.environ``.
+        """
+        gpu = ",".join(_parse_visible_devices(environ.get("CUDA_VISIBLE_DEVICES", ""))) or None
+        cores = os.cpu_count() or 1
+        intra = _env_threads(environ, "TF_NUM_INTRAOP_THREADS", cores)
+        return cls(index, gpu, intra, _env_threads(environ, "TF_NUM_INTEROP_THREADS", min(2, cores)))
+
+
+def _env_threads(environ: Mapping[str, str], name: str, default: int) -> int:
+    value = environ.get(name, "").strip()
+    if value.isdecimal() and int(value) >= 1:
+        return int(value)
+    if value:
+        log.warning("%s: expected a thread count >= 1, got %r; using %d", name, value, default)
+    return default
+
+
+def default_cpu_workers(cpu_count: int) -> int:
+    """Return the CPU-only default worker count: half the cores, 1 to 4.
+
+    Two threads per worker keep each trial fast while trials run in parallel. Past 4 workers,
+    each holding TensorFlow and a copy of the data, memory runs out first, and more trials in
+    flight leave the constant-liar TPE guessing more.
+
+    Args:
+        cpu_count: Cores on the host.
+    """
+    return min(MAX_DEFAULT_CPU_WORKERS, max(1, cpu_count // 2))
+
+
+def plan_workers(n_workers: int | None, *, gpus: Sequence[str], workers_per_gpu: int = 1,
+                 cpu_count: int) -> list[WorkerPlacement]:
+    """Place ``n_workers`` workers round-robin on ``gpus``, or on the CPU cores when there are none.
+
+    Args:
+        n_workers: ``--workers``; None: ``len(gpus) * workers_per_gpu``, or
+            :func:`default_cpu_workers` without GPUs. More is allowed (see :func:`plan_warning`).
+        gpus: GPU ids from :func:`detect_gpus` or :func:`parse_gpu_list`; empty for CPU only.
+        workers_per_gpu: ``--workers-per-gpu``.
+        cpu_count: Cores on the host, split evenly between the workers.
+    """
+    _check_at_least_one("--workers-per-gpu", workers_per_gpu)
+    cores = max(1, cpu_count)
+    if gpus:
+        n = len(gpus) * workers_per_gpu if n_workers is None else n_workers
+        _check_at_least_one("--workers", n)
+        intra = max(1, cores // n)
+        # The GPU does the math; 2 inter-op threads let input feeding overlap kernel launches.
+        return [WorkerPlacement(i, gpus[i % len(gpus)], intra, min(2, intra)) for i in range(n)]
+    n = default_cpu_workers(cores) if n_workers is None else n_workers
+    _check_at_least_one("--workers", n)
+    # inter=1: then N workers use N * intra <= cores threads whenever N <= cores.
+    return [WorkerPlacement(i, None, max(1, cores // n), 1) for i in range(n)]
+
+
+def _check_at_least_one(flag: str, value: int) -> None:
+    if value < 1:
+        raise UserError(f"{flag}: must be >= 1, got {value}")
+
+
+def plan_warning(placements: Sequence[WorkerPlacement], *, gpus: Sequence[str], workers_per_gpu: int,
+                 cpu_count: int) -> str | None:
+    """Return a one-line warning when the plan oversubscribes the GPUs or the cores, else None.
+
+    Args:
+        placements: What :func:`plan_workers` returned for ``gpus``, ``workers_per_gpu``, ``cpu_count``.
+    """
+    n = len(placements)
+    if gpus and n > len(gpus) * workers_per_gpu:
+        return (f"--workers {n} is more than {len(gpus)} GPU(s) x --workers-per-gpu {workers_per_gpu}: "
+                f"up to {-(-n // len(gpus))} workers share a GPU")
+    if not gpus and n > cpu_count:
+        return f"--workers {n} is more than the {cpu_count} CPU cores: the workers will slow each other down"
+    return None
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """The spec's runtime switches for TensorFlow."""
+
+    mixed_precision: bool = False
+    xla: bool = False  # applied by the model builder as compile(jit_compile=...); only reported here
+
+
+def compute_dtype_policy(options: RuntimeOptions, n_visible_gpus: int) -> str:
+    """Return the Keras dtype policy: ``mixed_float16`` only when asked for and a GPU is visible.
+
+    Args:
+        options: The runtime switches.
+        n_visible_gpus: GPUs TensorFlow sees in this process (float16 math is slow on CPUs).
+    """
+    return "mixed_float16" if options.mixed_precision and n_visible_gpus > 0 else "float32"
+
+
+def configure_tensorflow(placement: WorkerPlacement, options: RuntimeOptions, *, tf: Any = None,
+                         keras: Any = None) -> str:
+    """Set threads, GPU memory growth and the dtype policy; return one log line saying what was done.
+
+    Call it in the worker after its environment holds ``placement.env()``, before any TF op.
+
+    Args:
+        placement: This worker's placement (``WorkerPlacement.from_env`` in the worker).
+        options: The runtime switches.
+        tf: The ``tensorflow`` module; imported here when None (tests pass a fake).
+        keras: The ``keras`` module; imported here when None and needed.
+    """
+    if tf is None:
+        import tensorflow as tf
+    threads = _set_threads(tf, placement)
+    gpus = tf.config.list_physical_devices("GPU")  # lists hardware without starting the runtime
+    device = _set_memory_growth(tf, gpus, placement)
+    policy = compute_dtype_policy(options, len(gpus))
+    if policy != "float32":
+        if keras is None:
+            import keras
+        keras.mixed_precision.set_global_policy(policy)
+    precision = f"precision {policy}"
+    if options.mixed_precision and policy == "float32":
+        precision += " (mixed precision off: no GPU)"
+    return f"worker {placement.index}: {device}, {precision}, XLA {'on' if options.xla else 'off'}, {threads}"
+
+
+def _set_threads(tf: Any, placement: WorkerPlacement) -> str:
+    text = f"threads intra={placement.intra_op_threads} inter={placement.inter_op_threads}"
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(placement.intra_op_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(placement.inter_op_threads)
+    except RuntimeError as e:  # the runtime started before us; TF_NUM_*_THREADS from env() still held
+        log.warning("thread counts not set: %s", e)
+        return f"{text} (not set: TensorFlow runtime already initialised)"
+    return text
+
+
+def _set_memory_growth(tf: Any, gpus: Sequence[Any], placement: WorkerPlacement) -> str:
+    if not gpus:
+        if placement.gpu is not None:  # usually a CUDA/driver mismatch; the worker still runs, slowly
+            return f"CPU (GPU {placement.gpu} assigned but TensorFlow sees no GPU: check CUDA and the driver)"
+        return "CPU (no GPU visible)"
+    where = f"GPU {placement.gpu}" if placement.gpu is not None else f"{len(gpus)} GPU(s)"
+    try:
+        for dev in gpus:
+            tf.config.experimental.set_memory_growth(dev, True)
+    except RuntimeError as e:  # too late once the runtime started; TF_FORCE_GPU_ALLOW_GROWTH still applies
+        log.warning("GPU memory growth not set: %s", e)
+        return f"{where} (memory growth not set: TensorFlow runtime already initialised)"
+    return f"{where} (memory growth on)"

@@ -1,0 +1,286 @@
+"""Devices: worker placement planned without TensorFlow, and TF runtime setup with faked GPUs."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from searcher.devices import (
+    RuntimeOptions,
+    WorkerPlacement,
+    compute_dtype_policy,
+    configure_tensorflow,
+    default_cpu_workers,
+    detect_gpus,
+    parse_gpu_list,
+    plan_warning,
+    plan_workers,
+)
+from searcher.errors import UserError
+
+# --- planning ------------------------------------------------------------------------------
+
+
+def test_one_worker_per_gpu_by_default():
+    plan = plan_workers(None, gpus=["0", "1", "2", "3"], cpu_count=8)
+    assert [p.gpu for p in plan] == ["0", "1", "2", "3"]
+    assert [p.index for p in plan] == [0, 1, 2, 3]
+    assert all(p.intra_op_threads == 2 and p.inter_op_threads == 2 for p in plan)
+    assert plan_workers(4, gpus=["0", "1", "2", "3"], cpu_count=8) == plan
+
+
+def test_workers_per_gpu_round_robins_over_the_chosen_gpus():
+    plan = plan_workers(None, gpus=parse_gpu_list("0,2"), workers_per_gpu=2, cpu_count=16)
+    assert [p.gpu for p in plan] == ["0", "2", "0", "2"]
+    assert all(p.intra_op_threads == 4 for p in plan)
+    assert plan_warning(plan, gpus=["0", "2"], workers_per_gpu=2, cpu_count=16) is None
+
+
+def test_more_workers_than_gpu_slots_share_and_warn():
+    plan = plan_workers(5, gpus=["0", "1"], cpu_count=2)
+    assert [p.gpu for p in plan] == ["0", "1", "0", "1", "0"]
+    assert all(p.intra_op_threads == 1 and p.inter_op_threads == 1 for p in plan)
+    assert plan_warning(plan, gpus=["0", "1"], workers_per_gpu=1, cpu_count=2) == (
+        "--workers 5 is more than 2 GPU(s) x --workers-per-gpu 1: up to 3 workers share a GPU")
+
+
+@pytest.mark.parametrize(("cores", "workers", "intra"), [(2, 2, 1), (8, 3, 2), (8, 8, 1), (16, 4, 4), (1, 1, 1)])
+def test_cpu_workers_split_the_cores(cores, workers, intra):
+    plan = plan_workers(workers, gpus=[], cpu_count=cores)
+    assert len(plan) == workers
+    assert all(p.gpu is None and p.intra_op_threads == intra and p.inter_op_threads == 1 for p in plan)
+    assert sum(p.intra_op_threads for p in plan) <= cores
+    assert plan_warning(plan, gpus=[], workers_per_gpu=1, cpu_count=cores) is None
+
+
+def test_more_cpu_workers_than_cores_get_one_thread_and_a_warning():
+    plan = plan_workers(3, gpus=[], cpu_count=2)
+    assert [p.intra_op_threads for p in plan] == [1, 1, 1]
+    assert plan_warning(plan, gpus=[], workers_per_gpu=1, cpu_count=2) == (
+        "--workers 3 is more than the 2 CPU cores: the workers will slow each other down")
+
+
+@pytest.mark.parametrize(("cores", "expected"), [(1, 1), (2, 1), (4, 2), (8, 4), (64, 4)])
+def test_cpu_default_is_half_the_cores_at_most_four(cores, expected):
+    assert default_cpu_workers(cores) == expected
+    plan = plan_workers(None, gpus=[], cpu_count=cores)
+    assert len(plan) == expected and sum(p.intra_op_threads for p in plan) <= cores
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"n_workers": 0, "gpus": []}, "--workers: must be >= 1, got 0"),
+    ({"n_workers": -2, "gpus": ["0"]}, "--workers: must be >= 1, got -2"),
+    ({"n_workers": None, "gpus": ["0"], "workers_per_gpu": 0}, "--workers-per-gpu: must be >= 1, got 0"),
+])
+def test_plan_rejects_counts_below_one(kwargs, message):
+    with pytest.raises(UserError, match=f"^{message}$"):
+        plan_workers(cpu_count=4, **kwargs)
+
+
+# --- the environment a worker starts with --------------------------------------------------
+
+
+def test_gpu_worker_env_pins_one_gpu_with_memory_growth():
+    placement = WorkerPlacement(index=1, gpu="2", intra_op_threads=4, inter_op_threads=2)
+    assert placement.env() == {
+        "CUDA_VISIBLE_DEVICES": "2", "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+        "TF_NUM_INTRAOP_THREADS": "4", "TF_NUM_INTEROP_THREADS": "2", "OMP_NUM_THREADS": "4",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    assert placement.describe() == "GPU 2, 4 intra-op threads"
+
+
+def test_cpu_worker_env_hides_every_gpu():
+    placement = plan_workers(2, gpus=[], cpu_count=2)[0]
+    env = placement.env()
+    assert env["CUDA_VISIBLE_DEVICES"] == ""  # set, not missing: unset would expose the host's GPUs
+    assert "TF_FORCE_GPU_ALLOW_GROWTH" not in env
+    assert env["TF_NUM_INTRAOP_THREADS"] == env["OMP_NUM_THREADS"] == "1"
+    assert placement.describe() == "CPU, 1 intra-op thread"
+
+
+def test_placement_round_trips_through_the_environment():
+    for placement in (WorkerPlacement(3, "1", 4, 2), WorkerPlacement(0, None, 1, 1)):
+        assert WorkerPlacement.from_env(placement.index, placement.env()) == placement
+
+
+def test_hand_started_worker_owns_the_host(caplog):
+    placement = WorkerPlacement.from_env(0, {"CUDA_VISIBLE_DEVICES": "0,1", "TF_NUM_INTRAOP_THREADS": "lots"})
+    assert placement.gpu == "0,1"
+    assert placement.intra_op_threads == (os.cpu_count() or 1)
+    assert "TF_NUM_INTRAOP_THREADS: expected a thread count >= 1, got 'lots'" in caplog.text
+    assert WorkerPlacement.from_env(0, {}).gpu is None
+
+
+# --- finding GPUs without TensorFlow --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("", []), ("-1", []), ("0,1", ["0", "1"]), (" 2 , 3 ", ["2", "3"]), ("1,-1,2", ["1"]),
+    ("GPU-8f2c1d3e", ["GPU-8f2c1d3e"]),
+])
+def test_detect_gpus_honours_cuda_visible_devices(tmp_path, value, expected):
+    _fake_nvidia_smi(tmp_path, "echo 0; echo 1; echo 2; echo 3")  # must not be consulted
+    assert detect_gpus({"CUDA_VISIBLE_DEVICES": value, "PATH": str(tmp_path)}) == expected
+
+
+def test_detect_gpus_runs_nvidia_smi(tmp_path, monkeypatch):
+    _fake_nvidia_smi(tmp_path, 'test "$*" = "--query-gpu=index --format=csv,noheader" || exit 7\n'
+                               "printf '0\\n1\\n\\n'")
+    assert detect_gpus({"PATH": str(tmp_path)}) == ["0", "1"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert detect_gpus() == ["0", "1"]
+
+
+def test_detect_gpus_is_empty_when_nvidia_smi_fails(tmp_path, caplog):
+    _fake_nvidia_smi(tmp_path, "echo 'NVIDIA-SMI has failed because it could not communicate' >&2; exit 9")
+    assert detect_gpus({"PATH": str(tmp_path)}) == []
+    assert "nvidia-smi failed" in caplog.text and "could not communicate" in caplog.text
+
+
+def test_detect_gpus_is_empty_without_nvidia_smi(tmp_path):
+    assert detect_gpus({"PATH": str(tmp_path)}) == []
+
+
+def _fake_nvidia_smi(directory: Path, body: str) -> None:
+    script = directory / "nvidia-smi"
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+
+
+# --- --gpus ---------------------------------------------------------------------------------
+
+
+def test_parse_gpu_list():
+    assert parse_gpu_list("0,2") == ["0", "2"]
+    assert parse_gpu_list(" 1 , 03 ") == ["1", "3"]
+
+
+@pytest.mark.parametrize("text", ["", "0,,2", "0,2,", "a", "-1", "0;1", "1.5"])
+def test_parse_gpu_list_rejects_non_indices(text):
+    with pytest.raises(UserError, match=r"^--gpus: expected a comma-separated list of GPU indices like 0,2, "
+                                        rf"got '{text}'$"):
+        parse_gpu_list(text)
+
+
+def test_parse_gpu_list_rejects_repeats():
+    with pytest.raises(UserError, match=r"^--gpus: each GPU may be listed once \(share one with "
+                                        r"--workers-per-gpu\), got '0,1,0'$"):
+        parse_gpu_list("0,1,0")
+
+
+# --- configuring TensorFlow in the worker (faked) ------------------------------------------
+
+
+class _FakeTF:
+    """Records the tf.config calls configure_tensorflow makes; can refuse like a started runtime."""
+
+    def __init__(self, n_gpus: int, *, started: bool = False):
+        self.calls: list[tuple] = []
+        self._gpus = [f"/physical_device:GPU:{i}" for i in range(n_gpus)]
+        self._started = started
+        self.config = self
+        self.threading = self
+        self.experimental = self
+
+    def _record(self, *call: object) -> None:
+        self.calls.append(call)
+
+    def set_intra_op_parallelism_threads(self, n: int) -> None:
+        if self._started:
+            raise RuntimeError("Intra op parallelism cannot be modified after initialization.")
+        self._record("intra", n)
+
+    def set_inter_op_parallelism_threads(self, n: int) -> None:
+        self._record("inter", n)
+
+    def list_physical_devices(self, kind: str) -> list[str]:
+        assert kind == "GPU"
+        return self._gpus
+
+    def set_memory_growth(self, device: str, enable: bool) -> None:
+        if self._started:
+            raise RuntimeError("Physical devices cannot be modified after being initialized")
+        self._record("memory_growth", device, enable)
+
+
+class _FakeKeras:
+    def __init__(self):
+        self.policies: list[str] = []
+        self.mixed_precision = self
+
+    def set_global_policy(self, policy: str) -> None:
+        self.policies.append(policy)
+
+
+def test_two_gpus_with_mixed_precision():
+    tf, keras = _FakeTF(n_gpus=2), _FakeKeras()
+    line = configure_tensorflow(WorkerPlacement(1, "0,1", 4, 2), RuntimeOptions(mixed_precision=True, xla=True),
+                                tf=tf, keras=keras)
+    assert tf.calls == [("intra", 4), ("inter", 2), ("memory_growth", "/physical_device:GPU:0", True),
+                        ("memory_growth", "/physical_device:GPU:1", True)]
+    assert keras.policies == ["mixed_float16"]
+    assert line == ("worker 1: GPU 0,1 (memory growth on), precision mixed_float16, XLA on, "
+                    "threads intra=4 inter=2")
+
+
+def test_mixed_precision_is_off_without_a_gpu():
+    tf, keras = _FakeTF(n_gpus=0), _FakeKeras()
+    line = configure_tensorflow(WorkerPlacement(0, None, 1, 1), RuntimeOptions(mixed_precision=True),
+                                tf=tf, keras=keras)
+    assert keras.policies == []  # stays float32: float16 math is slow on CPUs
+    assert not [c for c in tf.calls if c[0] == "memory_growth"]
+    assert line == ("worker 0: CPU (no GPU visible), precision float32 (mixed precision off: no GPU), "
+                    "XLA off, threads intra=1 inter=1")
+
+
+def test_assigned_gpu_that_tensorflow_cannot_see_is_reported():
+    line = configure_tensorflow(WorkerPlacement(2, "3", 2, 2), RuntimeOptions(), tf=_FakeTF(n_gpus=0),
+                                keras=_FakeKeras())
+    assert line.startswith("worker 2: CPU (GPU 3 assigned but TensorFlow sees no GPU: check CUDA and the driver)")
+
+
+def test_runtime_already_started_is_reported_not_raised(caplog):
+    tf, keras = _FakeTF(n_gpus=1, started=True), _FakeKeras()
+    line = configure_tensorflow(WorkerPlacement(0, "0", 2, 2), RuntimeOptions(), tf=tf, keras=keras)
+    assert line == ("worker 0: GPU 0 (memory growth not set: TensorFlow runtime already initialised), "
+                    "precision float32, XLA off, threads intra=2 inter=2 (not set: TensorFlow runtime "
+                    "already initialised)")
+    assert keras.policies == []
+    assert "GPU memory growth not set: Physical devices cannot be modified" in caplog.text
+
+
+def test_compute_dtype_policy():
+    assert compute_dtype_policy(RuntimeOptions(mixed_precision=True), 1) == "mixed_float16"
+    assert compute_dtype_policy(RuntimeOptions(mixed_precision=True), 0) == "float32"
+    assert compute_dtype_policy(RuntimeOptions(), 4) == "float32"
+
+
+# --- configuring the real TensorFlow (one fresh process, ~6 s) -----------------------------
+
+_REAL_WORKER = """
+import os
+from searcher.devices import RuntimeOptions, WorkerPlacement, configure_tensorflow
+line = configure_tensorflow(WorkerPlacement.from_env(0, os.environ), RuntimeOptions(mixed_precision=True))
+import keras, tensorflow as tf
+assert float(tf.reduce_sum(tf.constant([1.0, 2.0]))) == 3.0  # the first op runs after the setup
+print(line)
+print(tf.config.threading.get_intra_op_parallelism_threads(), keras.mixed_precision.global_policy().name)
+"""
+
+
+def test_real_tensorflow_on_a_cpu_worker():
+    placement = plan_workers(2, gpus=[], cpu_count=2)[0]
+    result = subprocess.run([sys.executable, "-c", _REAL_WORKER], env={**os.environ, **placement.env()},
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    line, checks = result.stdout.strip().splitlines()[-2:]
+    assert line == ("worker 0: CPU (no GPU visible), precision float32 (mixed precision off: no GPU), "
+                    "XLA off, threads intra=1 inter=1")
+    assert checks == "1 float32"
