@@ -209,3 +209,21 @@ def grid_search_space(spec: StudySpec) -> dict[str, list[Any]]:
 def _depth_choices(spec: StudySpec) -> list[int]:
     depth = spec.search.depth
     return [int(depth.value)] if isinstance(depth, Fixed) else [int(v) for v in depth.choices]
+
+
+def describe(config: dict[str, Any]) -> str:
+    """A one-line summary of a stored trial config, with only the knobs that apply."""
+    m, t = config["model"], config["training"]
+    layers = f"conv {m['conv_filters']} x{m['convs_per_stage']} -> dense {m['hidden_units']}" if m["kind"] == "cnn" \
+        else f"dense {m['hidden_units']}"
+    optimizer = f"{m['optimizer']} lr={m['learning_rate']:.3g}"
+    if m["optimizer"] in MOMENTUM_OPTIMIZERS:
+        optimizer += f" momentum={m['momentum']:.3g}"
+    regular = [f"dropout {m['dropout']:.2f}" if m["dropout"] else "no dropout",
+               f"L2 {m['l2']:.2g}" if m["l2"] else "no L2"]
+    if m["kind"] == "cnn" and m.get("conv_dropout"):
+        regular.append(f"conv dropout {m['conv_dropout']:.2f}")
+    if m["batch_norm"]:
+        regular.append("batch norm")
+    return (f"{m['kind']} {layers} | {m['activation']}, {m['initializer']} | {optimizer} | "
+            f"{', '.join(regular)} | batch {t['batch_size']}")

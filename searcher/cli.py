@@ -1,0 +1,273 @@
+"""The ``searcher`` command line: parse arguments, call the library, print.
+
+A ``UserError`` becomes one line on stderr and exit code 1; ``--debug`` shows the
+traceback instead. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from typer.core import TyperGroup
+from rich.console import Console
+
+from searcher.errors import UserError
+
+class _Commands(TyperGroup):
+    """Every command's UserError becomes one line on stderr and exit 1 (``--debug`` re-raises)."""
+
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            if (ctx.obj or {}).get("debug"):
+                raise
+            err_console.print(f"Error: {e}", markup=False, soft_wrap=True)
+            raise typer.Exit(code=1) from None
+
+
+app = typer.Typer(
+    cls=_Commands,
+    help="Hyperparameter search for Keras models on Optuna.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,  # never print locals: they can hold a database password
+    add_completion=False,
+)
+# Piped output (CI logs, `| tee`) gets long lines instead of rich's 80-column default.
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+StorageOpt = Annotated[
+    Optional[str],
+    typer.Option("--storage", envvar="SEARCHER_STORAGE", show_envvar=True,
+                 help="Study storage URL: sqlite:///file.db or postgresql://user:pass@host/db. "
+                      "Default: sqlite:///searcher.db in this folder."),
+]
+DataDirOpt = Annotated[
+    Optional[str],
+    typer.Option("--data-dir", envvar="SEARCHER_DATA_DIR", show_envvar=True,
+                 help="Folder with downloaded data set files, for machines without internet."),
+]
+
+
+@app.callback()
+def _root(ctx: typer.Context, debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
+    ctx.obj = {"debug": debug}
+
+
+@app.command()
+def launch(
+    study: Annotated[str, typer.Argument(help="A study in studies/ (e.g. digits-mlp) or a path to a spec YAML.")],
+    workers: Annotated[Optional[int], typer.Option("--workers", "-w", help="Worker processes. Default: one per GPU, else half the CPU cores (max 4).")] = None,
+    trials: Annotated[Optional[int], typer.Option("--trials", "-n", min=1, help="Study-wide budget of finished trials (default: the spec's budget.n_trials).")] = None,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", min=1, help="Start no trial after this many seconds.")] = None,
+    storage: StorageOpt = None,
+    data_dir: DataDirOpt = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Override the spec's seed (a different seed is a different study).")] = None,
+    gpus: Annotated[Optional[str], typer.Option("--gpus", help="GPU indices to use, e.g. 0,2. Default: all visible.")] = None,
+    workers_per_gpu: Annotated[int, typer.Option("--workers-per-gpu", min=1, help="Workers sharing one GPU (memory growth on).")] = 1,
+) -> None:
+    """Create or continue a study and run worker processes until its budget is reached.
+
+    Example: searcher launch digits-mlp --workers 2
+    """
+    from searcher.devices import parse_gpu_list
+    from searcher.launch import LaunchRequest, launch as run_launch
+
+    _quiet_libraries()
+    request = LaunchRequest(study=study, storage=storage, workers=workers, trials=trials, timeout=timeout,
+                            data_dir=data_dir, seed=seed, workers_per_gpu=workers_per_gpu,
+                            gpus=tuple(parse_gpu_list(gpus)) if gpus is not None else None)
+    raise typer.Exit(code=run_launch(request, console=console))
+
+
+@app.command()
+def worker(
+    study: Annotated[str, typer.Argument(help="The study's spec: a name in studies/ or a path; must match the stored one.")],
+    storage: StorageOpt = None,
+    data_dir: DataDirOpt = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="The seed the study was launched with, if overridden.")] = None,
+    create: Annotated[bool, typer.Option("--create", help="Create the study if it does not exist yet.")] = False,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", min=1, help="Start no trial after this many seconds.")] = None,
+    worker_index: Annotated[int, typer.Option("--worker-index", hidden=True)] = 0,
+    parent_pid: Annotated[Optional[int], typer.Option("--parent-pid", hidden=True)] = None,
+    deadline: Annotated[Optional[float], typer.Option("--deadline", hidden=True)] = None,
+) -> None:
+    """Join an existing study (from this or another host) and run trials until its budget is reached.
+
+    Example: searcher worker cifar-cnn --storage postgresql://searcher:PASS@db-host/searcher
+    """
+    from searcher.launch import load_launch_spec
+    from searcher.storage import resolve_url
+    from searcher.workers import WorkerOptions, run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    _quiet_libraries()
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.INFO)  # a worker's log lists its trials
+    spec, _ = load_launch_spec(study, seed)
+    if timeout:
+        deadline = min(deadline or float("inf"), time.time() + timeout)
+    options = WorkerOptions(index=worker_index, deadline=deadline, parent_pid=parent_pid, data_dir=data_dir,
+                            create=create)
+    raise typer.Exit(code=run_worker(spec, resolve_url(storage), options))
+
+
+@app.command("studies")
+def list_studies() -> None:
+    """List the shipped studies: data set, model, budget.
+
+    Example: searcher studies
+    """
+    from rich.table import Table
+
+    from searcher.spec import SHIPPED_STUDIES, load_spec
+
+    table = Table(box=None, header_style="bold")
+    for column in ("study", "dataset", "model", "knobs searched", "trials", "baselines"):
+        table.add_column(column, no_wrap=True)
+    for path in sorted(SHIPPED_STUDIES.glob("*.yaml")):
+        spec = load_spec(path)
+        table.add_row(spec.name, spec.data.dataset, spec.model.kind, str(len(spec.search.searched())),
+                      str(spec.budget.n_trials), str(len(spec.baselines)))
+    console.print(table)
+
+
+@app.command()
+def status(
+    study: Annotated[str, typer.Argument(help="The study name.")],
+    storage: StorageOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Trial counts by state, failure reasons, the best trial, and running trials with their worker.
+
+    Example: searcher status digits-mlp --json
+    """
+    import json
+
+    from searcher.monitor import render, take_snapshot
+
+    snap = take_snapshot(_load_study(study, storage))
+    if as_json:
+        typer.echo(json.dumps(snap.to_json(), indent=2))
+    else:
+        console.print(render(snap))
+
+
+@app.command()
+def report(
+    study: Annotated[str, typer.Argument(help="The study name.")],
+    storage: StorageOpt = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="HTML file to write (default: STUDY-report.html).")] = None,
+) -> None:
+    """Write one self-contained HTML report on the study: what won and why.
+
+    Example: searcher report digits-mlp -o report.html
+    """
+    from searcher.report import write_report
+
+    path = write_report(_load_study(study, storage), output or Path(f"{study}-report.html"))
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); open it in a browser", highlight=False)
+
+
+@app.command()
+def export(
+    study: Annotated[str, typer.Argument(help="The study name.")],
+    storage: StorageOpt = None,
+    rank: Annotated[Optional[int], typer.Option("--rank", help="Export the K-th best trial instead of the winner.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="yaml or json.")] = "yaml",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default: print).")] = None,
+) -> None:
+    """Write the best (or K-th best) trial as a self-contained config that `retrain` takes.
+
+    Example: searcher export digits-mlp -o best.yaml
+    """
+    from searcher.export import export_config, write_export
+
+    if fmt not in ("yaml", "json"):
+        raise UserError(f"--format: must be yaml or json, got {fmt!r}")
+    text = write_export(export_config(_load_study(study, storage), rank=rank), output, fmt=fmt)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        console.print(f"wrote {output}; next: searcher retrain {output}", highlight=False)
+
+
+@app.command()
+def retrain(
+    config: Annotated[Path, typer.Argument(help="A file written by `searcher export`.")],
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Maximum epochs (default: as in the search).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model file, .keras (default: CONFIG.keras).")] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Train an exported config (early stopping on validation), then score the test split once.
+
+    Example: searcher retrain best.yaml -o best.keras
+    """
+    from searcher.export import load_export, metrics_path, retrain as run_retrain
+
+    trial_config, source = load_export(config)
+    model_path = output or config.with_suffix(".keras")
+    metrics = run_retrain(trial_config, source=source, model_path=model_path, epochs=epochs, data_dir=data_dir)
+    console.print(f"test accuracy {metrics['test_accuracy']:.4f} (loss {metrics['test_loss']:.4f}) on "
+                  f"{metrics['test_examples']} held-out examples; {metrics['epochs']} epochs, "
+                  f"{metrics['n_params']:,} parameters", highlight=False)
+    console.print(f"wrote {model_path} and {metrics_path(model_path)}", highlight=False)
+
+
+@app.command()
+def dashboard(
+    storage: StorageOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8080,
+) -> None:
+    """Serve optuna-dashboard on the study storage.
+
+    Example: searcher dashboard --port 8080
+    """
+    from searcher.dashboard import make_dashboard_server
+    from searcher.storage import mask_url, resolve_url
+
+    url = resolve_url(storage)
+    server = make_dashboard_server(url, host=host, port=port)
+    console.print(f"optuna-dashboard for {mask_url(url)} at http://{host}:{server.server_port}/ (Ctrl-C to stop)",
+                  highlight=False)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+def _load_study(name: str, storage: str | None):
+    from searcher import study as studies
+    from searcher.storage import open_storage, resolve_url
+
+    url = resolve_url(storage)
+    return studies.load(name, open_storage(url, create=False), url=url)
+
+
+def _quiet_libraries() -> None:
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Heartbeats and stale-trial retries are "experimental" in Optuna 5 and stable in use.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="searcher")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""``searcher launch``: create or continue a study, run worker processes, show progress.
+
+The study and its schema are created here, once, before any worker starts; workers
+only join. The parent runs no trials: it supervises workers, fails trials whose
+heartbeat went stale (so retries happen even while every worker is busy), and draws
+the live view.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from searcher import study as studies
+from searcher.devices import detect_gpus, plan_warning, plan_workers
+from searcher.monitor import render, take_snapshot
+from searcher.space import describe
+from searcher.spec import StudySpec, load_spec, resolve_spec_path
+from searcher.storage import DEFAULT_SQLITE, mask_url, resolve_url
+from searcher.workers import (
+    EXIT_DONE,
+    EXIT_INTERRUPTED,
+    LaunchPlan,
+    WorkerProcess,
+    fail_orphaned_trials,
+    open_study_storage,
+    start_worker,
+    stop_workers,
+    supervise,
+)
+
+log = logging.getLogger(__name__)
+REFRESH_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    study: str  # a shipped study name or a path to a spec
+    storage: str | None = None
+    workers: int | None = None
+    trials: int | None = None
+    timeout: float | None = None
+    data_dir: str | None = None
+    seed: int | None = None
+    gpus: tuple[str, ...] | None = None
+    workers_per_gpu: int = 1
+    log_dir: Path = Path("searcher-logs")
+
+
+def load_launch_spec(source: str, seed: int | None) -> tuple[StudySpec, Path]:
+    spec = load_spec(source)
+    if seed is not None:
+        spec = spec.model_copy(update={"seed": seed})
+    return spec, resolve_spec_path(source).resolve()
+
+
+def launch(request: LaunchRequest, *, console: Console) -> int:
+    """Run the search to its budget; return the process exit code (130 when interrupted)."""
+    spec, spec_path = load_launch_spec(request.study, request.seed)
+    url = resolve_url(request.storage)
+    storage = open_study_storage(spec, url)
+    n_trials = request.trials or spec.budget.n_trials
+    study = studies.create_or_continue(spec, storage, n_trials=n_trials)
+    if studies.budget_left(study, n_trials) <= 0:
+        console.print(f"{spec.name}: the study already has {n_trials} finished trials; raise --trials to continue.")
+        print_summary(study, console=console, url=url, default_url=request.storage is None)
+        return EXIT_DONE
+
+    gpus = list(request.gpus) if request.gpus is not None else detect_gpus()
+    placements = plan_workers(request.workers, gpus=gpus, workers_per_gpu=request.workers_per_gpu,
+                              cpu_count=os.cpu_count() or 1)
+    if warning := plan_warning(placements, gpus=gpus, workers_per_gpu=request.workers_per_gpu,
+                               cpu_count=os.cpu_count() or 1):
+        console.print(f"[yellow]{warning}[/]")
+    timeout = request.timeout or spec.budget.timeout
+    plan = LaunchPlan(spec_path=spec_path, url=url, log_dir=request.log_dir / spec.name, seed=request.seed,
+                      deadline=time.time() + timeout if timeout else None, data_dir=request.data_dir)
+    slots = [WorkerProcess(p) for p in placements]
+    console.print(f"[bold]{spec.name}[/]: {len(slots)} worker(s) on {mask_url(url)}, budget {n_trials} trials; "
+                  f"logs in {plan.log_dir}/")
+    for slot in slots:
+        console.print(f"  worker {slot.placement.index}: {slot.placement.describe()}")
+        start_worker(slot, plan)
+
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        _watch(study, slots, plan, console=console)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: stopping workers...[/]")
+        stop_workers(slots)
+        failed = fail_orphaned_trials(study, {pid for s in slots for pid in s.pids})
+        counts = studies.count_states(study)
+        console.print(f"stopped; {failed} running trial(s) of stopped workers marked failed, "
+                      f"{counts['COMPLETE'] + counts['PRUNED']} finished trials kept. "
+                      f"Run the same launch again to continue.")
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print_summary(study, console=console, url=url, default_url=request.storage is None)
+    crashed = [s for s in slots if s.last_exit not in (EXIT_DONE, None)]
+    for slot in crashed:
+        console.print(f"[red]worker {slot.placement.index} ended with exit code {slot.last_exit}; "
+                      f"see {plan.log_dir}/worker-{slot.placement.index}.log[/]")
+    return 1 if len(crashed) == len(slots) else EXIT_DONE
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _watch(study: optuna.Study, slots: list[WorkerProcess], plan: LaunchPlan, *, console: Console) -> None:
+    """Supervise until every worker is done; redraw the view (or log finished trials)."""
+    started = time.monotonic()
+    initial = take_snapshot(study).finished
+    reported: set[int] = set()
+    with Live(console=console, auto_refresh=False, transient=False) if console.is_terminal else _NoLive() as live:
+        while True:
+            supervise(slots, plan)
+            # Fail stale trials from here too: a worker only checks when it starts a trial.
+            optuna.storages.fail_stale_trials(study)
+            snap = take_snapshot(study)
+            elapsed = time.monotonic() - started
+            done_here = snap.finished - initial
+            eta = None
+            if done_here and snap.n_trials:
+                eta = max(0.0, (snap.n_trials - snap.finished) * elapsed / done_here)
+            if console.is_terminal:
+                live.update(render(snap, elapsed_s=elapsed, eta_s=eta, workers=_workers_table(slots, snap)),
+                            refresh=True)
+            else:
+                _log_finished(study, reported, console)
+            if all(s.finished for s in slots):
+                return
+            time.sleep(REFRESH_SECONDS)
+
+
+class _NoLive:
+    def __enter__(self) -> _NoLive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _log_finished(study: optuna.Study, reported: set[int], console: Console) -> None:
+    for t in study.get_trials(deepcopy=False):
+        if t.state.is_finished() and t.number not in reported:
+            reported.add(t.number)
+            value = f"{t.value:.4f}" if t.value is not None else "-"
+            console.print(f"trial {t.number} {t.state.name.lower()} {value} "
+                          f"epochs={t.user_attrs.get('epochs', '?')} pid={t.user_attrs.get('worker_pid', '?')}")
+
+
+def _workers_table(slots: list[WorkerProcess], snap) -> Table:
+    running = {r.worker_pid: r for r in snap.running}
+    table = Table("worker", "placement", "pid", "state", "restarts", box=None, header_style="bold")
+    for slot in slots:
+        pid = slot.process.pid if slot.process else None
+        if slot.alive:
+            trial = running.get(pid)
+            state = f"trial {trial.number}, {trial.epochs_reported} epochs, {trial.elapsed_s:.0f}s" if trial else "starting"
+        else:
+            state = f"exited {slot.last_exit}" if slot.finished else "restarting"
+        table.add_row(str(slot.placement.index), slot.placement.describe(), str(pid), state,
+                      f"{slot.restarts} (+{slot.recycles} recycled)" if slot.recycles else str(slot.restarts))
+    return table
+
+
+def print_summary(study: optuna.Study, *, console: Console, url: str, default_url: bool) -> None:
+    """The best trial, the baselines against it, and the commands to run next."""
+    snap = take_snapshot(study)
+    console.print(render(snap))
+    if snap.best_trial is not None:
+        best = study.best_trial
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if "baseline" in t.user_attrs:
+                console.print(f"  baseline {t.user_attrs['baseline']}: {t.value:.4f} "
+                              f"({best.value - t.value:+.4f} for the best)")
+        if "config" in best.user_attrs:
+            console.print(f"  best config: {describe(best.user_attrs['config'])}", highlight=False)
+    name = study.study_name
+    flag = "" if default_url and url.endswith(DEFAULT_SQLITE) else f" --storage '{mask_url(url)}'"
+    console.print("\nNext:")
+    for command in (f"searcher status {name}{flag}", f"searcher report {name}{flag} -o {name}-report.html",
+                    f"searcher dashboard{flag}", f"searcher export {name}{flag} -o {name}-best.yaml",
+                    f"searcher retrain {name}-best.yaml -o {name}-best.keras"):
+        console.print(f"  {command}", highlight=False, markup=False)

@@ -1,0 +1,162 @@
+"""Study storage: URLs, the embedded SQLite default, PostgreSQL, password masking.
+
+Users write ``postgresql://user:pass@host/db``; SQLAlchemy 2 maps a bare
+``postgresql://`` to psycopg 3, which we do not ship, so it becomes
+``postgresql+psycopg2://``. Every URL searcher prints goes through ``mask_url``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import sqlalchemy.exc
+from sqlalchemy.engine import make_url
+
+from searcher.errors import StorageError
+
+STORAGE_ENV = "SEARCHER_STORAGE"
+DEFAULT_SQLITE = "searcher.db"
+_SCHEMES = {
+    "postgresql": "postgresql+psycopg2",
+    "postgres": "postgresql+psycopg2",
+    "postgresql+psycopg2": "postgresql+psycopg2",
+    "sqlite": "sqlite",
+}
+
+
+def resolve_url(url: str | None) -> str:
+    """The storage URL to use: the flag, else ``$SEARCHER_STORAGE``, else ./searcher.db."""
+    url = url or os.environ.get(STORAGE_ENV) or f"sqlite:///{DEFAULT_SQLITE}"
+    return normalize_url(url)
+
+
+def normalize_url(url: str) -> str:
+    """Pick the psycopg2 driver for PostgreSQL; reject schemes we do not support."""
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise StorageError(
+            f"--storage: not a database URL: {_mask_text(url)!r} "
+            "(expected sqlite:///file.db or postgresql://user:pass@host/db)"
+        ) from None
+    driver = _SCHEMES.get(parsed.drivername)
+    if driver is None:
+        raise StorageError(f"--storage: unsupported database {parsed.drivername!r}; use sqlite or postgresql")
+    if driver == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise StorageError("--storage: an in-memory SQLite database cannot be shared by workers; give a file")
+    return parsed.set(drivername=driver).render_as_string(hide_password=False)
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, for printing and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return _mask_text(url)
+
+
+def _mask_text(text: str) -> str:
+    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        # Several local workers share one file: wait for the write lock instead of failing.
+        return {"connect_args": {"timeout": 60}}
+    return {
+        "pool_pre_ping": True,  # survive a server restart between two trials
+        "pool_size": 2,  # a worker needs one connection, plus one for its heartbeat thread
+        "max_overflow": 4,
+        "connect_args": {"connect_timeout": 5},
+    }
+
+
+def open_storage(
+    url: str,
+    *,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    stale_trial_callback: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+    create: bool = True,
+) -> optuna.storages.RDBStorage:
+    """Connect (creating Optuna's tables on a new database); errors become one line.
+
+    With ``create=False`` a missing SQLite file is an error instead of a new empty study file.
+    """
+    if url.startswith("sqlite"):
+        path = Path(make_url(url).database)
+        if not create and not path.is_file():
+            raise StorageError(f"no study storage at {url} (run `searcher launch` here first, or pass --storage)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=_engine_kwargs(url),
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=stale_trial_callback,
+        )
+    except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, ValueError) as e:
+        raise StorageError(f"cannot open storage {mask_url(url)}: {describe_db_error(e)}") from e
+
+
+def describe_db_error(error: BaseException) -> str:
+    """The first meaningful line of a database error, without SQL or passwords."""
+    cause = getattr(error, "orig", None) or error
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    line = next((ln for ln in lines if not ln.startswith(("[SQL", "(Background"))), type(cause).__name__)
+    return _mask_text(re.sub(r"^\(\S+\)\s*", "", line))[:300]
+
+
+class BudgetLock:
+    """Makes "is there budget left? then start a trial" one step across all workers.
+
+    Held from the budget check until the new trial is RUNNING (and so counted), it keeps
+    a study from overshooting its budget when workers finish at the same moment. SQLite
+    workers share a host, so a file lock next to the database serves; PostgreSQL workers
+    on many hosts use an advisory lock, which the server drops if a worker dies.
+    """
+
+    def __init__(self, url: str, name: str) -> None:
+        self._url, self._held = url, False
+        self._key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        self._file = None
+        self._engine = None
+        self._connection = None
+
+    def acquire(self) -> None:
+        if self._url.startswith("sqlite"):
+            if self._file is None:
+                self._file = open(f"{make_url(self._url).database}.lock", "a")
+            fcntl.flock(self._file, fcntl.LOCK_EX)
+        else:
+            import sqlalchemy
+
+            if self._engine is None:
+                self._engine = sqlalchemy.create_engine(self._url, **_engine_kwargs(self._url))
+            self._connection = self._engine.connect()
+            self._connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
+        self._held = True
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+        elif self._connection is not None:
+            import sqlalchemy
+
+            try:
+                self._connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
+            except sqlalchemy.exc.SQLAlchemyError:
+                pass  # the connection is gone, and the server dropped the lock with it
+            finally:
+                self._connection.close()
+                self._connection = None

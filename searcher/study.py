@@ -1,0 +1,136 @@
+"""A study in its storage: created once from a spec, joined by workers, counted against a budget.
+
+The study stores its spec (``spec``) and the spec's search hash (``spec_hash``); a worker
+whose spec hashes differently refuses to join, so two search spaces never mix. The
+study-wide budget (``n_trials``) counts finished trials, COMPLETE and PRUNED, of all
+workers: a FAILED trial is a crash or a retry, not a result.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from searcher.errors import StorageError
+from searcher.space import baseline_params, grid_search_space
+from searcher.spec import StudySpec, parse_spec
+from searcher.storage import mask_url
+
+SPEC_ATTR, HASH_ATTR, BUDGET_ATTR, BASELINES_ATTR = "spec", "spec_hash", "n_trials", "baselines_enqueued"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def make_sampler(spec: StudySpec, *, seed: int | None) -> optuna.samplers.BaseSampler:
+    """The spec's sampler. TPE is multivariate with a constant liar, so parallel workers
+    treat each other's running trials as bad results and do not sample the same point."""
+    s = spec.sampler
+    match s.name:
+        case "tpe":
+            return optuna.samplers.TPESampler(
+                n_startup_trials=s.n_startup_trials,
+                multivariate=True,
+                group=True,  # conditional knobs (momentum, units_i) get their own groups
+                constant_liar=True,
+                seed=seed,
+                warn_independent_sampling=False,
+            )
+        case "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        case "cmaes":
+            return optuna.samplers.CmaEsSampler(n_startup_trials=s.n_startup_trials, seed=seed, warn_independent_sampling=False)
+        case "gp":
+            return optuna.samplers.GPSampler(n_startup_trials=s.n_startup_trials, seed=seed)
+        case "grid":
+            return optuna.samplers.GridSampler(grid_search_space(spec), seed=seed)
+    raise AssertionError(s.name)
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    p, max_epochs = spec.pruner, spec.training.max_epochs
+    match p.name:
+        case "median":
+            return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+        case "successive_halving":
+            return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, p.n_warmup_steps))
+        case "hyperband":
+            return optuna.pruners.HyperbandPruner(min_resource=max(1, p.n_warmup_steps), max_resource=max_epochs)
+        case "none":
+            return optuna.pruners.NopPruner()
+    raise AssertionError(p.name)
+
+
+def create_or_continue(spec: StudySpec, storage: optuna.storages.BaseStorage, *, n_trials: int) -> optuna.Study:
+    """Create the study (or load it) before any worker starts; enqueue baselines once.
+
+    Raises StorageError when a study of that name exists with a different spec.
+    """
+    study = optuna.create_study(
+        study_name=spec.name,
+        storage=storage,
+        direction=spec.training.direction,
+        load_if_exists=True,
+    )
+    stored_hash = study.user_attrs.get(HASH_ATTR)
+    if stored_hash is None:
+        study.set_user_attr(SPEC_ATTR, spec.to_dict())
+        study.set_user_attr(HASH_ATTR, spec.search_hash())
+    else:
+        check_same_spec(study, spec)
+    study.set_user_attr(BUDGET_ATTR, n_trials)
+    if not study.user_attrs.get(BASELINES_ATTR):
+        for baseline in spec.baselines:
+            study.enqueue_trial(
+                baseline_params(spec, baseline.params),
+                user_attrs={"baseline": baseline.name, "baseline_note": baseline.note},
+                skip_if_exists=True,
+            )
+        study.set_user_attr(BASELINES_ATTR, True)
+    return study
+
+
+def load(
+    name: str,
+    storage: optuna.storages.BaseStorage,
+    *,
+    url: str,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+) -> optuna.Study:
+    """Load an existing study by name; a one-line error lists the ones that exist."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    except KeyError:
+        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+        known = f"studies there: {', '.join(names)}" if names else "it holds no studies"
+        raise StorageError(f"no study {name!r} in {mask_url(url)} ({known}); start it with `searcher launch {name}`") from None
+
+
+def check_same_spec(study: optuna.Study, spec: StudySpec) -> None:
+    stored = study.user_attrs.get(HASH_ATTR)
+    if stored is not None and stored != spec.search_hash():
+        raise StorageError(
+            f"study {study.study_name!r} was created from a different spec (hash {stored}, yours "
+            f"{spec.search_hash()}); a worker must use the same spec, or launch under another name"
+        )
+
+
+def stored_spec(study: optuna.Study) -> StudySpec:
+    """The spec the study was created from."""
+    raw: dict[str, Any] | None = study.user_attrs.get(SPEC_ATTR)
+    if raw is None:
+        raise StorageError(f"study {study.study_name!r} was not created by searcher (no stored spec)")
+    return parse_spec(raw, source=f"study {study.study_name}")
+
+
+def count_states(study: optuna.Study) -> Counter[str]:
+    """Trials by state name (COMPLETE, PRUNED, FAIL, RUNNING, WAITING)."""
+    return Counter(t.state.name for t in study.get_trials(deepcopy=False))
+
+
+def budget_left(study: optuna.Study, n_trials: int) -> int:
+    """How many more trials may start: finished and running ones count against the budget."""
+    states = count_states(study)
+    return n_trials - (states["COMPLETE"] + states["PRUNED"] + states["RUNNING"])

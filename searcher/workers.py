@@ -1,0 +1,254 @@
+"""Worker processes: each runs trials of one shared study until its budget is reached.
+
+``launch`` (the parent) creates the study once, spawns one ``python -m searcher worker``
+process per GPU (or splits the CPU cores), pins each with ``CUDA_VISIBLE_DEVICES`` and
+thread counts in its environment before TensorFlow is imported, restarts a worker that
+crashes (bounded) or asks to be recycled, and on Ctrl-C or SIGTERM stops them all so
+no trial is left RUNNING. ``searcher worker`` on another host runs the same loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+
+from searcher import study as studies
+from searcher.devices import RuntimeOptions, WorkerPlacement, configure_tensorflow
+from searcher.spec import StudySpec
+from searcher.storage import STORAGE_ENV, BudgetLock, open_storage
+
+log = logging.getLogger(__name__)
+
+EXIT_DONE, EXIT_FAILURES, EXIT_RECYCLE, EXIT_INTERRUPTED = 0, 3, 75, 130
+MAX_RESTARTS = 3
+
+
+# --- inside a worker process -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    index: int = 0
+    deadline: float | None = None  # epoch seconds; no trial starts after it
+    parent_pid: int | None = None  # stop when the launching parent is gone
+    data_dir: str | None = None
+    create: bool = False  # create the study if missing (docker compose workers)
+
+
+def _stale_trial_callback(spec: StudySpec) -> optuna.storages.RetryHeartbeatStaleTrialCallback:
+    return optuna.storages.RetryHeartbeatStaleTrialCallback(
+        max_retry=spec.runtime.max_retries, inherit_intermediate_values=True
+    )
+
+
+def open_study_storage(spec: StudySpec, url: str) -> optuna.storages.RDBStorage:
+    """The storage with heartbeats on, so a killed worker's trial is failed and retried."""
+    return open_storage(
+        url,
+        heartbeat_interval=spec.runtime.heartbeat_interval,
+        grace_period=spec.runtime.grace_period,
+        stale_trial_callback=_stale_trial_callback(spec),
+    )
+
+
+def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
+    """Run trials until the study budget, the deadline, or a recycle point; return the exit code."""
+    storage = open_study_storage(spec, url)
+    if options.create:
+        studies.create_or_continue(spec, storage, n_trials=spec.budget.n_trials)
+    sampler_seed = abs(hash((spec.seed, options.index, os.getpid()))) % (2**31)
+    study = studies.load(spec.name, storage, url=url, sampler=studies.make_sampler(spec, seed=sampler_seed),
+                         pruner=studies.make_pruner(spec))
+    studies.check_same_spec(study, spec)
+    n_trials = int(study.user_attrs.get(studies.BUDGET_ATTR, spec.budget.n_trials))
+
+    placement = WorkerPlacement.from_env(options.index, os.environ)
+    runtime = RuntimeOptions(mixed_precision=spec.runtime.mixed_precision, xla=spec.runtime.xla)
+    line = configure_tensorflow(placement, runtime)
+    log.info("%s; pid %d on %s; study %s", line, os.getpid(), socket.gethostname(), spec.name)
+
+    from searcher.data import load_search_data
+    from searcher.objective import Objective
+
+    data = load_search_data(spec.data, split_seed=spec.seed, data_dir=options.data_dir)
+    objective = Objective(spec, data, jit_compile=True if spec.runtime.xla else False)
+    streak = _FailureStreak()
+    lock = BudgetLock(url, spec.name)
+    ran = 0
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        while True:
+            lock.acquire()
+            try:
+                if reason := _stop_reason(study, n_trials, options):
+                    log.info("worker %d stops: %s", options.index, reason)
+                    return EXIT_DONE
+                study.optimize(_ReleaseFirst(objective, lock), n_trials=1, catch=(Exception,), callbacks=[streak])
+            finally:
+                lock.release()
+            ran += 1
+            if streak.count >= spec.runtime.max_failures_in_a_row:
+                log.error("worker %d stops: %d trials failed in a row", options.index, streak.count)
+                return EXIT_FAILURES
+            if recycle := _recycle_reason(spec, ran):
+                log.info("worker %d recycles: %s", options.index, recycle)
+                return EXIT_RECYCLE
+    except KeyboardInterrupt:
+        log.info("worker %d interrupted; its running trial was marked failed", options.index)
+        return EXIT_INTERRUPTED
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    # Optuna fails the running trial on KeyboardInterrupt, so SIGTERM leaves nothing RUNNING.
+    raise KeyboardInterrupt
+
+
+def _stop_reason(study: optuna.Study, n_trials: int, options: WorkerOptions) -> str | None:
+    if options.parent_pid and os.getppid() != options.parent_pid:
+        return "the launching process is gone"
+    if options.deadline and time.time() >= options.deadline:
+        return "timeout reached"
+    if studies.budget_left(study, n_trials) <= 0:
+        return f"study budget of {n_trials} trials reached"
+    return None
+
+
+def _recycle_reason(spec: StudySpec, ran: int) -> str | None:
+    if ran >= spec.runtime.recycle_after_trials:
+        return f"ran {ran} trials (runtime.recycle_after_trials)"
+    limit = spec.runtime.max_worker_memory_mb
+    if limit:
+        import psutil
+
+        rss_mb = psutil.Process().memory_info().rss / 2**20
+        if rss_mb > limit:
+            return f"resident memory {rss_mb:.0f} MB > runtime.max_worker_memory_mb {limit}"
+    return None
+
+
+class _ReleaseFirst:
+    """Call the objective after releasing the budget lock: the trial is RUNNING by then."""
+
+    def __init__(self, objective, lock: BudgetLock) -> None:
+        self.objective, self.lock = objective, lock
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.lock.release()
+        return self.objective(trial)
+
+
+class _FailureStreak:
+    """Counts this worker's failed trials in a row (a broken setup, not a bad config)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.count = self.count + 1 if trial.state == optuna.trial.TrialState.FAIL else 0
+
+
+# --- the launching parent ----------------------------------------------------------------
+
+
+@dataclass
+class WorkerProcess:
+    """One worker slot: its placement and the process currently filling it."""
+
+    placement: WorkerPlacement
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    recycles: int = 0
+    pids: list[int] = field(default_factory=list)
+    last_exit: int | None = None
+    finished: bool = False
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    spec_path: Path
+    url: str
+    log_dir: Path
+    seed: int | None = None
+    deadline: float | None = None
+    data_dir: str | None = None
+
+
+def start_worker(slot: WorkerProcess, plan: LaunchPlan) -> None:
+    """Spawn a fresh interpreter for the slot; the storage URL travels in the environment,
+    not on the command line, so the password does not show in ``ps``."""
+    cmd = [sys.executable, "-m", "searcher", "worker", str(plan.spec_path),
+           "--worker-index", str(slot.placement.index), "--parent-pid", str(os.getpid())]
+    if plan.seed is not None:
+        cmd += ["--seed", str(plan.seed)]
+    if plan.deadline is not None:
+        cmd += ["--deadline", f"{plan.deadline:.3f}"]
+    if plan.data_dir:
+        cmd += ["--data-dir", plan.data_dir]
+    env = {**os.environ, **slot.placement.env(), STORAGE_ENV: plan.url, "PYTHONUNBUFFERED": "1"}
+    plan.log_dir.mkdir(parents=True, exist_ok=True)
+    with open(plan.log_dir / f"worker-{slot.placement.index}.log", "ab") as out:
+        # A new session: a Ctrl-C reaches only the parent, which stops workers in order.
+        slot.process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+    slot.pids.append(slot.process.pid)
+
+
+def supervise(slots: list[WorkerProcess], plan: LaunchPlan) -> None:
+    """Restart slots whose worker crashed (at most MAX_RESTARTS) or asked to be recycled."""
+    for slot in slots:
+        if slot.finished or slot.alive or slot.process is None:
+            continue
+        code = slot.last_exit = slot.process.returncode
+        if code == EXIT_RECYCLE:
+            slot.recycles += 1
+            start_worker(slot, plan)
+        elif code in (EXIT_DONE, EXIT_FAILURES, 1) or slot.restarts >= MAX_RESTARTS:
+            # 1 is a user error (bad spec, storage): restarting would only repeat it.
+            slot.finished = True
+        else:
+            slot.restarts += 1
+            log.warning("worker %d exited with %s; restarting (%d/%d)", slot.placement.index, code,
+                        slot.restarts, MAX_RESTARTS)
+            start_worker(slot, plan)
+
+
+def stop_workers(slots: list[WorkerProcess], *, grace_seconds: float = 20.0) -> None:
+    """SIGTERM every live worker (each fails its running trial), then SIGKILL stragglers."""
+    live = [s for s in slots if s.alive]
+    for slot in live:
+        slot.process.send_signal(signal.SIGTERM)
+    end = time.monotonic() + grace_seconds
+    for slot in live:
+        try:
+            slot.process.wait(timeout=max(0.1, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            slot.process.kill()
+            slot.process.wait()
+        slot.finished = True
+
+
+def fail_orphaned_trials(study: optuna.Study, pids: set[int]) -> int:
+    """Fail RUNNING trials of our (now dead) workers; returns how many."""
+    failed = 0
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if trial.user_attrs.get("worker_pid") in pids:
+            try:
+                study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+                failed += 1
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass
+    return failed
+

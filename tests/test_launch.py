@@ -1,0 +1,63 @@
+"""End to end: `searcher launch` in a subprocess, real worker processes, real training on digits."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def run_searcher(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "searcher", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials() if t.state.name in ("COMPLETE", "PRUNED")]
+
+
+def test_launch_two_workers_then_continue(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    first = run_searcher("launch", "digits-mlp", "--workers", "2", "--trials", "6", "--storage", url, cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    study = optuna.load_study(study_name="digits-mlp", storage=url)
+    done = finished(study)
+    assert len(done) == 6
+    assert not [t for t in study.get_trials() if t.state.name in ("RUNNING", "WAITING")]
+    baselines = [t for t in study.get_trials() if "baseline" in t.user_attrs]
+    assert sorted(t.user_attrs["baseline"] for t in baselines) == ["tutorial-mlp-he", "tutorial-mlp-sgd"]
+    assert all(t.state.name == "COMPLETE" for t in baselines)
+    assert len({t.user_attrs["worker_pid"] for t in done}) == 2, "both worker processes ran trials"
+    assert study.best_value > 0.9
+    for t in done:
+        assert {"config", "n_params", "epochs", "sec_per_epoch", "best_epoch", "worker_pid", "worker_host", "seed"} <= set(t.user_attrs)
+    assert "Next:" in first.stdout and "searcher report digits-mlp" in first.stdout
+    logs = sorted(p.name for p in (tmp_path / "searcher-logs" / "digits-mlp").iterdir())
+    assert logs == ["worker-0.log", "worker-1.log"]
+    assert "threads" in (tmp_path / "searcher-logs" / "digits-mlp" / "worker-0.log").read_text()
+
+    second = run_searcher("launch", "digits-mlp", "--workers", "2", "--trials", "8", "--storage", url, cwd=tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    study = optuna.load_study(study_name="digits-mlp", storage=url)
+    assert len(finished(study)) == 8
+    assert len([t for t in study.get_trials() if "baseline" in t.user_attrs]) == 2, "baselines enqueued once"
+
+    again = run_searcher("launch", "digits-mlp", "--trials", "8", "--storage", url, cwd=tmp_path)
+    assert again.returncode == 0 and "already has 8 finished trials" in again.stdout
+
+
+def test_a_changed_spec_cannot_join_the_study(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    spec = tmp_path / "digits-mlp.yaml"
+    spec.write_text(Path("studies/digits-mlp.yaml").read_text())
+    assert run_searcher("launch", str(spec), "--workers", "1", "--trials", "1", "--storage", url, cwd=tmp_path).returncode == 0
+    spec.write_text(spec.read_text().replace("max_epochs: 20", "max_epochs: 5"))
+    out = run_searcher("worker", str(spec), "--storage", url, cwd=tmp_path)
+    assert out.returncode == 1
+    assert "was created from a different spec" in out.stderr and "Traceback" not in out.stderr
