@@ -58,6 +58,7 @@ DataDirOpt = Annotated[
 @app.callback()
 def _root(ctx: typer.Context, debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
     ctx.obj = {"debug": debug}
+    _quiet_libraries()
 
 
 @app.command()
@@ -79,7 +80,6 @@ def launch(
     from searcher.devices import parse_gpu_list
     from searcher.launch import LaunchRequest, launch as run_launch
 
-    _quiet_libraries()
     request = LaunchRequest(study=study, storage=storage, workers=workers, trials=trials, timeout=timeout,
                             data_dir=data_dir, seed=seed, workers_per_gpu=workers_per_gpu,
                             gpus=tuple(parse_gpu_list(gpus)) if gpus is not None else None)
@@ -107,7 +107,6 @@ def worker(
     from searcher.workers import WorkerOptions, run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    _quiet_libraries()
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.INFO)  # a worker's log lists its trials
@@ -244,6 +243,72 @@ def dashboard(
         pass
     finally:
         server.server_close()
+
+
+@app.command()
+def replay(
+    study: Annotated[str, typer.Argument(help="The study name.")],
+    trial: Annotated[int, typer.Argument(help="The trial number.")],
+    storage: StorageOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Re-run one trial's exact config and seed and compare its validation curve with the stored one.
+
+    Example: searcher replay digits-mlp 17
+    """
+    import os
+
+    from rich.table import Table
+
+    from searcher.confirm import replay_trial
+
+    loaded = _load_study(study, storage)
+    stored = next((t for t in loaded.get_trials(deepcopy=False) if t.number == trial), None)
+    if stored is not None and stored.user_attrs.get("threads"):
+        # The same thread count as the worker had: float sums depend on how work is split.
+        os.environ["TF_NUM_INTRAOP_THREADS"] = str(stored.user_attrs["threads"])
+        os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+    result = replay_trial(loaded, trial, data_dir=data_dir)
+    table = Table("epoch", "stored", "replayed", "difference", box=None, header_style="bold")
+    for epoch, (a, b) in enumerate(zip(result.stored, result.replayed), start=1):
+        table.add_row(str(epoch), f"{a:.4f}", f"{b:.4f}", f"{b - a:+.4f}")
+    console.print(table)
+    console.print(f"trial {trial}: largest difference {result.max_abs_diff:.4f} over {len(result.stored)} epochs",
+                  highlight=False)
+
+
+@app.command()
+def confirm(
+    study: Annotated[str, typer.Argument(help="The study name.")],
+    top: Annotated[int, typer.Option("--top", min=1, help="How many of the best trials to retrain.")] = 3,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Fresh seeds per trial.")] = 3,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Processes running retrains at once.")] = 1,
+    storage: StorageOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Retrain the top trials with fresh seeds (validation only) and rank them by mean score.
+
+    Runs are stored with the study, so a second call continues instead of starting over;
+    `export` then takes the confirmed winner.
+
+    Example: searcher confirm digits-mlp --top 3 --seeds 3 --workers 2
+    """
+    from rich.table import Table
+
+    from searcher.confirm import confirm as run_confirm
+
+    ranking, added = run_confirm(_load_study(study, storage), top=top, seeds=seeds, workers=workers,
+                                 data_dir=data_dir)
+    table = Table("rank", "trial", "mean", "spread (sd)", "runs", "single-run value", "single-run rank", box=None,
+                  header_style="bold")
+    for rank, c in enumerate(ranking, start=1):
+        table.add_row(str(rank), str(c.trial), f"{c.mean:.4f}", f"{c.spread:.4f}", str(len(c.values)),
+                      f"{c.single_run:.4f}", str(c.single_rank))
+    console.print(table)
+    single_best = next(c for c in ranking if c.single_rank == 1)
+    console.print(f"{added} new run(s); confirmed winner: trial {ranking[0].trial}"
+                  + ("" if single_best is ranking[0] else f" (the single-run best was trial {single_best.trial})"),
+                  highlight=False)
 
 
 def _load_study(name: str, storage: str | None):

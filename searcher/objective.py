@@ -19,6 +19,7 @@ import numpy as np
 import optuna
 
 from searcher.data import SearchData, to_tf_dataset
+from searcher.memory import MemoryGuard
 from searcher.models import build_model
 from searcher.space import TrialConfig, suggest_values, trial_config
 from searcher.spec import StudySpec
@@ -191,16 +192,29 @@ class Objective:
         config = self.config_for(trial)
         trial.set_user_attr("config", config.to_dict())
         trial.set_user_attr("seed", config.seed)
+        trial.set_user_attr("threads", os.environ.get("TF_NUM_INTRAOP_THREADS"))
         pruning = _ReportAndPrune(trial, config.training.metric)
+        guard = MemoryGuard(self.spec.runtime.max_worker_memory_mb)
         try:
-            result = train(
-                config,
-                self.data,
-                direction=self.spec.training.direction,
-                callbacks=[pruning],
-                jit_compile=self.jit_compile,
-            )
+            with guard:
+                result = train(
+                    config,
+                    self.data,
+                    direction=self.spec.training.direction,
+                    callbacks=[pruning],
+                    jit_compile=self.jit_compile,
+                )
+        except KeyboardInterrupt:
+            if not guard.tripped:
+                trial.set_user_attr("fail_reason", "interrupted")
+                raise
+            trial.set_user_attr("fail_reason", "out of memory")
+            trial.set_user_attr("fail_detail", f"worker resident memory {guard.peak_mb:.0f} MB > "
+                                               f"runtime.max_worker_memory_mb {self.spec.runtime.max_worker_memory_mb}")
+            trial.set_user_attr("peak_rss_mb", round(guard.peak_mb))
+            raise TrialFailed("out of memory", f"resident memory {guard.peak_mb:.0f} MB") from None
         except TrialFailed as e:
+            trial.set_user_attr("peak_rss_mb", round(guard.peak_mb))
             trial.set_user_attr("fail_reason", e.reason)
             trial.set_user_attr("fail_detail", str(e)[:300])
             raise
@@ -210,6 +224,7 @@ class Objective:
             raise
         for key, value in result.summary().items():
             trial.set_user_attr(key, value)
+        trial.set_user_attr("peak_rss_mb", round(guard.peak_mb))
         if pruning.pruned_at is not None:
             raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at}")
         return result.best_value

@@ -72,3 +72,40 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
     yield url
     if postgres_server.is_running():
         postgres_server.drop_database(make_url(url).database)
+
+
+# A real search, run once per session and shared by the results tests (report, export,
+# retrain, status, replay, confirm). Tests that change the study work on a copy.
+
+
+class SearchRun:
+    def __init__(self, folder, name: str) -> None:
+        self.folder, self.name = folder, name
+        self.db = folder / "searcher.db"
+
+    @property
+    def url(self) -> str:
+        return f"sqlite:///{self.db}"
+
+    def copy(self, folder) -> "SearchRun":
+        import shutil
+
+        shutil.copy(self.db, folder / "searcher.db")
+        return SearchRun(folder, self.name)
+
+
+@pytest.fixture(scope="session")
+def digits_search(tmp_path_factory: pytest.TempPathFactory) -> SearchRun:
+    """`searcher launch digits-mlp --workers 2 --trials 12` on real data, real processes."""
+    import subprocess
+    import sys
+
+    folder = tmp_path_factory.mktemp("digits-search")
+    run = SearchRun(folder, "digits-mlp")
+    out = subprocess.run(
+        [sys.executable, "-m", "searcher", "launch", "digits-mlp", "--workers", "2", "--trials", "12",
+         "--storage", run.url],
+        cwd=folder, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return run

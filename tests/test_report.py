@@ -151,10 +151,13 @@ def synthetic_study(tmp_path: Path) -> optuna.Study:
     return build_study(_storage(tmp_path))
 
 
-@pytest.fixture
-def report_study(synthetic_study: optuna.Study) -> optuna.Study:
-    """The study the generic tests run on; replace with one from a real search."""
-    return synthetic_study
+@pytest.fixture(params=["synthetic", "real-search"])
+def report_study(request, synthetic_study: optuna.Study) -> optuna.Study:
+    """The study the generic tests run on: the planted one, and one from a real digits search."""
+    if request.param == "synthetic":
+        return synthetic_study
+    run = request.getfixturevalue("digits_search")
+    return optuna.load_study(study_name=run.name, storage=run.url)
 
 
 def _one_trial_study(tmp_path: Path, **kw) -> optuna.Study:

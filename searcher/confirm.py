@@ -1,0 +1,147 @@
+"""Trust the winner: replay a stored trial, and confirm the top trials over fresh seeds.
+
+A single run's validation score carries the luck of its seed. ``confirm`` retrains the
+top K configs S times each with new seeds (validation split only, never the test split),
+stores every run in a companion study ``<study>--confirm`` so a second call continues,
+and ranks the configs by mean score. ``export`` then takes the confirmed winner.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import multiprocessing
+import optuna
+from optuna.trial import TrialState
+
+from searcher.errors import UserError
+from searcher.export import CONFIRMED_ATTR, ranked_trials
+from searcher.space import TrialConfig
+
+log = logging.getLogger(__name__)
+CONFIRM_SUFFIX = "--confirm"
+
+
+@dataclass(frozen=True)
+class Replay:
+    trial: int
+    stored: list[float]
+    replayed: list[float]
+
+    @property
+    def max_abs_diff(self) -> float:
+        pairs = zip(self.stored, self.replayed)
+        return max((abs(a - b) for a, b in pairs), default=0.0)
+
+
+def stored_config(trial: optuna.trial.FrozenTrial) -> TrialConfig:
+    if "config" not in trial.user_attrs:
+        raise UserError(f"trial {trial.number} has no stored config (it never started training)")
+    return TrialConfig.model_validate(trial.user_attrs["config"])
+
+
+def replay_trial(study: optuna.Study, number: int, *, data_dir: str | None = None) -> Replay:
+    """Re-run a trial's exact config and seed for as many epochs as it ran; compare curves."""
+    from searcher.data import load_search_data
+    from searcher.objective import train
+
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise UserError(f"TRIAL: study {study.study_name!r} has no trial {number} (it has 0..{len(trials) - 1})")
+    trial = trials[number]
+    stored = [trial.intermediate_values[k] for k in sorted(trial.intermediate_values)]
+    if not stored:
+        raise UserError(f"trial {number} ({trial.state.name.lower()}) reported no epochs; nothing to compare")
+    config = stored_config(trial)
+    data = load_search_data(config.data, split_seed=config.split_seed, data_dir=data_dir)
+    result = train(config, data, direction=study.direction.name.lower(), max_epochs=len(stored))
+    return Replay(trial=number, stored=stored, replayed=result.curve[: len(stored)])
+
+
+# --- confirm -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfirmedConfig:
+    trial: int
+    single_run: float
+    single_rank: int  # its rank by the one search run
+    values: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def spread(self) -> float:
+        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"trial": self.trial, "single_run": self.single_run, "single_rank": self.single_rank, "mean": self.mean, "spread": self.spread,
+                "runs": len(self.values), "values": list(self.values)}
+
+
+def confirm_seed(config_seed: int, run: int) -> int:
+    """A fresh seed per confirmation run, different from the search run's seed."""
+    from searcher.objective import trial_seed
+
+    return trial_seed(config_seed, 1000 + run)
+
+
+def _run_one(config_json: dict[str, Any], seed: int, direction: str, data_dir: str | None, threads: int) -> float:
+    os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
+    os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from searcher.data import load_search_data
+    from searcher.objective import train
+
+    config = TrialConfig.model_validate(config_json).model_copy(update={"seed": seed})
+    data = load_search_data(config.data, split_seed=config.split_seed, data_dir=data_dir)
+    return train(config, data, direction=direction).best_value
+
+
+def confirm(
+    study: optuna.Study,
+    *,
+    top: int,
+    seeds: int,
+    workers: int = 1,
+    data_dir: str | None = None,
+) -> tuple[list[ConfirmedConfig], int]:
+    """Run the missing (trial, seed) pairs for the top ``top`` trials; return the ranking and runs added."""
+    ranked = ranked_trials(study)[:top]
+    if not ranked:
+        raise UserError(f"study {study.study_name!r} has no complete trials to confirm")
+    runs_study = optuna.create_study(study_name=study.study_name + CONFIRM_SUFFIX, storage=study._storage,
+                                     direction=study.direction, load_if_exists=True)
+    done = {(t.user_attrs["of_trial"], t.user_attrs["run"]): t.value
+            for t in runs_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    todo = [(t, run) for t in ranked for run in range(seeds) if (t.number, run) not in done]
+    direction = study.direction.name.lower()
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    if todo:
+        # spawn, not fork: TensorFlow must not be inherited half-initialised.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {
+                pool.submit(_run_one, t.user_attrs["config"], confirm_seed(t.user_attrs["seed"], run), direction,
+                            data_dir, threads): (t, run)
+                for t, run in todo
+            }
+            for future, (t, run) in futures.items():
+                value = future.result()
+                runs_study.add_trial(optuna.trial.create_trial(
+                    value=value, user_attrs={"of_trial": t.number, "run": run,
+                                             "seed": confirm_seed(t.user_attrs["seed"], run)}))
+                done[(t.number, run)] = value
+                log.info("trial %d run %d: %.4f", t.number, run, value)
+    ranking = [ConfirmedConfig(trial=t.number, single_run=t.value, single_rank=rank,
+                               values=tuple(done[(t.number, run)] for run in range(seeds)))
+               for rank, t in enumerate(ranked, start=1)]
+    ranking.sort(key=lambda c: c.mean, reverse=direction == "maximize")
+    study.set_user_attr(CONFIRMED_ATTR, [c.to_json() for c in ranking])
+    return ranking, len(todo)

@@ -1,0 +1,142 @@
+"""Take a configuration away: export a trial's config, retrain it, score the test set once.
+
+An exported file holds the trial's ``TrialConfig`` (the object the trial trained) and
+where it came from. ``retrain`` reads exactly that, trains on the training split with
+early stopping on the validation split, as in the search, and only then evaluates on
+the test split: the one place searcher touches test data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from searcher.errors import SpecError, UserError
+from searcher.space import TrialConfig
+from searcher.spec import validate_model
+
+FORMAT_VERSION = 1
+CONFIRMED_ATTR = "confirmed_ranking"
+
+
+def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Complete trials, best first."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    return sorted(trials, key=lambda t: (t.value, -t.number), reverse=reverse)
+
+
+def pick_trial(study: optuna.Study, *, rank: int | None = None) -> tuple[optuna.trial.FrozenTrial, str]:
+    """The trial to export and why: the K-th best by value, else the confirmed winner, else the best."""
+    ranked = ranked_trials(study)
+    if not ranked:
+        raise UserError(f"study {study.study_name!r} has no complete trials yet; run `searcher launch {study.study_name}`")
+    if rank is not None:
+        if not 1 <= rank <= len(ranked):
+            raise UserError(f"--rank: must be between 1 and {len(ranked)} (complete trials), got {rank}")
+        return ranked[rank - 1], f"rank {rank} by validation value"
+    confirmed = study.user_attrs.get(CONFIRMED_ATTR)
+    if confirmed:
+        number = confirmed[0]["trial"]
+        trial = next(t for t in ranked if t.number == number)
+        return trial, f"confirmed best over {confirmed[0]['runs']} seeded runs"
+    return ranked[0], "best validation value"
+
+
+def export_config(study: optuna.Study, *, rank: int | None = None) -> dict[str, Any]:
+    """The exported document: ``source`` (provenance) and ``config`` (what retrain trains)."""
+    trial, why = pick_trial(study, rank=rank)
+    if "config" not in trial.user_attrs:
+        raise UserError(f"trial {trial.number} of {study.study_name!r} has no stored config (not run by searcher)")
+    source = {
+        "study": study.study_name,
+        "trial": trial.number,
+        "picked": why,
+        "metric": trial.user_attrs["config"]["training"]["metric"],
+        "direction": study.direction.name.lower(),
+        "value": trial.value,
+        "n_params": trial.user_attrs.get("n_params"),
+        "baseline": trial.user_attrs.get("baseline"),
+        "spec_hash": study.user_attrs.get("spec_hash"),
+        "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return {"searcher_export": FORMAT_VERSION, "source": source, "config": trial.user_attrs["config"]}
+
+
+def write_export(document: dict[str, Any], path: Path | None, *, fmt: Literal["yaml", "json"]) -> str:
+    """Serialise the document; write it to ``path`` if given and return the text."""
+    if fmt == "json":
+        text = json.dumps(document, indent=2) + "\n"
+    else:
+        s = document["source"]
+        header = f"# searcher export: study {s['study']}, trial {s['trial']} ({s['picked']}), {s['metric']} {s['value']:.4f}\n"
+        header += f"# retrain it with: searcher retrain {path.name if path else 'THIS_FILE'}\n"
+        text = header + yaml.safe_dump(document, sort_keys=False)
+    if path is not None:
+        path.write_text(text)
+    return text
+
+
+def load_export(path: Path) -> tuple[TrialConfig, dict[str, Any]]:
+    """Read an exported file back into a validated TrialConfig and its provenance."""
+    if not path.is_file():
+        raise UserError(f"{path}: no such file (write one with `searcher export STUDY -o {path}`)")
+    try:
+        raw = yaml.safe_load(path.read_text())  # JSON is YAML too
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML or JSON ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict) or "config" not in raw:
+        raise SpecError(f"{path}: config: is required (is this a `searcher export` file?)")
+    config = validate_model(TrialConfig, raw["config"], source=f"{path}: config")
+    return config, raw.get("source") or {}
+
+
+def retrain(
+    config: TrialConfig,
+    *,
+    source: dict[str, Any],
+    model_path: Path,
+    epochs: int | None = None,
+    data_dir: str | None = None,
+) -> dict[str, Any]:
+    """Train ``config`` as the search did, then evaluate once on the test split.
+
+    Writes the ``.keras`` model and ``<model>.metrics.json``; returns the metrics.
+    """
+    from searcher.data import load_search_data, load_test_split, to_tf_dataset
+    from searcher.objective import train
+
+    if model_path.suffix != ".keras":
+        raise UserError(f"-o: the model file must end in .keras, got {model_path.name}")
+    started = time.perf_counter()
+    data = load_search_data(config.data, split_seed=config.split_seed, data_dir=data_dir)
+    direction = source.get("direction") or ("maximize" if config.training.metric == "val_accuracy" else "minimize")
+    result = train(config, data, direction=direction, max_epochs=epochs)
+    # The only evaluation on test data in searcher, after every choice has been made.
+    test = load_test_split(config.data, data_dir=data_dir)
+    test_loss, test_accuracy = result.model.evaluate(to_tf_dataset(test, batch_size=256), verbose=0)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    result.model.save(model_path)
+    metrics = {
+        "test_accuracy": float(test_accuracy),
+        "test_loss": float(test_loss),
+        "test_examples": len(test),
+        f"best_{config.training.metric}": result.best_value,
+        **result.summary(),
+        "seconds": round(time.perf_counter() - started, 2),
+        "model": str(model_path),
+        "source": source,
+    }
+    metrics_path(model_path).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def metrics_path(model_path: Path) -> Path:
+    return model_path.with_suffix(".metrics.json")
