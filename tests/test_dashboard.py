@@ -1,0 +1,86 @@
+"""`searcher dashboard` on a real PostgreSQL database: a fresh one with no tables, then a real study."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+
+from browser import chromium_page
+from postgres_server import psycopg2_url
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture
+def dashboard(postgres_url, tmp_path):
+    port = _free_port()
+    log = open(tmp_path / "dashboard.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "searcher", "dashboard", "--port", str(port)],
+                               env={**os.environ, "SEARCHER_STORAGE": postgres_url}, stdout=log,
+                               stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            _get_json(f"{base}/api/studies")
+            break
+        except OSError:
+            assert process.poll() is None, (tmp_path / "dashboard.log").read_text()
+            assert time.monotonic() < deadline, "dashboard did not start"
+            time.sleep(0.3)
+    yield base, postgres_url
+    process.terminate()
+    process.wait(timeout=10)
+    log.close()
+    output = (tmp_path / "dashboard.log").read_text()
+    assert f"at http://127.0.0.1:{port}/" in output
+    assert make_password(postgres_url) not in output, "the password must not be printed"
+
+
+def make_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).password
+
+
+def test_dashboard_serves_a_fresh_database_then_a_real_study(dashboard, digits_search):
+    base, url = dashboard
+    assert _get_json(f"{base}/api/studies")["study_summaries"] == []
+
+    optuna.copy_study(from_study_name=digits_search.name, from_storage=digits_search.url,
+                      to_storage=psycopg2_url(url))
+    summaries = _get_json(f"{base}/api/studies")["study_summaries"]
+    assert [s["study_name"] for s in summaries] == ["digits-mlp"]
+    study_id = summaries[0]["study_id"]
+    detail = _get_json(f"{base}/api/studies/{study_id}?after=0")
+    source = optuna.load_study(study_name=digits_search.name, storage=digits_search.url)
+    assert len(detail["trials"]) == len(source.trials)
+
+    with chromium_page(width=1400, height=1000) as (page, errors):
+        page.goto(f"{base}/dashboard/studies/{study_id}")
+        page.get_by_text("digits-mlp").first.wait_for(timeout=30_000)
+        page.wait_for_selector(".js-plotly-plot, svg", timeout=30_000)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        assert not [e for e in errors if "favicon" not in e], errors
