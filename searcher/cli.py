@@ -94,6 +94,7 @@ def worker(
     seed: Annotated[Optional[int], typer.Option("--seed", help="The seed the study was launched with, if overridden.")] = None,
     create: Annotated[bool, typer.Option("--create", help="Create the study if it does not exist yet.")] = False,
     timeout: Annotated[Optional[float], typer.Option("--timeout", min=1, help="Start no trial after this many seconds.")] = None,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="auto: lock a free GPU (for containers that see all GPUs); or a GPU index.")] = None,
     worker_index: Annotated[int, typer.Option("--worker-index", hidden=True)] = 0,
     parent_pid: Annotated[Optional[int], typer.Option("--parent-pid", hidden=True)] = None,
     deadline: Annotated[Optional[float], typer.Option("--deadline", hidden=True)] = None,
@@ -107,15 +108,28 @@ def worker(
     from searcher.workers import WorkerOptions, run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    import os
+
     import optuna
+
+    from searcher.devices import LOCK_DIR_ENV, claim_gpu, detect_gpus
 
     optuna.logging.set_verbosity(optuna.logging.INFO)  # a worker's log lists its trials
     spec, _ = load_launch_spec(study, seed)
+    gpu_lock = None
+    if gpu is not None:
+        # Before TensorFlow is imported: the visible devices are fixed when its runtime starts.
+        lock_dir = os.environ.get(LOCK_DIR_ENV, "/tmp/searcher-gpu-locks")
+        claimed, gpu_lock = claim_gpu(gpu, gpus=detect_gpus(), lock_dir=lock_dir)
+        os.environ.update(CUDA_VISIBLE_DEVICES=claimed, TF_FORCE_GPU_ALLOW_GROWTH="true", CUDA_DEVICE_ORDER="PCI_BUS_ID")
     if timeout:
         deadline = min(deadline or float("inf"), time.time() + timeout)
     options = WorkerOptions(index=worker_index, deadline=deadline, parent_pid=parent_pid, data_dir=data_dir,
                             create=create)
-    raise typer.Exit(code=run_worker(spec, resolve_url(storage), options))
+    code = run_worker(spec, resolve_url(storage), options)
+    if gpu_lock is not None:
+        gpu_lock.close()
+    raise typer.Exit(code=code)
 
 
 @app.command("studies")

@@ -265,3 +265,38 @@ def _set_memory_growth(tf: Any, gpus: Sequence[Any], placement: WorkerPlacement)
         log.warning("GPU memory growth not set: %s", e)
         return f"{where} (memory growth not set: TensorFlow runtime already initialised)"
     return f"{where} (memory growth on)"
+
+
+LOCK_DIR_ENV = "SEARCHER_LOCK_DIR"
+
+
+def claim_gpu(choice: str, *, gpus: Sequence[str], lock_dir: str | os.PathLike[str]) -> tuple[str, Any]:
+    """Lock one GPU for this worker process; return its id and the open lock file.
+
+    Several worker containers that each see every GPU (``docker compose --scale``) use
+    this to spread out: ``choice`` "auto" takes the first GPU nobody holds, a number
+    takes that GPU. The lock is an ``flock`` on ``lock_dir/gpu-<id>.lock``, released by
+    the kernel when the process exits, however it exits; keep the returned file open.
+
+    Raises:
+        UserError: no GPU is visible, the asked one does not exist, or all are taken.
+    """
+    import fcntl
+    from pathlib import Path
+
+    if not gpus:
+        raise UserError("--gpu: no GPU is visible (nvidia-smi found none, or CUDA_VISIBLE_DEVICES is empty)")
+    if choice != "auto" and choice not in gpus:
+        raise UserError(f"--gpu: expected auto or one of {', '.join(gpus)}, got {choice!r}")
+    folder = Path(lock_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for gpu in gpus if choice == "auto" else [choice]:
+        handle = open(folder / f"gpu-{gpu}.lock", "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        return gpu, handle
+    taken = f"all {len(gpus)} GPUs are" if choice == "auto" else f"GPU {choice} is"
+    raise UserError(f"--gpu: {taken} taken by other workers (locks in {folder}); scale workers to the GPU count")

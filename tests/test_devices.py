@@ -284,3 +284,34 @@ def test_real_tensorflow_on_a_cpu_worker():
     assert line == ("worker 0: CPU (no GPU visible), precision float32 (mixed precision off: no GPU), "
                     "XLA off, threads intra=1 inter=1")
     assert checks == "1 float32"
+
+
+def test_claim_gpu_spreads_workers_over_gpus_and_frees_on_exit(tmp_path):
+    """Real processes holding real flocks, as worker containers on one host do."""
+    import subprocess
+    import sys
+
+    from searcher.devices import claim_gpu
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys,time; from searcher.devices import claim_gpu; "
+         f"g,h=claim_gpu('auto', gpus=['0','1'], lock_dir={str(tmp_path)!r}); print(g, flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "0"
+        gpu, handle = claim_gpu("auto", gpus=["0", "1"], lock_dir=tmp_path)
+        assert gpu == "1"
+        with pytest.raises(UserError, match=r"--gpu: all 2 GPUs are taken by other workers"):
+            claim_gpu("auto", gpus=["0", "1"], lock_dir=tmp_path)
+        with pytest.raises(UserError, match=r"--gpu: GPU 0 is taken"):
+            claim_gpu("0", gpus=["0", "1"], lock_dir=tmp_path)
+        handle.close()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert claim_gpu("0", gpus=["0", "1"], lock_dir=tmp_path)[0] == "0", "a dead worker's GPU is free again"
+    with pytest.raises(UserError, match=r"--gpu: expected auto or one of 0, 1, got '7'"):
+        claim_gpu("7", gpus=["0", "1"], lock_dir=tmp_path)
+    with pytest.raises(UserError, match=r"--gpu: no GPU is visible"):
+        claim_gpu("auto", gpus=[], lock_dir=tmp_path)
