@@ -364,7 +364,7 @@ class RuntimeSpec(_Frozen):
     max_failures_in_a_row: int = Field(5, ge=1)
     mixed_precision: bool = False
     xla: bool = False
-    recycle_after_trials: int = Field(50, ge=1)
+    recycle_after_trials: int = Field(100, ge=1)
     max_worker_memory_mb: int | None = Field(None, ge=256)
 
     @model_validator(mode="after")
