@@ -17,6 +17,8 @@ from rich.table import Table
 from rich.text import Text
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+# Every other way a trial fails records its reason first; a trial without one lost its worker.
+LOST_WORKER = "killed (stale heartbeat)"
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class Snapshot:
 
 def fail_reason(trial: optuna.trial.FrozenTrial) -> str:
     """Why a failed trial ended; a trial with no recorded reason lost its worker."""
-    return trial.user_attrs.get("fail_reason") or "killed (stale heartbeat)"
+    return trial.user_attrs.get("fail_reason") or LOST_WORKER
 
 
 def take_snapshot(study: optuna.Study) -> Snapshot:

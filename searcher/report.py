@@ -27,6 +27,8 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from searcher.errors import UserError
+from searcher.export import CONFIRMED_ATTR
+from searcher.monitor import LOST_WORKER
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,7 @@ class ReportData:
     fail_reasons: Mapping[str, int]
     figures: tuple[str, ...]  # ids of the figures render_html draws, in page order
     notes: Mapping[str, str]  # figure id -> why it is not drawn
+    confirmed: tuple[Mapping[str, Any], ...] = ()  # `searcher confirm`'s ranking, best first
 
     @property
     def complete(self) -> tuple[TrialRow, ...]:
@@ -143,9 +146,10 @@ def collect(study: optuna.Study, *, top_k: int = TOP_K) -> ReportData:
         trials=rows,
         param_kinds=kinds,
         importances=importances,
-        fail_reasons=dict(Counter(r.fail_reason or "unknown" for r in rows if r.state == "fail")),
+        fail_reasons=dict(Counter(r.fail_reason or LOST_WORKER for r in rows if r.state == "fail")),
         figures=figures,
         notes=notes,
+        confirmed=tuple(study.user_attrs.get(CONFIRMED_ATTR) or ()),
     )
 
 
@@ -339,7 +343,22 @@ def _summary_html(d: ReportData) -> str:
     items = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(_fmt(v))}</dd>" for k, v in flat)
     out.append(f"<h2>Best trial #{d.best.number}: full configuration</h2><dl class=config>{items}</dl>")
     top = f"Top {len(d.top)} trials" if len(d.top) > 1 else "The only complete trial"
-    return "".join(out) + f"<h2>{top}</h2>{_top_table(d)}"
+    return "".join(out) + f"<h2>{top}</h2>{_top_table(d)}" + _confirmed_table(d)
+
+
+def _confirmed_table(d: ReportData) -> str:
+    """`searcher confirm`'s ranking (mean over fresh seeds) next to the single-run ranking."""
+    if not d.confirmed:
+        return ('<p class="note">Not confirmed over several seeds yet: '
+                f"<code>searcher confirm {_esc(d.study_name)} --top 3 --seeds 3</code>.</p>")
+    rows = "".join(
+        f'<tr{" class=best" if i == 1 else ""}><td class=n>{i}</td><td class=n>#{c["trial"]}</td>'
+        f'<td class=n>{c["mean"]:.4f} ± {c["spread"]:.4f}</td><td class=n>{c["runs"]}</td>'
+        f'<td class=n>{c["single_run"]:.4f}</td><td class=n>{c.get("single_rank", "–")}</td></tr>'
+        for i, c in enumerate(d.confirmed, 1))
+    return (f"<h2>Confirmed over fresh seeds</h2><table><tr><th class=n>confirmed rank</th><th class=n>trial</th>"
+            f"<th class=n>mean {_esc(d.metric)} ± sd</th><th class=n>runs</th><th class=n>single run</th>"
+            f"<th class=n>single-run rank</th></tr>{rows}</table>")
 
 
 def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

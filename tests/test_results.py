@@ -122,3 +122,10 @@ def test_confirm_adds_runs_once_and_export_takes_the_winner(digits_search, tmp_p
     exported = yaml.safe_load(searcher("export", "digits-mlp", "--storage", run.url, cwd=tmp_path).stdout)
     assert exported["source"]["trial"] == ranking[0]["trial"]
     assert exported["source"]["picked"] == "confirmed best over 2 seeded runs"
+
+    from searcher.report import collect, render_html
+
+    data = collect(load(run))
+    assert [c["trial"] for c in data.confirmed] == [r["trial"] for r in ranking]
+    page = render_html(data)
+    assert "Confirmed over fresh seeds" in page and f"#{ranking[0]['trial']}" in page
