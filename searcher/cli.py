@@ -39,7 +39,7 @@ app = typer.Typer(
     add_completion=False,
 )
 # Piped output (CI logs, `| tee`) gets long lines instead of rich's 80-column default.
-console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+console = Console(soft_wrap=not sys.stdout.isatty(), width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 StorageOpt = Annotated[
