@@ -25,7 +25,7 @@ from searcher.devices import detect_gpus, plan_warning, plan_workers
 from searcher.monitor import render, take_snapshot
 from searcher.space import describe
 from searcher.spec import StudySpec, load_spec, resolve_spec_path
-from searcher.storage import DEFAULT_SQLITE, mask_url, resolve_url
+from searcher.storage import DEFAULT_SQLITE, BudgetLock, describe_db_error, mask_url, resolve_url
 from searcher.workers import (
     EXIT_DONE,
     EXIT_INTERRUPTED,
@@ -69,7 +69,8 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
     url = resolve_url(request.storage)
     storage = open_study_storage(spec, url)
     n_trials = request.trials or spec.budget.n_trials
-    study = studies.create_or_continue(spec, storage, n_trials=n_trials)
+    with BudgetLock(url, spec.name):  # two launches at once: the study and its baselines are made once
+        study = studies.create_or_continue(spec, storage, n_trials=n_trials)
     if studies.budget_left(study, n_trials) <= 0:
         console.print(f"{spec.name}: the study already has {n_trials} finished trials; raise --trials to continue.")
         print_summary(study, console=console, url=url, default_url=request.storage is None)
@@ -125,19 +126,23 @@ def _watch(study: optuna.Study, slots: list[WorkerProcess], plan: LaunchPlan, *,
     with Live(console=console, auto_refresh=False, transient=False) if console.is_terminal else _NoLive() as live:
         while True:
             supervise(slots, plan)
-            # Fail stale trials from here too: a worker only checks when it starts a trial.
-            optuna.storages.fail_stale_trials(study)
-            snap = take_snapshot(study)
-            elapsed = time.monotonic() - started
-            done_here = snap.finished - initial
-            eta = None
-            if done_here and snap.n_trials:
-                eta = max(0.0, (snap.n_trials - snap.finished) * elapsed / done_here)
-            if console.is_terminal:
-                live.update(render(snap, elapsed_s=elapsed, eta_s=eta, workers=_workers_table(slots, snap)),
-                            refresh=True)
-            else:
-                _log_finished(study, reported, console)
+            try:
+                # Fail stale trials from here too: a worker only checks when it starts a trial.
+                optuna.storages.fail_stale_trials(study)
+                snap = take_snapshot(study)
+                elapsed = time.monotonic() - started
+                done_here = snap.finished - initial
+                eta = None
+                if done_here and snap.n_trials:
+                    eta = max(0.0, (snap.n_trials - snap.finished) * elapsed / done_here)
+                if console.is_terminal:
+                    live.update(render(snap, elapsed_s=elapsed, eta_s=eta, workers=_workers_table(slots, snap)),
+                                refresh=True)
+                else:
+                    _log_finished(study, reported, console)
+            except optuna.exceptions.StorageInternalError as e:
+                # A database restart cut a query short; the workers wait it out, and so does the view.
+                log.warning("storage error, retrying: %s", describe_db_error(e))
             if all(s.finished for s in slots):
                 return
             time.sleep(REFRESH_SECONDS)
@@ -167,7 +172,7 @@ def _workers_table(slots: list[WorkerProcess], snap) -> Table:
         pid = slot.process.pid if slot.process else None
         if slot.alive:
             trial = running.get(pid)
-            state = f"trial {trial.number}, {trial.epochs_reported} epochs, {trial.elapsed_s:.0f}s" if trial else "starting"
+            state = f"trial {trial.number}, {trial.epochs_reported} epochs, {trial.elapsed_s:.0f}s" if trial else "idle"
         else:
             state = f"exited {slot.last_exit}" if slot.finished else "restarting"
         table.add_row(str(slot.placement.index), slot.placement.describe(), str(pid), state,

@@ -7,21 +7,31 @@ Users write ``postgresql://user:pass@host/db``; SQLAlchemy 2 maps a bare
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
+import itertools
+import logging
 import os
 import re
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import optuna
+import sqlalchemy
+import sqlalchemy.event
 import sqlalchemy.exc
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.pool import NullPool
 
 from searcher.errors import StorageError
 
+log = logging.getLogger(__name__)
+
 STORAGE_ENV = "SEARCHER_STORAGE"
 DEFAULT_SQLITE = "searcher.db"
+RECONNECT_SECONDS = 60.0  # how long a connected process waits for a restarting PostgreSQL server
 _SCHEMES = {
     "postgresql": "postgresql+psycopg2",
     "postgres": "postgresql+psycopg2",
@@ -95,19 +105,73 @@ def open_storage(
             raise StorageError(f"no study storage at {url} (run `searcher launch` here first, or pass --storage)")
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=_engine_kwargs(url),
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=stale_trial_callback,
-        )
+        with _creating_tables(url):
+            storage = optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=_engine_kwargs(url),
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=stale_trial_callback,
+            )
     except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, ValueError) as e:
         raise StorageError(f"cannot open storage {mask_url(url)}: {describe_db_error(e)}") from e
+    if not url.startswith("sqlite"):
+        wait_out_restarts(storage.engine)
+    return storage
+
+
+@contextlib.contextmanager
+def _creating_tables(url: str) -> Iterator[None]:
+    """Hold a PostgreSQL advisory lock while Optuna creates (or checks) its tables.
+
+    Processes that create the tables of an empty database at the same moment collide
+    (duplicate pg_type rows, for the enum types, then for alembic_version), so two
+    ``launch`` commands or compose workers starting together take turns.
+    """
+    if url.startswith("sqlite"):
+        yield
+        return
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as connection:  # closing it ends the session, and so the lock
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _lock_key("searcher tables")})
+            yield
+    finally:
+        engine.dispose()
+
+
+def _lock_key(name: str) -> int:
+    """A PostgreSQL advisory lock key (a signed 64-bit integer) for a name."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+def wait_out_restarts(engine: Engine, *, seconds: float = RECONNECT_SECONDS) -> None:
+    """Make the engine retry a refused connection for up to ``seconds`` instead of failing.
+
+    Call it once the engine has connected. With ``pool_pre_ping`` a connection that died
+    in a PostgreSQL restart is replaced on its next use; this makes the replacement wait
+    for the server, so trials, heartbeats and the budget lock carry on across the restart.
+    """
+
+    def connect(dialect: Any, connection_record: Any, cargs: Any, cparams: Any) -> Any:
+        deadline = time.monotonic() + seconds
+        for attempt in itertools.count():
+            try:
+                return dialect.connect(*cargs, **cparams)
+            except dialect.loaded_dbapi.OperationalError as e:
+                if time.monotonic() >= deadline:
+                    raise
+                if attempt == 0:
+                    log.warning("storage unreachable, retrying for up to %.0f s: %s", seconds, describe_db_error(e))
+                time.sleep(1.0)
+
+    sqlalchemy.event.listen(engine, "do_connect", connect)
 
 
 def describe_db_error(error: BaseException) -> str:
     """The first meaningful line of a database error, without SQL or passwords."""
+    if isinstance(error, optuna.exceptions.StorageInternalError) and error.__cause__ is not None:
+        error = error.__cause__  # Optuna's wrapper only says "during the commit"; the cause says why
     cause = getattr(error, "orig", None) or error
     lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
     line = next((ln for ln in lines if not ln.startswith(("[SQL", "(Background"))), type(cause).__name__)
@@ -120,15 +184,24 @@ class BudgetLock:
     Held from the budget check until the new trial is RUNNING (and so counted), it keeps
     a study from overshooting its budget when workers finish at the same moment. SQLite
     workers share a host, so a file lock next to the database serves; PostgreSQL workers
-    on many hosts use an advisory lock, which the server drops if a worker dies.
+    on many hosts use an advisory lock, which the server drops if a worker dies. Two
+    ``launch`` commands of one study also hold it (``with lock:``) while they create the
+    study and enqueue its baselines.
     """
 
     def __init__(self, url: str, name: str) -> None:
         self._url, self._held = url, False
-        self._key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        self._key = _lock_key(name)
         self._file = None
         self._engine = None
         self._connection = None
+
+    def __enter__(self) -> BudgetLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
     def acquire(self) -> None:
         if self._url.startswith("sqlite"):
@@ -136,10 +209,10 @@ class BudgetLock:
                 self._file = open(f"{make_url(self._url).database}.lock", "a")
             fcntl.flock(self._file, fcntl.LOCK_EX)
         else:
-            import sqlalchemy
-
             if self._engine is None:
+                # Made after open_storage reached the server, so it may wait out a restart.
                 self._engine = sqlalchemy.create_engine(self._url, **_engine_kwargs(self._url))
+                wait_out_restarts(self._engine)
             self._connection = self._engine.connect()
             self._connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
         self._held = True
@@ -151,8 +224,6 @@ class BudgetLock:
         if self._file is not None:
             fcntl.flock(self._file, fcntl.LOCK_UN)
         elif self._connection is not None:
-            import sqlalchemy
-
             try:
                 self._connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
             except sqlalchemy.exc.SQLAlchemyError:

@@ -34,8 +34,7 @@ def make_sampler(spec: StudySpec, *, seed: int | None) -> optuna.samplers.BaseSa
                 multivariate=True,
                 group=True,  # conditional knobs (momentum, units_i) get their own groups
                 constant_liar=True,
-                seed=seed,
-                warn_independent_sampling=False,
+                seed=seed,  # no warn_independent_sampling: deprecated since Optuna 4.9, and off
             )
         case "random":
             return optuna.samplers.RandomSampler(seed=seed)

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 
 from searcher import study as studies
 from searcher.devices import RuntimeOptions, WorkerPlacement, configure_tensorflow
 from searcher.spec import StudySpec
-from searcher.storage import STORAGE_ENV, BudgetLock, open_storage
+from searcher.storage import STORAGE_ENV, BudgetLock, describe_db_error, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,10 @@ def open_study_storage(spec: StudySpec, url: str) -> optuna.storages.RDBStorage:
 def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
     """Run trials until the study budget, the deadline, or a recycle point; return the exit code."""
     storage = open_study_storage(spec, url)
+    lock = BudgetLock(url, spec.name)
     if options.create:
-        studies.create_or_continue(spec, storage, n_trials=spec.budget.n_trials)
+        with lock:  # several compose workers start at once: one creates the study and its baselines
+            studies.create_or_continue(spec, storage, n_trials=spec.budget.n_trials)
     sampler_seed = abs(hash((spec.seed, options.index, os.getpid()))) % (2**31)
     study = studies.load(spec.name, storage, url=url, sampler=studies.make_sampler(spec, seed=sampler_seed),
                          pruner=studies.make_pruner(spec))
@@ -82,7 +85,6 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
     data = load_search_data(spec.data, split_seed=spec.seed, data_dir=options.data_dir)
     objective = Objective(spec, data, jit_compile=True if spec.runtime.xla else False)
     streak = _FailureStreak()
-    lock = BudgetLock(url, spec.name)
     ran = 0
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
@@ -92,19 +94,44 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
                 if reason := _stop_reason(study, n_trials, options):
                     log.info("worker %d stops: %s", options.index, reason)
                     return EXIT_DONE
+                if recycle := _recycle_reason(spec, ran):  # checked after the budget: no fresh process to stop
+                    log.info("worker %d recycles: %s", options.index, recycle)
+                    return EXIT_RECYCLE
                 study.optimize(_ReleaseFirst(objective, lock), n_trials=1, catch=(Exception,), callbacks=[streak])
+            except Exception as e:
+                if (cause := _storage_trouble(e)) is None:
+                    raise
+                # A trial cut short stays RUNNING without heartbeats, or was failed already: either
+                # way the stale-trial check fails it and enqueues a retry. Errors in a row still
+                # stop the worker, as failed trials do.
+                streak.count += 1
+                log.warning("worker %d carries on after a storage error (%d in a row): %s", options.index,
+                            streak.count, describe_db_error(cause))
             finally:
                 lock.release()
             ran += 1
             if streak.count >= spec.runtime.max_failures_in_a_row:
                 log.error("worker %d stops: %d trials failed in a row", options.index, streak.count)
                 return EXIT_FAILURES
-            if recycle := _recycle_reason(spec, ran):
-                log.info("worker %d recycles: %s", options.index, recycle)
-                return EXIT_RECYCLE
     except KeyboardInterrupt:
         log.info("worker %d interrupted; its running trial was marked failed", options.index)
         return EXIT_INTERRUPTED
+
+
+def _storage_trouble(error: BaseException) -> BaseException | None:
+    """The storage error behind ``error``, if any: the server went away (longer than the
+    reconnect wait), or the running trial was failed elsewhere (stale heartbeat).
+
+    Optuna can turn it into another exception on the way out (telling a trial that was
+    failed meanwhile raises ValueError), so the whole chain is searched.
+    """
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, (optuna.exceptions.StorageInternalError, optuna.exceptions.UpdateFinishedTrialError,
+                             sqlalchemy.exc.OperationalError)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
