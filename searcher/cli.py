@@ -55,6 +55,13 @@ DataDirOpt = Annotated[
 ]
 
 
+MixedPrecisionOpt = Annotated[
+    Optional[bool],
+    typer.Option("--mixed-precision/--no-mixed-precision", help="mixed_float16 on GPUs (default: the spec's runtime.mixed_precision)."),
+]
+XlaOpt = Annotated[Optional[bool], typer.Option("--xla/--no-xla", help="XLA compilation (default: the spec's runtime.xla).")]
+
+
 @app.callback()
 def _root(ctx: typer.Context, debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
     ctx.obj = {"debug": debug}
@@ -72,6 +79,8 @@ def launch(
     seed: Annotated[Optional[int], typer.Option("--seed", help="Override the spec's seed (a different seed is a different study).")] = None,
     gpus: Annotated[Optional[str], typer.Option("--gpus", help="GPU indices to use, e.g. 0,2. Default: all visible.")] = None,
     workers_per_gpu: Annotated[int, typer.Option("--workers-per-gpu", min=1, help="Workers sharing one GPU (memory growth on).")] = 1,
+    mixed_precision: MixedPrecisionOpt = None,
+    xla: XlaOpt = None,
 ) -> None:
     """Create or continue a study and run worker processes until its budget is reached.
 
@@ -82,6 +91,7 @@ def launch(
 
     request = LaunchRequest(study=study, storage=storage, workers=workers, trials=trials, timeout=timeout,
                             data_dir=data_dir, seed=seed, workers_per_gpu=workers_per_gpu,
+                            mixed_precision=mixed_precision, xla=xla,
                             gpus=tuple(parse_gpu_list(gpus)) if gpus is not None else None)
     raise typer.Exit(code=run_launch(request, console=console))
 
@@ -95,6 +105,8 @@ def worker(
     create: Annotated[bool, typer.Option("--create", help="Create the study if it does not exist yet.")] = False,
     timeout: Annotated[Optional[float], typer.Option("--timeout", min=1, help="Start no trial after this many seconds.")] = None,
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="auto: lock a free GPU (for containers that see all GPUs); or a GPU index.")] = None,
+    mixed_precision: MixedPrecisionOpt = None,
+    xla: XlaOpt = None,
     worker_index: Annotated[int, typer.Option("--worker-index", hidden=True)] = 0,
     parent_pid: Annotated[Optional[int], typer.Option("--parent-pid", hidden=True)] = None,
     deadline: Annotated[Optional[float], typer.Option("--deadline", hidden=True)] = None,
@@ -115,7 +127,7 @@ def worker(
     from searcher.devices import LOCK_DIR_ENV, claim_gpu, detect_gpus
 
     optuna.logging.set_verbosity(optuna.logging.INFO)  # a worker's log lists its trials
-    spec, _ = load_launch_spec(study, seed)
+    spec, _ = load_launch_spec(study, seed, mixed_precision=mixed_precision, xla=xla)
     gpu_lock = None
     if gpu is not None:
         # Before TensorFlow is imported: the visible devices are fixed when its runtime starts.

@@ -53,19 +53,28 @@ class LaunchRequest:
     seed: int | None = None
     gpus: tuple[str, ...] | None = None
     workers_per_gpu: int = 1
+    mixed_precision: bool | None = None  # None: as the spec says
+    xla: bool | None = None
     log_dir: Path = Path("searcher-logs")
 
 
-def load_launch_spec(source: str, seed: int | None) -> tuple[StudySpec, Path]:
+def load_launch_spec(source: str, seed: int | None, *, mixed_precision: bool | None = None,
+                     xla: bool | None = None) -> tuple[StudySpec, Path]:
+    """The spec with the command line's overrides: the seed (a different study), and the
+    runtime options, which change how fast a trial runs, not what it computes."""
     spec = load_spec(source)
     if seed is not None:
         spec = spec.model_copy(update={"seed": seed})
+    runtime = {k: v for k, v in (("mixed_precision", mixed_precision), ("xla", xla)) if v is not None}
+    if runtime:
+        spec = spec.model_copy(update={"runtime": spec.runtime.model_copy(update=runtime)})
     return spec, resolve_spec_path(source).resolve()
 
 
 def launch(request: LaunchRequest, *, console: Console) -> int:
     """Run the search to its budget; return the process exit code (130 when interrupted)."""
-    spec, spec_path = load_launch_spec(request.study, request.seed)
+    spec, spec_path = load_launch_spec(request.study, request.seed, mixed_precision=request.mixed_precision,
+                                       xla=request.xla)
     url = resolve_url(request.storage)
     storage = open_study_storage(spec, url)
     n_trials = request.trials or spec.budget.n_trials
@@ -84,6 +93,7 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
         console.print(f"[yellow]{warning}[/]")
     timeout = request.timeout or spec.budget.timeout
     plan = LaunchPlan(spec_path=spec_path, url=url, log_dir=request.log_dir / spec.name, seed=request.seed,
+                      mixed_precision=spec.runtime.mixed_precision, xla=spec.runtime.xla,
                       deadline=time.time() + timeout if timeout else None, data_dir=request.data_dir)
     slots = [WorkerProcess(p) for p in placements]
     console.print(f"[bold]{spec.name}[/]: {len(slots)} worker(s) on {mask_url(url)}, budget {n_trials} trials; "

@@ -184,7 +184,9 @@ class Objective:
 
     def config_for(self, trial: optuna.Trial) -> TrialConfig:
         values = suggest_values(trial, self.spec)
-        return trial_config(self.spec, values, seed=trial_seed(self.spec.seed, trial.number))
+        # A retry of a trial whose worker died carries the original's user attrs: same seed.
+        seed = trial.user_attrs.get("seed", trial_seed(self.spec.seed, trial.number))
+        return trial_config(self.spec, values, seed=seed)
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker_pid", os.getpid())

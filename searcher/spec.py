@@ -365,6 +365,7 @@ class RuntimeSpec(_Frozen):
     mixed_precision: bool = False
     xla: bool = False
     recycle_after_trials: int = Field(100, ge=1)
+    recycle_memory_growth_mb: int | None = Field(2048, ge=64)
     max_worker_memory_mb: int | None = Field(None, ge=256)
 
     @model_validator(mode="after")

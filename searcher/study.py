@@ -74,6 +74,7 @@ def create_or_continue(spec: StudySpec, storage: optuna.storages.BaseStorage, *,
     )
     stored_hash = study.user_attrs.get(HASH_ATTR)
     if stored_hash is None:
+        study.set_metric_names([spec.training.metric])  # shown by optuna-dashboard and plots
         study.set_user_attr(SPEC_ATTR, spec.to_dict())
         study.set_user_attr(HASH_ATTR, spec.search_hash())
     else:

@@ -24,6 +24,7 @@ import sqlalchemy.exc
 
 from searcher import study as studies
 from searcher.devices import RuntimeOptions, WorkerPlacement, configure_tensorflow
+from searcher.memory import rss_mb
 from searcher.spec import StudySpec
 from searcher.storage import STORAGE_ENV, BudgetLock, describe_db_error, open_storage
 
@@ -85,7 +86,7 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
     data = load_search_data(spec.data, split_seed=spec.seed, data_dir=options.data_dir)
     objective = Objective(spec, data, jit_compile=True if spec.runtime.xla else False)
     streak = _FailureStreak()
-    ran = 0
+    ran, settled_mb = 0, None
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         while True:
@@ -94,7 +95,7 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
                 if reason := _stop_reason(study, n_trials, options):
                     log.info("worker %d stops: %s", options.index, reason)
                     return EXIT_DONE
-                if recycle := _recycle_reason(spec, ran):  # checked after the budget: no fresh process to stop
+                if recycle := _recycle_reason(spec, ran, settled_mb):  # checked after the budget: no fresh process to stop
                     log.info("worker %d recycles: %s", options.index, recycle)
                     return EXIT_RECYCLE
                 study.optimize(_ReleaseFirst(objective, lock), n_trials=1, catch=(Exception,), callbacks=[streak])
@@ -110,6 +111,8 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
             finally:
                 lock.release()
             ran += 1
+            if ran == 1:
+                settled_mb = rss_mb()  # after the first trial: TensorFlow, data and tracing are loaded
             if streak.count >= spec.runtime.max_failures_in_a_row:
                 log.error("worker %d stops: %d trials failed in a row", options.index, streak.count)
                 return EXIT_FAILURES
@@ -149,16 +152,21 @@ def _stop_reason(study: optuna.Study, n_trials: int, options: WorkerOptions) -> 
     return None
 
 
-def _recycle_reason(spec: StudySpec, ran: int) -> str | None:
-    if ran >= spec.runtime.recycle_after_trials:
-        return f"ran {ran} trials (runtime.recycle_after_trials)"
-    limit = spec.runtime.max_worker_memory_mb
-    if limit:
-        import psutil
+def _recycle_reason(spec: StudySpec, ran: int, settled_mb: float | None) -> str | None:
+    """Why this worker should hand over to a fresh process, if it should.
 
-        rss_mb = psutil.Process().memory_info().rss / 2**20
-        if rss_mb > limit:
-            return f"resident memory {rss_mb:.0f} MB > runtime.max_worker_memory_mb {limit}"
+    Memory that TensorFlow does not give back between trials shows as growth over what
+    the worker held after its first trial; a fresh process costs a few seconds of start-up.
+    """
+    runtime = spec.runtime
+    if ran >= runtime.recycle_after_trials:
+        return f"ran {ran} trials (runtime.recycle_after_trials)"
+    now = rss_mb()
+    if runtime.max_worker_memory_mb and now > runtime.max_worker_memory_mb:
+        return f"resident memory {now:.0f} MB > runtime.max_worker_memory_mb {runtime.max_worker_memory_mb}"
+    if runtime.recycle_memory_growth_mb and settled_mb is not None and now - settled_mb > runtime.recycle_memory_growth_mb:
+        return (f"resident memory grew {now - settled_mb:.0f} MB since the first trial "
+                f"(runtime.recycle_memory_growth_mb {runtime.recycle_memory_growth_mb})")
     return None
 
 
@@ -211,6 +219,8 @@ class LaunchPlan:
     seed: int | None = None
     deadline: float | None = None
     data_dir: str | None = None
+    mixed_precision: bool = False
+    xla: bool = False
 
 
 def start_worker(slot: WorkerProcess, plan: LaunchPlan) -> None:
@@ -224,6 +234,7 @@ def start_worker(slot: WorkerProcess, plan: LaunchPlan) -> None:
         cmd += ["--deadline", f"{plan.deadline:.3f}"]
     if plan.data_dir:
         cmd += ["--data-dir", plan.data_dir]
+    cmd += ["--mixed-precision" if plan.mixed_precision else "--no-mixed-precision", "--xla" if plan.xla else "--no-xla"]
     env = {**os.environ, **slot.placement.env(), STORAGE_ENV: plan.url, "PYTHONUNBUFFERED": "1"}
     plan.log_dir.mkdir(parents=True, exist_ok=True)
     with open(plan.log_dir / f"worker-{slot.placement.index}.log", "ab") as out:

@@ -62,3 +62,57 @@ def test_a_trial_past_the_memory_limit_fails_and_is_not_retried(tmp_path):
     assert len(finished(study)) == 3, "the search goes on"
     status = run_searcher("status", "oom", "--json", "--storage", url, cwd=tmp_path)
     assert '"out of memory"' in status.stdout
+
+
+def test_the_launcher_fails_a_killed_workers_trial_while_the_others_are_busy(tmp_path):
+    """No worker starts a trial (and so checks heartbeats) while this happens: the launcher's timer must."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec = _spec(tmp_path, "stale", training={"max_epochs": 150, "patience": None}, pruner={"name": "none"},
+                 runtime={"heartbeat_interval": 1, "grace_period": 3}, baselines=[])
+    url = f"sqlite:///{tmp_path}/s.db"
+    launch = subprocess.Popen([sys.executable, "-m", "searcher", "launch", str(spec), "--workers", "2", "--trials", "2",
+                               "--storage", url], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                trials = optuna.load_study(study_name="stale", storage=url).get_trials()
+            except KeyError:  # the launcher has not created the study yet
+                trials = []
+            running = [t for t in trials if t.state.name == "RUNNING" and "worker_pid" in t.user_attrs
+                       and t.intermediate_values]
+            if len(running) == 2:
+                break
+            assert time.monotonic() < deadline and launch.poll() is None, "two trials never ran at once"
+            time.sleep(0.3)
+        victim, busy = running
+        os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
+        killed_at = time.monotonic()
+        while True:
+            trials = {t.number: t for t in optuna.load_study(study_name="stale", storage=url).get_trials()}
+            if trials[victim.number].state.name == "FAIL":
+                failed_after = time.monotonic() - killed_at
+                break
+            assert time.monotonic() - killed_at < 60, "the stale trial was never failed"
+            time.sleep(0.2)
+        # The other worker was still inside its long trial: the launcher failed the stale one.
+        assert trials[busy.number].state.name == "RUNNING"
+        print(f"stale trial failed {failed_after:.1f} s after kill -9 (grace 3 s + heartbeat 1 s + tick 1 s)")
+        assert launch.wait(timeout=400) == 0, launch.stdout.read()
+    finally:
+        if launch.poll() is None:
+            launch.send_signal(signal.SIGINT)
+            launch.wait(timeout=60)
+    study = optuna.load_study(study_name="stale", storage=url)
+    retries = [t for t in study.get_trials() if t.system_attrs.get("failed_trial") == victim.number]
+    assert [t.state.name for t in retries] == ["COMPLETE"]
+    assert retries[0].params == victim.params
+    assert retries[0].user_attrs["seed"] == victim.user_attrs["seed"], "a retry trains with the original seed"
+    assert len(finished(study)) == 2
+    status = run_searcher("status", "stale", "--json", "--storage", url, cwd=tmp_path)
+    assert '"killed (stale heartbeat)": 1' in status.stdout

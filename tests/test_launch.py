@@ -61,3 +61,14 @@ def test_a_changed_spec_cannot_join_the_study(tmp_path):
     out = run_searcher("worker", str(spec), "--storage", url, cwd=tmp_path)
     assert out.returncode == 1
     assert "was created from a different spec" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_runtime_flags_reach_the_worker_and_its_log_says_what_it_did(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    out = run_searcher("launch", "digits-mlp", "--workers", "1", "--trials", "1", "--mixed-precision", "--xla",
+                       "--storage", url, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    log = (tmp_path / "searcher-logs" / "digits-mlp" / "worker-0.log").read_text()
+    assert "precision float32 (mixed precision off: no GPU), XLA on" in log
+    study = optuna.load_study(study_name="digits-mlp", storage=url)
+    assert study.metric_names == ["val_accuracy"]
