@@ -1,0 +1,105 @@
+"""The bench harness: ``python -m bench --quick`` runs every section, prints every table and
+writes every figure as a positive number.
+
+Timings are never asserted: other processes share the machine, and the quick plan's
+budgets are too small for its figures to mean much. Only their presence and sign are.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from searcher.devices import detect_gpus
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+HEADINGS = {
+    "overhead": "## 1. Overhead: one-worker search vs a bare model.fit loop",
+    "scaling": "## 2. Scaling: CPU worker processes on this machine",
+    "storage": "## 3. Storage: Optuna storage time per trial",
+    "startup": "## 4. Start-up: cold launch to the first finished trial",
+    "quality": "## 5. Search quality at an equal epoch budget (digits-mlp)",
+    "gpu": "## 6. GPU: CIFAR-10 CNN seconds per epoch",
+}
+QUALITY = ("best_val_accuracy", "test_accuracy", "epochs", "trials")
+
+
+def expected_figures(*, postgres: bool, keras_tuner: bool, gpu: bool) -> dict[str, list[str]]:
+    backends = ["sqlite", "postgresql"] if postgres else ["sqlite"]
+    methods = ["tpe_median", "random_none"] + (["keras_tuner_hyperband"] if keras_tuner else [])
+    return {
+        "overhead": ["overhead_ratio", "overhead_ratio_same_loop", "searcher_wall_s", "bare_loop_s", "tf_import_s",
+                     "data_loading_s"],
+        "scaling": ["scaling_ratio", "scaling_ratio_wall", "trials_per_min.1", "trials_per_min.2"],
+        "storage": [f"{figure}.{b}" for figure in ("storage_ms_per_trial", "storage_share_of_trial") for b in backends],
+        "startup": ["first_trial_s", "first_trial_start_s"],
+        "quality": [f"{m}.{figure}" for m in methods for figure in QUALITY],
+        "gpu": [f"{variant}_{side}" for variant in ("float32", "mixed", "xla", "mixed_xla")
+                for side in ("searcher", "bare")] if gpu else [],
+    }
+
+
+def leaves(figures: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in figures.items():
+        if isinstance(value, dict):
+            out.update(leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
+    out = tmp_path_factory.mktemp("bench") / "latest.json"
+    result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--json", str(out)], cwd=REPO,
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result, json.loads(out.read_text())
+
+
+def test_quick_run_prints_every_table(quick_run):
+    result, _ = quick_run
+    for heading in HEADINGS.values():
+        assert heading in result.stdout
+    positions = [result.stdout.index(h) for h in HEADINGS.values()]
+    assert positions == sorted(positions), "sections print in order"
+    for text in ("overhead_ratio =", "scaling_ratio =", "first_trial_s =", "| sqlite |",
+                 "searcher TPE + median pruner (default)", "searcher random sampler, no pruning"):
+        assert text in result.stdout
+
+
+def test_quick_run_writes_every_figure_as_a_positive_number(quick_run):
+    result, document = quick_run
+    assert document["plan"] == "quick" and document["seconds"] > 0
+    assert set(document["sections"]) == set(HEADINGS)
+    storage = document["sections"]["storage"]
+    postgres_missing = storage["details"].get("not_run", {}).get("postgresql")
+    if os.environ.get("CI") == "true":
+        assert postgres_missing is None, "PostgreSQL must be measured in CI"
+    if postgres_missing:
+        assert f"not run: {postgres_missing}" in result.stdout
+    keras_tuner = importlib.util.find_spec("keras_tuner") is not None
+    gpu = bool(detect_gpus())
+    expected = expected_figures(postgres=not postgres_missing, keras_tuner=keras_tuner, gpu=gpu)
+    for key, names in expected.items():
+        section = document["sections"][key]
+        assert section["title"] == HEADINGS[key].removeprefix("## ")
+        figures = leaves(section["figures"])
+        for name in names:
+            assert name in figures, f"{key}: missing figure {name}"
+        for name, value in figures.items():
+            assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{key}.{name}: {value!r}"
+            assert math.isfinite(value) and value > 0, f"{key}.{name} must be a positive number, got {value!r}"
+    if not gpu:
+        assert document["sections"]["gpu"]["not_run"] == "no GPU visible"
+        assert "not run: no GPU visible" in result.stdout
