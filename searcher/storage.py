@@ -115,9 +115,31 @@ def open_storage(
             )
     except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, ValueError) as e:
         raise StorageError(f"cannot open storage {mask_url(url)}: {describe_db_error(e)}") from e
-    if not url.startswith("sqlite"):
+    if url.startswith("sqlite"):
+        _use_write_ahead_log(storage.engine)
+    else:
         wait_out_restarts(storage.engine)
     return storage
+
+
+def _use_write_ahead_log(engine: Engine) -> None:
+    """SQLite in WAL mode with ``synchronous=NORMAL``: a commit no longer waits for a disk sync.
+
+    A trial makes dozens of small commits; in the default mode each one syncs, which cost
+    0.1-0.3 s per trial here (bench/storage). WAL also lets readers (the live view, status)
+    work while a worker writes. A crash can lose the last commits, never corrupt the file.
+    """
+
+    def on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+    sqlalchemy.event.listen(engine, "connect", on_connect)
+    engine.dispose()  # pooled connections predate the listener
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql("PRAGMA journal_mode=WAL")  # stored in the file, once
+    except sqlalchemy.exc.OperationalError as e:
+        log.warning("SQLite stays in rollback-journal mode (%s)", describe_db_error(e))
 
 
 @contextlib.contextmanager

@@ -88,9 +88,11 @@ class SearchRun:
         return f"sqlite:///{self.db}"
 
     def copy(self, folder) -> "SearchRun":
-        import shutil
+        import sqlite3
 
-        shutil.copy(self.db, folder / "searcher.db")
+        # The backup API, not a file copy: it includes commits still in the write-ahead log.
+        with sqlite3.connect(self.db) as source, sqlite3.connect(folder / "searcher.db") as target:
+            source.backup(target)
         return SearchRun(folder, self.name)
 
 
