@@ -36,6 +36,7 @@ import os
 import pwd
 import secrets
 import shutil
+import stat
 import signal
 import socket
 import subprocess
@@ -130,6 +131,27 @@ def pgserver_bin_dir() -> Path | None:
         return None
     bin_dir = Path(spec.origin).parent / "pginstall" / "bin"
     return bin_dir if (bin_dir / "postgres").is_file() else None
+
+
+def _reachable_by_others(bin_dir: Path, base_dir: Path) -> Path:
+    """``bin_dir``, or a copy of its installation in ``base_dir`` when another user cannot reach it.
+
+    The server runs as the ``postgres`` user; pgserver's binaries live in the virtualenv,
+    which may sit under a private folder (a ``mktemp -d`` checkout is mode 0700).
+    """
+    if all(folder.stat().st_mode & stat.S_IXOTH for folder in [bin_dir, *bin_dir.parents]):
+        return bin_dir
+    # pgserver's binaries find their libraries by a relative rpath
+    # ($ORIGIN/../../../pgserver.libs): copy the package and its sibling .libs folder together.
+    package = bin_dir.parents[1]
+    copy_root = base_dir / "site-packages"
+    for folder in package.parent.glob(f"{package.name}*"):
+        if folder.is_dir() and not folder.name.endswith(".dist-info"):
+            shutil.copytree(folder, copy_root / folder.name, symlinks=True)
+    for folder in [copy_root, *copy_root.rglob("*")]:
+        if folder.is_dir():
+            folder.chmod(folder.stat().st_mode | stat.S_IXOTH | stat.S_IROTH)
+    return copy_root / bin_dir.relative_to(package.parent)
 
 
 def find_bin_dir() -> Path:
@@ -470,6 +492,7 @@ class PostgresServer:
         if run_as:
             for path in (self.base_dir, password_file):
                 os.chown(path, run_as["user"], run_as["group"])  # type: ignore[arg-type]
+            bin_dir = self._bin_dir = _reachable_by_others(bin_dir, self.base_dir)
         initdb_log = self.base_dir / "initdb.log"
         try:
             with open(initdb_log, "wb") as log:
