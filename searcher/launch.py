@@ -30,6 +30,7 @@ from searcher.workers import (
     EXIT_DONE,
     EXIT_INTERRUPTED,
     LaunchPlan,
+    raise_keyboard_interrupt,
     WorkerProcess,
     fail_orphaned_trials,
     open_study_storage,
@@ -102,16 +103,15 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
         console.print(f"  worker {slot.placement.index}: {slot.placement.describe()}")
         start_worker(slot, plan)
 
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    previous = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     try:
         _watch(study, slots, plan, console=console)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: stopping workers...[/]")
         stop_workers(slots)
         failed = fail_orphaned_trials(study, {pid for s in slots for pid in s.pids})
-        counts = studies.count_states(study)
         console.print(f"stopped; {failed} running trial(s) of stopped workers marked failed, "
-                      f"{counts['COMPLETE'] + counts['PRUNED']} finished trials kept. "
+                      f"{studies.finished(studies.count_states(study))} finished trials kept. "
                       f"Run the same launch again to continue.")
         return EXIT_INTERRUPTED
     finally:
@@ -122,10 +122,6 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
         console.print(f"[red]worker {slot.placement.index} ended with exit code {slot.last_exit}; "
                       f"see {plan.log_dir}/worker-{slot.placement.index}.log[/]")
     return 1 if len(crashed) == len(slots) else EXIT_DONE
-
-
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _watch(study: optuna.Study, slots: list[WorkerProcess], plan: LaunchPlan, *, console: Console) -> None:

@@ -16,6 +16,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from searcher.study import finished
+
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 # Every other way a trial fails records its reason first; a trial without one lost its worker.
 LOST_WORKER = "killed (stale heartbeat)"
@@ -45,7 +47,7 @@ class Snapshot:
 
     @property
     def finished(self) -> int:
-        return self.counts["COMPLETE"] + self.counts["PRUNED"]
+        return finished(Counter(self.counts))
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "finished": self.finished}

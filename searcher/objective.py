@@ -213,10 +213,8 @@ class Objective:
             trial.set_user_attr("fail_reason", "out of memory")
             trial.set_user_attr("fail_detail", f"worker resident memory {guard.peak_mb:.0f} MB > "
                                                f"runtime.max_worker_memory_mb {self.spec.runtime.max_worker_memory_mb}")
-            trial.set_user_attr("peak_rss_mb", round(guard.peak_mb))
             raise TrialFailed("out of memory", f"resident memory {guard.peak_mb:.0f} MB") from None
         except TrialFailed as e:
-            trial.set_user_attr("peak_rss_mb", round(guard.peak_mb))
             trial.set_user_attr("fail_reason", e.reason)
             trial.set_user_attr("fail_detail", str(e)[:300])
             raise
@@ -224,9 +222,10 @@ class Objective:
             trial.set_user_attr("fail_reason", "exception")
             trial.set_user_attr("fail_detail", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300])
             raise
+        finally:
+            trial.set_user_attr("peak_rss_mb", round(guard.peak_mb))
         for key, value in result.summary().items():
             trial.set_user_attr(key, value)
-        trial.set_user_attr("peak_rss_mb", round(guard.peak_mb))
         if pruning.pruned_at is not None:
             raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at}")
         return result.best_value

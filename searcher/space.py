@@ -24,6 +24,7 @@ from searcher.spec import (
     Fixed,
     Range,
     StudySpec,
+    max_depth,
 )
 
 PARAM_NAMES = {"learning_rate": "lr"}
@@ -199,16 +200,12 @@ def grid_search_space(spec: StudySpec) -> dict[str, list[Any]]:
             raise SpecError(f"sampler.name: grid needs every searched knob as choices; search.{name} is a range")
         param = PARAM_NAMES.get(name, name)
         if name in ("units", "filters"):
-            for i in range(int(max(_depth_choices(spec)))):
+            for i in range(max_depth(spec.search)):
                 grid[f"{param}_{i}"] = list(knob.choices)
         else:
             grid[param] = list(knob.choices)
     return grid
 
-
-def _depth_choices(spec: StudySpec) -> list[int]:
-    depth = spec.search.depth
-    return [int(depth.value)] if isinstance(depth, Fixed) else [int(v) for v in depth.choices]
 
 
 def describe(config: dict[str, Any]) -> str:

@@ -433,7 +433,8 @@ class StudySpec(_Frozen):
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _max_depth(search: SearchSpec) -> int:
+def max_depth(search: SearchSpec) -> int:
+    """The most layers (mlp) or stages (cnn) ``search.depth`` allows."""
     depth = search.depth
     if isinstance(depth, Fixed):
         return int(depth.value)
@@ -445,8 +446,8 @@ def _max_depth(search: SearchSpec) -> int:
 def _check_layer_list(search: SearchSpec, name: str, length: int, path: str) -> None:
     if isinstance(search.depth, Fixed) and length != search.depth.value:
         raise FieldError(path, f"lists {length} layers but search.depth is {search.depth.value}")
-    if length < _max_depth(search):
-        raise FieldError(path, f"lists {length} layers but search.depth can be {_max_depth(search)}")
+    if length < max_depth(search):
+        raise FieldError(path, f"lists {length} layers but search.depth can be {max_depth(search)}")
 
 
 def _check_baseline_value(search: SearchSpec, key: str, value: Any, path: str) -> None:

@@ -130,7 +130,12 @@ def count_states(study: optuna.Study) -> Counter[str]:
     return Counter(t.state.name for t in study.get_trials(deepcopy=False))
 
 
+def finished(states: Counter[str]) -> int:
+    """Trials that count as results: COMPLETE and PRUNED (see the module docstring)."""
+    return sum(states[state.name] for state in FINISHED)
+
+
 def budget_left(study: optuna.Study, n_trials: int) -> int:
     """How many more trials may start: finished and running ones count against the budget."""
     states = count_states(study)
-    return n_trials - (states["COMPLETE"] + states["PRUNED"] + states["RUNNING"])
+    return n_trials - finished(states) - states["RUNNING"]

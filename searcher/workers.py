@@ -84,10 +84,10 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
     from searcher.objective import Objective
 
     data = load_search_data(spec.data, split_seed=spec.seed, data_dir=options.data_dir)
-    objective = Objective(spec, data, jit_compile=True if spec.runtime.xla else False)
+    objective = Objective(spec, data, jit_compile=spec.runtime.xla)
     streak = _FailureStreak()
     ran, settled_mb = 0, None
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     try:
         while True:
             lock.acquire()
@@ -137,7 +137,7 @@ def _storage_trouble(error: BaseException) -> BaseException | None:
     return None
 
 
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+def raise_keyboard_interrupt(signum: int, frame: object) -> None:
     # Optuna fails the running trial on KeyboardInterrupt, so SIGTERM leaves nothing RUNNING.
     raise KeyboardInterrupt
 
