@@ -33,7 +33,6 @@ from searcher.workers import (
     raise_keyboard_interrupt,
     WorkerProcess,
     fail_orphaned_trials,
-    open_study_storage,
     start_worker,
     stop_workers,
     supervise,
@@ -77,7 +76,7 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
     spec, spec_path = load_launch_spec(request.study, request.seed, mixed_precision=request.mixed_precision,
                                        xla=request.xla)
     url = resolve_url(request.storage)
-    storage = open_study_storage(spec, url)
+    storage = studies.open_study_storage(spec, url)
     n_trials = request.trials or spec.budget.n_trials
     with BudgetLock(url, spec.name):  # two launches at once: the study and its baselines are made once
         study = studies.create_or_continue(spec, storage, n_trials=n_trials)
