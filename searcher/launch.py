@@ -78,7 +78,7 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
     url = resolve_url(request.storage)
     storage = studies.open_study_storage(spec, url)
     n_trials = request.trials or spec.budget.n_trials
-    with BudgetLock(url, spec.name):  # two launches at once: the study and its baselines are made once
+    with BudgetLock(url, spec.name, storage=storage):  # two launches at once: the study and its baselines are made once
         study = studies.create_or_continue(spec, storage, n_trials=n_trials)
     if studies.budget_left(study, n_trials) <= 0:
         console.print(f"{spec.name}: the study already has {n_trials} finished trials; raise --trials to continue.")

@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import logging
 import os
+import random
 import re
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ import optuna
 import sqlalchemy
 import sqlalchemy.event
 import sqlalchemy.exc
+import sqlalchemy.orm
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
 
@@ -31,7 +33,8 @@ log = logging.getLogger(__name__)
 
 STORAGE_ENV = "SEARCHER_STORAGE"
 DEFAULT_SQLITE = "searcher.db"
-RECONNECT_SECONDS = 60.0  # how long a connected process waits for a restarting PostgreSQL server
+RECONNECT_SECONDS = 60.0
+QUEUE_SLOTS = 4  # workers that wait for the budget lock inside PostgreSQL at once (BudgetLock)  # how long a connected process waits for a restarting PostgreSQL server
 _SCHEMES = {
     "postgresql": "postgresql+psycopg2",
     "postgres": "postgresql+psycopg2",
@@ -112,9 +115,18 @@ def open_storage(
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
                 heartbeat_stale_trial_callback=stale_trial_callback,
+                skip_compatibility_check=True,  # checked below, on one connection at a time
             )
+            current, head = storage.get_current_version(), storage.get_head_version()
     except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, ValueError) as e:
         raise StorageError(f"cannot open storage {mask_url(url)}: {describe_db_error(e)}") from e
+    if current != head:
+        # Optuna's own check reads this inside an open transaction on a second connection:
+        # through PgBouncer, 200 workers starting at once each held one server connection
+        # and waited for another, and none got one (tests/test_scale.py).
+        raise StorageError(f"storage {mask_url(url)}: its tables have Optuna schema {current}, Optuna "
+                           f"{optuna.__version__} needs {head}; run `optuna storage upgrade --storage URL` "
+                           "(or use the Optuna version that made them)")
     if url.startswith("sqlite"):
         _use_write_ahead_log(storage.engine)
     else:
@@ -144,19 +156,28 @@ def _use_write_ahead_log(engine: Engine) -> None:
 
 @contextlib.contextmanager
 def _creating_tables(url: str) -> Iterator[None]:
-    """Hold a PostgreSQL advisory lock while Optuna creates (or checks) its tables.
+    """Hold a PostgreSQL advisory lock while Optuna creates its tables in an empty database.
 
     Processes that create the tables of an empty database at the same moment collide
     (duplicate pg_type rows, for the enum types, then for alembic_version), so two
-    ``launch`` commands or compose workers starting together take turns.
+    ``launch`` commands or compose workers starting together take turns. Once the tables
+    exist (every worker joining a launched study) no lock is taken: hundreds of workers
+    starting at once through PgBouncer would otherwise queue on it holding its pool.
     """
     if url.startswith("sqlite"):
         yield
         return
     engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 5})
     try:
-        with engine.connect() as connection:  # closing it ends the session, and so the lock
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _lock_key("searcher tables")})
+        with engine.connect() as connection:
+            exists = connection.execute(sqlalchemy.text("SELECT to_regclass('alembic_version')")).scalar() is not None
+        if exists:
+            yield
+            return
+        with engine.connect() as connection:
+            # A transaction-level lock: it lasts while this transaction is open (also through
+            # PgBouncer in transaction mode), and ends with it when the connection closes.
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key("searcher tables")})
             yield
     finally:
         engine.dispose()
@@ -205,18 +226,40 @@ class BudgetLock:
 
     Held from the budget check until the new trial is RUNNING (and so counted), it keeps
     a study from overshooting its budget when workers finish at the same moment. SQLite
-    workers share a host, so a file lock next to the database serves; PostgreSQL workers
-    on many hosts use an advisory lock, which the server drops if a worker dies. Two
-    ``launch`` commands of one study also hold it (``with lock:``) while they create the
-    study and enqueue its baselines.
+    workers share a host, so a file lock next to the database serves. PostgreSQL workers
+    on many hosts take a transaction-level advisory lock (``pg_advisory_xact_lock``), which
+    the server drops when the transaction ends or the worker dies, and which survives
+    PgBouncer in transaction mode (a session lock would stay on a pooled server connection).
+
+    Given the storage, the lock's transaction is also the one Optuna's calls in this thread
+    run in (as savepoints) while it is held: the budget check and the new trial then need
+    one server connection, not two, and a holder never waits for a pool slot.
+
+    A worker blocked in ``pg_advisory_xact_lock`` keeps its server connection (through
+    PgBouncer too, since it is inside a transaction); 200 of them would hold every pooled
+    connection and starve the trials that are running (measured: 32 workers, PgBouncer
+    pool 20, a median lock wait of 6.7 s). So at most ``QUEUE_SLOTS`` workers queue in the
+    server, each holding one of as many slot locks; the others retry for a slot, backing off
+    from 10 ms to 1 s, holding no connection in between. The queue in the server is never
+    empty while others wait, so trial starts go on at the lock's pace.
+
+    Two ``launch`` commands of one study also hold it (``with lock:``) while they create
+    the study and enqueue its baselines.
     """
 
-    def __init__(self, url: str, name: str) -> None:
+    def __init__(self, url: str, name: str, *, storage: optuna.storages.RDBStorage | None = None) -> None:
         self._url, self._held = url, False
         self._key = _lock_key(name)
+        self._storage = storage
         self._file = None
-        self._engine = None
+        self._engine = storage.engine if storage is not None else None
         self._connection = None
+        self._transaction = None
+        self.wait_seconds: list[float] = []  # how long each acquire waited, and each hold lasted (the bench)
+        self.hold_seconds: list[float] = []
+        self._slot_keys = {f"s{i}": _lock_key(f"{name} queue slot {i}") for i in range(QUEUE_SLOTS)}
+        self._slot_query = sqlalchemy.text("SELECT CASE " + " ".join(
+            f"WHEN pg_try_advisory_xact_lock(:s{i}) THEN {i}" for i in range(QUEUE_SLOTS)) + " ELSE -1 END")
 
     def __enter__(self) -> BudgetLock:
         self.acquire()
@@ -226,6 +269,7 @@ class BudgetLock:
         self.release()
 
     def acquire(self) -> None:
+        began = time.perf_counter()
         if self._url.startswith("sqlite"):
             if self._file is None:
                 self._file = open(f"{make_url(self._url).database}.lock", "a")
@@ -235,21 +279,55 @@ class BudgetLock:
                 # Made after open_storage reached the server, so it may wait out a restart.
                 self._engine = sqlalchemy.create_engine(self._url, **_engine_kwargs(self._url))
                 wait_out_restarts(self._engine)
-            self._connection = self._engine.connect()
-            self._connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
-        self._held = True
+            self._queue_in_server()
+            try:
+                self._connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": self._key})
+            except BaseException:
+                self._connection.close()
+                self._connection = self._transaction = None
+                raise
+            if self._storage is not None:
+                self._storage.scoped_session.registry.set(
+                    sqlalchemy.orm.Session(bind=self._connection, join_transaction_mode="create_savepoint"))
+        self.wait_seconds.append(time.perf_counter() - began)
+        self._held, self._held_since = True, time.perf_counter()
+
+    def _queue_in_server(self) -> None:
+        """Open the lock's transaction holding one of the queue slots (see the class docstring)."""
+        backoff = 0.01
+        while True:
+            connection = self._engine.connect()
+            try:
+                transaction = connection.begin()
+                # CASE tries the slots in order and stops at the first it gets.
+                slot = connection.execute(self._slot_query, self._slot_keys).scalar()
+            except BaseException:
+                connection.close()
+                raise
+            if slot >= 0:
+                self._connection, self._transaction = connection, transaction
+                return
+            transaction.rollback()
+            connection.close()
+            time.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(1.0, backoff * 2)
 
     def release(self) -> None:
         if not self._held:
             return
         self._held = False
+        self.hold_seconds.append(time.perf_counter() - self._held_since)
         if self._file is not None:
             fcntl.flock(self._file, fcntl.LOCK_UN)
         elif self._connection is not None:
+            if self._storage is not None:
+                self._storage.scoped_session.remove()  # this thread's next session uses the pool again
             try:
-                self._connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
-            except sqlalchemy.exc.SQLAlchemyError:
-                pass  # the connection is gone, and the server dropped the lock with it
+                self._transaction.commit()  # publishes the new trial and drops the lock, at once
+            except sqlalchemy.exc.SQLAlchemyError as e:
+                # The connection is gone, and the server dropped the lock with it; what the
+                # transaction held (a trial start) is lost too, so it never ran.
+                log.warning("budget lock: the lock's transaction was lost: %s", describe_db_error(e))
             finally:
                 self._connection.close()
-                self._connection = None
+                self._connection = self._transaction = None

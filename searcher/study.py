@@ -13,6 +13,7 @@ from collections import Counter
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState
 
 from searcher.errors import StorageError
@@ -152,7 +153,27 @@ def finished(states: Counter[str]) -> int:
     return sum(states[state.name] for state in FINISHED)
 
 
-def budget_left(study: optuna.Study, n_trials: int) -> int:
-    """How many more trials may start: finished and running ones count against the budget."""
-    states = count_states(study)
+def budget_left(study: optuna.Study, n_trials: int, *, storage: optuna.storages.RDBStorage | None = None) -> int:
+    """How many more trials may start: finished and running ones count against the budget.
+
+    Given the study's storage, one ``GROUP BY`` query counts them; reading the trials
+    instead loads every RUNNING trial with its attributes, at each trial start, so the
+    check grew with the number of workers.
+    """
+    states = count_states_in_database(storage, study.study_name) if storage is not None else count_states(study)
     return n_trials - finished(states) - states["RUNNING"]
+
+
+def count_states_in_database(storage: optuna.storages.RDBStorage, name: str) -> Counter[str]:
+    """Trials by state name, counted by the database (Optuna's ``trials`` table, unchanged since 2.x).
+
+    Runs in this thread's Optuna session, so inside the budget lock's transaction when held.
+    """
+    session = storage.scoped_session()
+    try:
+        rows = session.execute(sqlalchemy.text(
+            "SELECT t.state, count(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
+            "WHERE s.study_name = :name GROUP BY t.state"), {"name": name}).all()
+    finally:
+        session.close()
+    return Counter({str(state): n for state, n in rows})

@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import optuna
 import sqlalchemy.exc
@@ -30,6 +31,7 @@ from searcher.storage import STORAGE_ENV, BudgetLock, describe_db_error
 
 log = logging.getLogger(__name__)
 
+ObjectiveFunc = Callable[[optuna.Trial], float]
 EXIT_DONE, EXIT_FAILURES, EXIT_RECYCLE, EXIT_INTERRUPTED = 0, 3, 75, 130
 MAX_RESTARTS = 3
 
@@ -46,10 +48,15 @@ class WorkerOptions:
     create: bool = False  # create the study if missing (docker compose workers)
 
 
-def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
-    """Run trials until the study budget, the deadline, or a recycle point; return the exit code."""
+def run_worker(spec: StudySpec, url: str, options: WorkerOptions,
+               make_objective: Callable[[StudySpec, WorkerOptions], ObjectiveFunc] | None = None) -> int:
+    """Run trials until the study budget, the deadline, or a recycle point; return the exit code.
+
+    ``make_objective`` builds the function that runs one trial, once per process; the
+    default trains the spec's Keras model (tests pass a stand-in without TensorFlow).
+    """
     storage = studies.open_study_storage(spec, url)
-    lock = BudgetLock(url, spec.name)
+    lock = BudgetLock(url, spec.name, storage=storage)
     if options.create:
         with lock:  # several compose workers start at once: one creates the study and its baselines
             studies.create_or_continue(spec, storage, n_trials=spec.budget.n_trials)
@@ -58,17 +65,7 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
                          pruner=studies.make_pruner(spec))
     studies.check_same_spec(study, spec)
     n_trials = int(study.user_attrs.get(studies.BUDGET_ATTR, spec.budget.n_trials))
-
-    placement = WorkerPlacement.from_env(options.index, os.environ)
-    runtime = RuntimeOptions(mixed_precision=spec.runtime.mixed_precision, xla=spec.runtime.xla)
-    line = configure_tensorflow(placement, runtime)
-    log.info("%s; pid %d on %s; study %s", line, os.getpid(), socket.gethostname(), spec.name)
-
-    from searcher.data import load_search_data
-    from searcher.objective import Objective
-
-    data = load_search_data(spec.data, split_seed=spec.seed, data_dir=options.data_dir)
-    objective = Objective(spec, data, jit_compile=spec.runtime.xla)
+    objective = (make_objective or training_objective)(spec, options)
     streak = _FailureStreak()
     ran, settled_mb = 0, None
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
@@ -76,7 +73,7 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
         while True:
             lock.acquire()
             try:
-                if reason := _stop_reason(study, n_trials, options):
+                if reason := _stop_reason(study, n_trials, options, storage):
                     log.info("worker %d stops: %s", options.index, reason)
                     return EXIT_DONE
                 if recycle := _recycle_reason(spec, ran, settled_mb):  # checked after the budget: no fresh process to stop
@@ -103,6 +100,32 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
     except KeyboardInterrupt:
         log.info("worker %d interrupted; its running trial was marked failed", options.index)
         return EXIT_INTERRUPTED
+    finally:
+        _log_lock_waits(options.index, lock)
+
+
+def _log_lock_waits(index: int, lock: BudgetLock) -> None:
+    """One line on how long this worker queued for the budget lock and held it (the bench reads
+    every figure from the record's ``lock_waits`` and ``lock_holds``)."""
+    if waits := sorted(lock.wait_seconds):
+        holds = sorted(lock.hold_seconds) or [0.0]
+        log.info("worker %d: waited for the budget lock %d times, median %.1f ms, longest %.1f ms; held it "
+                 "median %.1f ms", index, len(waits), 1000 * waits[len(waits) // 2], 1000 * waits[-1],
+                 1000 * holds[len(holds) // 2], extra={"lock_waits": lock.wait_seconds, "lock_holds": lock.hold_seconds})
+
+
+def training_objective(spec: StudySpec, options: WorkerOptions) -> ObjectiveFunc:
+    """The real objective: TensorFlow placed and configured first, then the data loaded once."""
+    placement = WorkerPlacement.from_env(options.index, os.environ)
+    runtime = RuntimeOptions(mixed_precision=spec.runtime.mixed_precision, xla=spec.runtime.xla)
+    line = configure_tensorflow(placement, runtime)
+    log.info("%s; pid %d on %s; study %s", line, os.getpid(), socket.gethostname(), spec.name)
+
+    from searcher.data import load_search_data
+    from searcher.objective import Objective
+
+    data = load_search_data(spec.data, split_seed=spec.seed, data_dir=options.data_dir)
+    return Objective(spec, data, jit_compile=spec.runtime.xla)
 
 
 def _storage_trouble(error: BaseException) -> BaseException | None:
@@ -126,12 +149,13 @@ def raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _stop_reason(study: optuna.Study, n_trials: int, options: WorkerOptions) -> str | None:
+def _stop_reason(study: optuna.Study, n_trials: int, options: WorkerOptions,
+                 storage: optuna.storages.RDBStorage) -> str | None:
     if options.parent_pid and os.getppid() != options.parent_pid:
         return "the launching process is gone"
     if options.deadline and time.time() >= options.deadline:
         return "timeout reached"
-    if studies.budget_left(study, n_trials) <= 0:
+    if studies.budget_left(study, n_trials, storage=storage) <= 0:
         return f"study budget of {n_trials} trials reached"
     return None
 

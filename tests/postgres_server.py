@@ -51,6 +51,7 @@ from psycopg2 import sql
 from sqlalchemy.engine import URL, make_url
 
 __all__ = [
+    "PgBouncer",
     "PostgresServer",
     "PostgresServerError",
     "PostgresUnavailable",
@@ -82,7 +83,7 @@ _CONFIG = """
 listen_addresses = '{host}'
 unix_socket_directories = '{socket_dir}'
 password_encryption = 'scram-sha-256'
-max_connections = 200
+max_connections = {max_connections}
 shared_buffers = 32MB
 # Faster, and safe against kill() (a process crash), not against an OS crash.
 # synchronous_commit stays on: with it off, kill() loses commits still in WAL buffers.
@@ -233,10 +234,13 @@ class PostgresServer:
     Args:
         bin_dir: where ``initdb`` and ``postgres`` are; default ``find_bin_dir()``.
         start_timeout: seconds to wait for the server to accept connections.
+        max_connections: the server's ``max_connections`` (the scale tests run 200 workers on 100).
     """
 
-    def __init__(self, *, bin_dir: Path | str | None = None, start_timeout: float = 30.0) -> None:
+    def __init__(self, *, bin_dir: Path | str | None = None, start_timeout: float = 30.0,
+                 max_connections: int = 200) -> None:
         self.managed = True
+        self.max_connections = max_connections
         self.start_timeout = start_timeout
         self.host = HOST
         self.port = 0
@@ -508,7 +512,7 @@ class PostgresServer:
         if result.returncode != 0:
             raise self._error(f"initdb failed (exit {result.returncode})", initdb_log)
         with open(self.data_dir / "postgresql.conf", "a") as conf:
-            conf.write(_CONFIG.format(host=self.host, socket_dir=self.base_dir))
+            conf.write(_CONFIG.format(host=self.host, socket_dir=self.base_dir, max_connections=self.max_connections))
         (self.data_dir / "pg_hba.conf").write_text(_PG_HBA.format(host=self.host))
         self.port = free_port()
 
@@ -566,3 +570,88 @@ class PostgresServer:
     def _close_at_exit(self) -> None:
         if os.getpid() == self._owner_pid:  # not in a forked child that inherited the handler
             self.close()
+
+
+_PGBOUNCER_INI = """\
+; Written by tests/postgres_server.py: PgBouncer in transaction mode in front of a test server.
+[databases]
+* = host={host} port={port}
+[pgbouncer]
+listen_addr = {host}
+listen_port = {listen_port}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = {base}/userlist.txt
+pool_mode = transaction
+default_pool_size = {pool_size}
+max_client_conn = {max_client_conn}
+; Clients queue while every server connection is busy; they may queue for long at 200 workers.
+query_wait_timeout = 0
+logfile = {base}/pgbouncer.log
+pidfile = {base}/pgbouncer.pid
+"""
+
+
+class PgBouncer:
+    """PgBouncer (Debian's ``pgbouncer`` package) in transaction mode in front of ``server``.
+
+    ``url(database_url)`` is the same database reached through it. At most ``pool_size``
+    server connections per database and user, however many clients connect.
+    """
+
+    def __init__(self, server: PostgresServer, *, pool_size: int = 20, max_client_conn: int = 2000) -> None:
+        self.server, self.pool_size, self.max_client_conn = server, pool_size, max_client_conn
+        self.port = 0
+        self.base_dir: Path | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        program = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+        if not Path(program).is_file():
+            raise PostgresUnavailable("no pgbouncer program (apt-get install pgbouncer; scripts/install-test-deps)")
+        self.base_dir = Path(tempfile.mkdtemp(prefix="searcher-pgbouncer-"))
+        self.port = free_port()
+        (self.base_dir / "userlist.txt").write_text(f'"{ROLE}" "{self.server.password}"\n')
+        (self.base_dir / "pgbouncer.ini").write_text(_PGBOUNCER_INI.format(
+            host=self.server.host, port=self.server.port, listen_port=self.port, base=self.base_dir,
+            pool_size=self.pool_size, max_client_conn=self.max_client_conn))
+        run_as = self.server._run_as()
+        if run_as:  # pgbouncer refuses to run as root, as PostgreSQL does
+            for path in [self.base_dir, *self.base_dir.iterdir()]:
+                os.chown(path, run_as["user"], run_as["group"])  # type: ignore[arg-type]
+        self._process = subprocess.Popen(
+            [program, str(self.base_dir / "pgbouncer.ini")], stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True, **run_as)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection((self.server.host, self.port), timeout=1).close()
+                return
+            except OSError:
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    raise PostgresServerError(f"pgbouncer did not start:\n{_tail(self.base_dir / 'pgbouncer.log')}") from None
+                time.sleep(0.05)
+
+    def url(self, database_url: str) -> str:
+        """``database_url`` (a database on the server) through PgBouncer."""
+        return make_url(database_url).set(host=self.server.host, port=self.port).render_as_string(hide_password=False)
+
+    def close(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+        if self.base_dir is not None:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+            self.base_dir = None
+
+    def __enter__(self) -> PgBouncer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
