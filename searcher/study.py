@@ -20,6 +20,7 @@ from searcher.spec import StudySpec, parse_spec
 from searcher.storage import mask_url
 
 SPEC_ATTR, HASH_ATTR, BUDGET_ATTR, BASELINES_ATTR = "spec", "spec_hash", "n_trials", "baselines_enqueued"
+DATA_ATTR = "data"  # the data summary (rows, features, classes, preprocessing): data.SearchData.summary
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
