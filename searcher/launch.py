@@ -34,7 +34,6 @@ from searcher.workers import (
     raise_keyboard_interrupt,
     WorkerProcess,
     fail_orphaned_trials,
-    open_study_storage,
     start_worker,
     stop_workers,
     supervise,
@@ -82,7 +81,7 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
     if spec.data.dataset in FILE_DATASETS:  # a user's own file: check it before anything is stored
         data_summary = check_search_data(spec, split_seed=spec.seed, data_dir=request.data_dir)
         console.print(f"data: {describe_data(data_summary)}", highlight=False)
-    storage = open_study_storage(spec, url)
+    storage = studies.open_study_storage(spec, url)
     n_trials = request.trials or spec.budget.n_trials
     with BudgetLock(url, spec.name):  # two launches at once: the study and its baselines are made once
         study = studies.create_or_continue(spec, storage, n_trials=n_trials)

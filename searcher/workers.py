@@ -26,7 +26,7 @@ from searcher import study as studies
 from searcher.devices import RuntimeOptions, WorkerPlacement, configure_tensorflow
 from searcher.memory import rss_mb
 from searcher.spec import StudySpec
-from searcher.storage import STORAGE_ENV, BudgetLock, describe_db_error, open_storage
+from searcher.storage import STORAGE_ENV, BudgetLock, describe_db_error
 
 log = logging.getLogger(__name__)
 
@@ -46,25 +46,9 @@ class WorkerOptions:
     create: bool = False  # create the study if missing (docker compose workers)
 
 
-def _stale_trial_callback(spec: StudySpec) -> optuna.storages.RetryHeartbeatStaleTrialCallback:
-    return optuna.storages.RetryHeartbeatStaleTrialCallback(
-        max_retry=spec.runtime.max_retries, inherit_intermediate_values=True
-    )
-
-
-def open_study_storage(spec: StudySpec, url: str) -> optuna.storages.RDBStorage:
-    """The storage with heartbeats on, so a killed worker's trial is failed and retried."""
-    return open_storage(
-        url,
-        heartbeat_interval=spec.runtime.heartbeat_interval,
-        grace_period=spec.runtime.grace_period,
-        stale_trial_callback=_stale_trial_callback(spec),
-    )
-
-
 def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
     """Run trials until the study budget, the deadline, or a recycle point; return the exit code."""
-    storage = open_study_storage(spec, url)
+    storage = studies.open_study_storage(spec, url)
     lock = BudgetLock(url, spec.name)
     placement = WorkerPlacement.from_env(options.index, os.environ)
     runtime = RuntimeOptions(mixed_precision=spec.runtime.mixed_precision, xla=spec.runtime.xla)
