@@ -83,6 +83,7 @@ class ReportData:
     notes: Mapping[str, str]  # figure id -> why it is not drawn
     confirmed: tuple[Mapping[str, Any], ...] = ()  # `searcher confirm`'s ranking, best first
     importance_note: str | None = None  # why `importances` is empty
+    data: Mapping[str, Any] | None = None  # rows, features, classes and preprocessing (data.SearchData.summary)
 
     @property
     def complete(self) -> tuple[TrialRow, ...]:
@@ -128,6 +129,7 @@ def gather(study: optuna.Study, *, top_k: int = TOP_K) -> ReportData:
         notes={},
         confirmed=tuple(study.user_attrs.get(CONFIRMED_ATTR) or ()),
         importance_note=importance_note,
+        data=study.user_attrs.get("data"),
     )
 
 

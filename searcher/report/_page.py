@@ -40,6 +40,7 @@ class Grid:
 Section = Callable[[ReportData], str]
 SECTIONS: tuple[Section, ...] = (
     _tables.summary,
+    _tables.data,
     _tables.baselines,
     _tables.best_config,
     _tables.top_trials,
