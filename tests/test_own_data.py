@@ -188,14 +188,18 @@ def _npz(tmp_path: Path, **arrays) -> str:
         (lambda p: DataSpec(dataset="csv", path=str(write_csv(p / "b.csv", ["age", "y"],
                                                               [[str(i), i % 2] for i in range(9)] + [["4O", 1]])),
                             target="y"),
-         r"b\.csv: column 'age', row 11: '4O' is not a number \(9 of its 10 values are\)"),
+         r"b\.csv: column 'age', line 11: '4O' is not a number \(9 of its 10 values are\)"),
+        (lambda p: DataSpec(dataset="csv", path=str(write_csv(p / "b.csv", ["age", "y"],
+                                                              [[i, i % 2] for i in range(9)] + [["", 1]])),
+                            target="y"),
+         r"b\.csv: column 'age': 1 missing \(NaN\) value\(s\), the first in line 11; set data\.missing: mean"),
         (lambda p: DataSpec(dataset="csv", path=str(write_csv(p / "b.csv", ["age", "y"], [[1, 0]])), target="label"),
          r"data\.target: .*b\.csv has no column 'label' \(columns: age, y\)"),
         (lambda p: DataSpec(dataset="images", path=str((p / "empty").mkdir() or p / "empty")),
          r"data\.path: .*empty has no class subfolders"),
     ],
-    ids=["nan", "inf", "test-shape", "unseen-test-class", "tiny-class", "one-class", "non-numeric", "no-target",
-         "empty-folder"],
+    ids=["nan", "inf", "test-shape", "unseen-test-class", "tiny-class", "one-class", "non-numeric", "csv-gap",
+         "no-target", "empty-folder"],
 )
 def test_bad_data_is_one_line_naming_the_place(tmp_path, make, message):
     with pytest.raises(DataError, match=message) as error:
@@ -265,6 +269,6 @@ def test_bad_data_stores_nothing(tmp_path):
     out = searcher("launch", "broken.yaml", "--storage", f"sqlite:///{tmp_path}/s.db", cwd=tmp_path, ok=False)
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == [
-        "Error: broken.csv: column 'x', row 12: 'oops' is not a number (10 of its 11 values are); "
+        "Error: broken.csv: column 'x', line 12: 'oops' is not a number (10 of its 11 values are); "
         "fix the value, or list the column in data.categorical"]
     assert not (tmp_path / "s.db").exists()
