@@ -206,18 +206,6 @@ def constraint_text(study: optuna.Study) -> str:
     return ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:g}" for k, v in limits.items()) or "none stored"
 
 
-def cost_summary(trial: FrozenTrial) -> str:
-    """``12,345 params, 0.05 MB, 0.021 ms/example (batch 1)``: the figures a trial recorded."""
-    parts = []
-    if (n := cost_of(trial, "n_params")) is not None:
-        parts.append(f"{n:,.0f} params")
-    if (mb := cost_of(trial, "model_mb")) is not None:
-        parts.append(f"{mb:.3g} MB")
-    if (ms := cost_of(trial, "latency_ms")) is not None:
-        parts.append(f"{ms:.3g} ms/example (batch 1)")
-    return ", ".join(parts)
-
-
 def figures_of(trial: FrozenTrial) -> dict[str, Any]:
     """Every cost figure of a trial by cost name (None where not recorded)."""
     return {name: cost_of(trial, name) for name in COSTS}
