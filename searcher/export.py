@@ -18,7 +18,8 @@ import optuna
 import yaml
 
 from searcher import front
-from searcher.cost import LARGE_BATCH, LATENCY_B1, LATENCY_LARGE, MODEL_BYTES
+from searcher.cost import LATENCY_LARGE
+from searcher.monitor import format_cost
 from searcher.errors import SpecError, UserError
 from searcher.space import TrialConfig
 from searcher.spec import validate_model
@@ -71,8 +72,8 @@ def export_config(study: optuna.Study, *, rank: int | None = None, pick: front.P
         "metric": trial.user_attrs["config"]["training"]["metric"],
         "direction": "maximize" if front.goal(study).maximize[0] else "minimize",
         "value": front.metric_value(trial),
-        **{name: trial.user_attrs.get(name) for name in ("n_params", MODEL_BYTES, LATENCY_B1, LATENCY_LARGE,
-                                                         "sec_per_epoch")},
+        "n_params": trial.user_attrs.get("n_params"),
+        "cost": {**front.figures_of(trial), LATENCY_LARGE: trial.user_attrs.get(LATENCY_LARGE)},
         "baseline": trial.user_attrs.get("baseline"),
         "spec_hash": study.user_attrs.get("spec_hash"),
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -87,9 +88,8 @@ def write_export(document: dict[str, Any], path: Path | None, *, fmt: Literal["y
     else:
         s = document["source"]
         header = f"# searcher export: study {s['study']}, trial {s['trial']} ({s['picked']}), {s['metric']} {s['value']:.4f}\n"
-        if s.get("n_params") is not None and s.get(LATENCY_B1) is not None:
-            header += (f"# cost: {s['n_params']:,} parameters, {s[MODEL_BYTES] / 1e6:.3g} MB file, "
-                       f"{s[LATENCY_B1]:.3g} ms per example at batch 1, {s[LATENCY_LARGE]:.3g} at batch {LARGE_BATCH}\n")
+        if cost := format_cost(s.get("cost") or {}):
+            header += f"# cost: {cost}\n"
         header += f"# retrain it with: searcher retrain {path.name if path else 'THIS_FILE'}\n"
         text = header + yaml.safe_dump(document, sort_keys=False)
     if path is not None:
