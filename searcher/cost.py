@@ -6,7 +6,7 @@
 on the device the model lives on (the worker's GPU, else its CPU threads).
 
 The figures' names are stored data (user attrs), read by ``front``, the report and export.
-This module imports no TensorFlow (it is handed the model), so those can import the names.
+This module imports no TensorFlow at import time, so those can import the names.
 """
 
 from __future__ import annotations
@@ -15,9 +15,12 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from searcher.data import Split
 
 LARGE_BATCH = 256
 LATENCY_REPEATS = 7  # timed calls per batch size; the median is kept
@@ -27,8 +30,9 @@ MODEL_BYTES, LATENCY_B1, LATENCY_LARGE = "model_bytes", "latency_ms_b1", f"laten
 COST_SECONDS = "cost_seconds"  # what measuring took, so its share of a trial can be shown (bench)
 
 
-def measure_cost(model: Any, examples: np.ndarray) -> dict[str, float | int]:
-    """Model file size and per-example latency of ``model`` on batches drawn from ``examples``.
+def measure_cost(model: Any, examples: Split) -> dict[str, float | int]:
+    """Model file size and per-example latency of ``model`` on batches of real ``examples``
+    (the validation split), fed as training feeds them.
 
     Returns ``model_bytes`` (the saved ``.keras`` file, optimizer state included, as
     ``retrain`` writes it), ``latency_ms_b1`` and ``latency_ms_b256`` (milliseconds per
@@ -46,10 +50,13 @@ def measure_cost(model: Any, examples: np.ndarray) -> dict[str, float | int]:
     return figures
 
 
-def _batch(examples: np.ndarray, size: int) -> np.ndarray:
-    """``size`` real examples (repeated when there are fewer), so no shape is padded or new."""
-    reps = -(-size // len(examples))
-    return np.concatenate([examples] * reps)[:size] if reps > 1 else examples[:size]
+def _batch(examples: Split, size: int) -> Any:
+    """``size`` real examples (repeated when there are fewer) as model inputs: arrays, or a
+    table's columns, converted by the same ``to_tf_dataset`` training uses."""
+    from searcher.data import to_tf_dataset
+
+    rows = examples.take(np.resize(np.arange(len(examples)), size))
+    return next(iter(to_tf_dataset(rows, batch_size=size)))[0]
 
 
 def _latency_ms(model: Any, batch: np.ndarray) -> float:
