@@ -89,10 +89,11 @@ def goal(study: optuna.Study) -> StudyGoal:
 
 
 def ranked(study: optuna.Study) -> list[FrozenTrial]:
-    """Feasible complete trials, best metric first (ties: the earlier trial)."""
-    maximize = goal(study).maximize[0]
+    """Feasible complete trials, best metric first; ties: the cheaper by the second objective (so
+    the first is on the Pareto front), then the earlier trial."""
+    maximize = goal(study).maximize
     trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)]
-    return sorted(trials, key=lambda t: (-metric_value(t) if maximize else metric_value(t), t.number))
+    return sorted(trials, key=lambda t: (*(-v if up else v for v, up in zip(t.values, maximize)), t.number))
 
 
 def infeasible(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
