@@ -32,7 +32,7 @@ COST_SECONDS = "cost_seconds"  # what measuring took, so its share of a trial ca
 
 def measure_cost(model: Any, examples: Split) -> dict[str, float | int]:
     """Model file size and per-example latency of ``model`` on batches of real ``examples``
-    (the validation split), fed as training feeds them.
+    (the validation split): arrays as one tensor, a table's columns through ``to_tf_dataset``.
 
     Returns ``model_bytes`` (the saved ``.keras`` file, optimizer state included, as
     ``retrain`` writes it), ``latency_ms_b1`` and ``latency_ms_b256`` (milliseconds per
@@ -45,21 +45,26 @@ def measure_cost(model: Any, examples: Split) -> dict[str, float | int]:
         size = path.stat().st_size
     figures: dict[str, float | int] = {MODEL_BYTES: int(size)}
     for name, batch in ((LATENCY_B1, 1), (LATENCY_LARGE, LARGE_BATCH)):
-        figures[name] = round(_latency_ms(model, _batch(examples, batch)) / batch, 5)
+        figures[name] = float(f"{_latency_ms(model, _batch(examples, batch)) / batch:.4g}")
     figures[COST_SECONDS] = round(time.perf_counter() - started, 3)
     return figures
 
 
 def _batch(examples: Split, size: int) -> Any:
-    """``size`` real examples (repeated when there are fewer) as model inputs: arrays, or a
-    table's columns, converted by the same ``to_tf_dataset`` training uses."""
+    """``size`` real examples (repeated when there are fewer) as model inputs."""
     from searcher.data import to_tf_dataset
 
     rows = examples.take(np.resize(np.arange(len(examples)), size))
+    if not isinstance(rows.x, dict):
+        import tensorflow as tf
+
+        # One tensor, converted once: the timed calls measure the model, not numpy -> tensor copies
+        # (and a tf.data pipeline, as tables need, costs more to build than all the timed calls).
+        return tf.convert_to_tensor(rows.x)
     return next(iter(to_tf_dataset(rows, batch_size=size)))[0]
 
 
-def _latency_ms(model: Any, batch: np.ndarray) -> float:
+def _latency_ms(model: Any, batch: Any) -> float:
     for _ in range(WARMUP_CALLS):
         model.predict_on_batch(batch)
     times = []
