@@ -170,25 +170,30 @@ def pick_by_cost(study: optuna.Study, pick: Pick) -> tuple[FrozenTrial, str]:
         near = [t for t in pool if t in within(ranked(study), pick.smallest_within, maximize=g.maximize[0])]
         chosen = cheapest(near, "n_params")
         if chosen is None:
-            raise UserError(f"--smallest-within: no feasible trial{under} is within {pick.smallest_within:g} points "
+            raise UserError(f"--smallest-within: no feasible trial{under} is within {_points(pick.smallest_within)} "
                             f"of the best {g.metric} {metric_value(best):.4f} (trial {best.number})"
                             + (f"; the best{under} is trial {pool[0].number} at {metric_value(pool[0]):.4f}"
                                if pool else ""))
         return chosen, (f"smallest ({cost_of(chosen, 'n_params'):,.0f} parameters){under} within "
-                        f"{pick.smallest_within:g} points of the best {g.metric} {metric_value(best):.4f} "
+                        f"{_points(pick.smallest_within)} of the best {g.metric} {metric_value(best):.4f} "
                         f"(trial {best.number})")
     if not pool:
-        raise UserError(f"{'--max-params' if pick.max_params is not None else '--max-latency-ms'}: no feasible "
-                        f"complete trial{under}; the smallest has {min_cost(ranked(study))}")
+        flag, cost = ("--max-params", "n_params") if pick.max_params is not None else ("--max-latency-ms", "latency_ms")
+        raise UserError(f"{flag}: no feasible complete trial{under}; {_cheapest_text(ranked(study), cost)}")
     return pool[0], f"best {g.metric}{under}"
 
 
-def min_cost(trials: Sequence[FrozenTrial]) -> str:
-    n = cheapest(trials, "n_params")
-    lat = cheapest(trials, "latency_ms")
-    parts = [f"{cost_of(n, 'n_params'):,.0f} parameters (trial {n.number})" if n else "no parameter count",
-             f"{cost_of(lat, 'latency_ms'):.4g} ms per example (trial {lat.number})" if lat else "no latency"]
-    return "; the fastest ".join(parts)
+def _cheapest_text(trials: Sequence[FrozenTrial], cost: str) -> str:
+    t = cheapest(trials, cost)
+    if t is None:
+        return f"no trial records {cost}"
+    if cost == "n_params":
+        return f"the smallest has {cost_of(t, cost):,.0f} parameters (trial {t.number})"
+    return f"the fastest takes {cost_of(t, cost):.4g} ms per example (trial {t.number})"
+
+
+def _points(x: float) -> str:
+    return f"{x:g} point" + ("" if x == 1 else "s")
 
 
 def no_feasible_message(study: optuna.Study) -> str:

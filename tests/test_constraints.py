@@ -112,7 +112,7 @@ def test_best_front_and_smallest_within_count_feasible_trials_only():
                                         r"latency_ms_b1 <= 0.2 is trial 4 at 0.9600$"):
         front.pick_by_cost(study, front.Pick(smallest_within=0.5, max_latency_ms=0.2))
     with pytest.raises(UserError, match=r"^--max-params: no feasible complete trial with n_params <= 1,000; the "
-                                        r"smallest has 2,000 parameters \(trial 4\)"):
+                                        r"smallest has 2,000 parameters \(trial 4\)$"):
         front.pick_by_cost(study, front.Pick(max_params=1000))
     with pytest.raises(UserError, match=r"^--max-params: must be > 0, got 0$"):
         front.Pick(max_params=0)
