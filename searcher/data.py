@@ -166,7 +166,8 @@ def to_tf_dataset(split: Split, *, batch_size: int, shuffle_seed: int | None = N
     per-example weights (``weights[class]``) when given."""
     import tensorflow as tf
 
-    x = {name: _column_input(column) for name, column in split.x.items()} if isinstance(split.x, dict) else split.x
+    x = {input_name(name): _column_input(column) for name, column in split.x.items()} if isinstance(split.x, dict) \
+        else split.x
     parts = (x, split.y) if weights is None else (x, split.y, weights[split.y])
     ds = tf.data.Dataset.from_tensor_slices(parts)
     if shuffle_seed is not None:
@@ -174,11 +175,37 @@ def to_tf_dataset(split: Split, *, batch_size: int, shuffle_seed: int | None = N
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def check_search_data(spec: Any, *, split_seed: int, data_dir: str | Path | None = None) -> dict[str, Any]:
+    """Load and check a study's data as its workers will (``spec``: a StudySpec); its summary.
+
+    The launcher calls it before it stores anything, so bad data fails in one line with
+    an empty storage.
+    """
+    data = load_search_data(spec.data, split_seed=split_seed, data_dir=data_dir)
+    check_model_kind(data, spec.model.kind, source=_train_source(spec.data))
+    return data.summary()
+
+
+def describe_data(summary: dict[str, Any]) -> str:
+    """A ``SearchData.summary`` in one line, e.g. for the launch log."""
+    rows = summary["rows"]
+    classes = summary["classes"]
+    counts = ", ".join(f"{c['name']} {c['fit'] + c['validation']}" for c in classes[:6])
+    more = f", ... ({len(classes) - 6} more)" if len(classes) > 6 else ""
+    return (f"{rows['fit']} fit / {rows['validation']} validation / {rows['test']} test rows; "
+            f"{summary['preprocessing']}; {len(classes)} classes ({counts}{more})")
+
+
 def check_model_kind(data: SearchData, kind: str, *, source: str) -> None:
     """A CNN needs images: (rows, height, width[, channels]) arrays."""
     if kind == "cnn" and (data.preprocessing.kind == "table" or len(data.input_shape) != 3):
         what = "a table" if data.preprocessing.kind == "table" else f"examples of shape {data.input_shape}"
         raise DataError(f"model.kind: cnn needs images (rows, height, width[, channels]); {source} has {what}: use mlp")
+
+
+def input_name(column: str) -> str:
+    """The model input a table column feeds: its name, where Keras allows it (no "/")."""
+    return column.replace("/", "_")
 
 
 def _column_input(column: np.ndarray) -> np.ndarray:
@@ -369,5 +396,10 @@ def _fit_table(spec: DataSpec, fit: Split, table: Table) -> Preprocessing:
         low, high = _per_feature(np.nanmin, numeric), _per_feature(np.nanmax, numeric)
         mean, variance = tuple(low), tuple((h - lo) ** 2 for lo, h in zip(low, high))
     vocabularies = tuple((name, tuple(sorted(set(fit.x[name].astype(str))))) for name in table.categorical)
+    names = [input_name(c) for c in table.columns]
+    if len(set(names)) < len(names):
+        clash = next(c for c in table.columns if names.count(input_name(c)) > 1)
+        raise DataError(f"data.features: columns {clash!r} and another both become model input {input_name(clash)!r} "
+                        "(Keras input names cannot hold '/'); rename one")
     return Preprocessing(kind="table", shape=(len(table.numeric),), dtype="float32", mode=mode, mean=mean,
                          variance=variance, fill=fill, numeric=table.numeric, vocabularies=vocabularies)

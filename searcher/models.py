@@ -10,11 +10,9 @@ imports TensorFlow.
 
 from __future__ import annotations
 
-import re
-
 import keras
 
-from searcher.data import Preprocessing
+from searcher.data import Preprocessing, input_name
 from searcher.space import ModelConfig
 
 # Keras names an activation layer where a string is not enough.
@@ -92,17 +90,17 @@ def _input_layers(pre: Preprocessing):
         raw = keras.Input(shape=pre.shape, name="inputs")
         return raw, _scaled(raw, pre)
     # Inputs are named as the columns, so a model takes {column: values} straight from a CSV reader.
-    names = _layer_names([*pre.numeric, *(name for name, _ in pre.vocabularies)])
-    raw = {name: keras.Input(shape=(1,), name=name) for name in pre.numeric}
-    raw |= {name: keras.Input(shape=(1,), dtype="string", name=name) for name, _ in pre.vocabularies}
+    raw = {name: keras.Input(shape=(1,), name=input_name(name)) for name in pre.numeric}
+    raw |= {name: keras.Input(shape=(1,), dtype="string", name=input_name(name)) for name, _ in pre.vocabularies}
     parts = []
     if pre.numeric:
         columns = [raw[name] for name in pre.numeric]
         parts.append(_scaled(keras.layers.Concatenate(name="numeric")(columns) if len(columns) > 1 else columns[0], pre))
     for name, vocabulary in pre.vocabularies:
         parts.append(keras.layers.StringLookup(vocabulary=list(vocabulary), output_mode="one_hot",
-                                               name=f"onehot_{names[name]}")(raw[name]))
-    return raw, keras.layers.Concatenate(name="features")(parts) if len(parts) > 1 else parts[0]
+                                               name=f"onehot_{input_name(name)}")(raw[name]))
+    inputs = {input_name(name): tensor for name, tensor in raw.items()}
+    return inputs, keras.layers.Concatenate(name="features")(parts) if len(parts) > 1 else parts[0]
 
 
 def _scaled(x, pre: Preprocessing):
@@ -113,17 +111,6 @@ def _scaled(x, pre: Preprocessing):
     if pre.mean:  # standardize; a table's rescale is a min-max map, the same layer with (min, range**2)
         return keras.layers.Normalization(mean=list(pre.mean), variance=list(pre.variance), name="normalize")(x)
     return x
-
-
-def _layer_names(columns: list[str]) -> dict[str, str]:
-    """Layer names for table columns: Keras allows fewer characters than a CSV header does."""
-    names: dict[str, str] = {}
-    for column in columns:
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", column) or "column"
-        while name in names.values():
-            name += "_"
-        names[column] = name
-    return names
 
 
 def _kernel_args(config: ModelConfig) -> dict:

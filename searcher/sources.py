@@ -246,10 +246,10 @@ def _table_columns(path: Path, header: list[str], rows: list[list[str]], table: 
 
 
 def _read_image_folders(spec: DataSpec) -> RawData:
-    x_train, y_train = _read_image_folder(Path(spec.path), spec, field="data.path")
+    x_train, y_train = _read_image_folder(Path(spec.path), spec, field="data.path", size=spec.image_size)
     if not spec.test_path:
         return RawData(x_train, y_train, None, None, train_source=spec.path)
-    x_test, y_test = _read_image_folder(Path(spec.test_path), spec, field="data.test_path")
+    x_test, y_test = _read_image_folder(Path(spec.test_path), spec, field="data.test_path", size=x_train.shape[1:3])
     return RawData(x_train, y_train, x_test, y_test, train_source=spec.path, test_source=spec.test_path)
 
 
@@ -269,15 +269,16 @@ def list_images(folder: Path, *, field: str = "data.path") -> list[tuple[Path, s
     return files
 
 
-def _read_image_folder(folder: Path, spec: DataSpec, *, field: str) -> tuple[np.ndarray, np.ndarray]:
-    """Decode every image once, resized to ``data.image_size``, as uint8; cached on disk by
-    the files' names, sizes and times, so the other workers and later runs skip decoding."""
+def _read_image_folder(folder: Path, spec: DataSpec, *, field: str,
+                       size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Decode every image once, resized to ``size`` (default: the first image's), as uint8;
+    cached on disk by the files' names, sizes and times, so the other workers and later runs
+    skip decoding."""
     files = list_images(folder, field=field)
-    height, width = spec.image_size
     channels = 1 if spec.color_mode == "grayscale" else 3
     key = hashlib.sha256(json.dumps([
         [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p, _ in files
-    ] + [height, width, channels]).encode()).hexdigest()[:24]
+    ] + [list(size) if size else "first image's size", channels]).encode()).hexdigest()[:24]
     cache = _cache_dir() / f"images-{key}.npz"
     labels = np.asarray([label for _, label in files], dtype=object)
     if cache.is_file():
@@ -286,6 +287,7 @@ def _read_image_folder(folder: Path, spec: DataSpec, *, field: str) -> tuple[np.
                 return arrays["x"], labels
         except (OSError, ValueError, KeyError):
             pass  # a cache written by a worker that died midway: decode again
+    height, width = size or _decode_image(files[0][0], height=None, width=None, channels=channels).shape[:2]
     x = np.empty((len(files), height, width, channels), dtype=np.uint8)
     for i, (path, _) in enumerate(files):
         x[i] = _decode_image(path, height=height, width=width, channels=channels)
@@ -293,7 +295,12 @@ def _read_image_folder(folder: Path, spec: DataSpec, *, field: str) -> tuple[np.
     return x, labels
 
 
-def _decode_image(path: Path, *, height: int, width: int, channels: int) -> np.ndarray:
+def peek_image(path: Path) -> tuple[int, int, int]:
+    """(height, width, channels) of one image as stored."""
+    return tuple(_decode_image(path, height=None, width=None, channels=0).shape)
+
+
+def _decode_image(path: Path, *, height: int | None, width: int | None, channels: int) -> np.ndarray:
     import tensorflow as tf
 
     try:
@@ -301,7 +308,7 @@ def _decode_image(path: Path, *, height: int, width: int, channels: int) -> np.n
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError) as e:
         reason = str(getattr(e, "message", e)).splitlines()[0][:120]
         raise DataError(f"{path}: not a readable image ({reason})") from None
-    if tuple(image.shape[:2]) != (height, width):
+    if height and tuple(image.shape[:2]) != (height, width):
         image = tf.image.resize(image, (height, width), antialias=True)
         image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
     return image.numpy()

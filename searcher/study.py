@@ -1,4 +1,5 @@
-"""A study in its storage: created once from a spec, joined by workers, counted against a budget.
+"""A study in its storage: opened with heartbeats, created once from a spec, joined by workers,
+counted against a budget.
 
 The study stores its spec (``spec``) and the spec's search hash (``spec_hash``); a worker
 whose spec hashes differently refuses to join, so two search spaces never mix. The
@@ -17,10 +18,27 @@ from optuna.trial import TrialState
 from searcher.errors import StorageError
 from searcher.space import baseline_params, grid_search_space
 from searcher.spec import StudySpec, directions, objective_names, parse_spec
-from searcher.storage import mask_url
+from searcher.storage import mask_url, open_storage
 
 SPEC_ATTR, HASH_ATTR, BUDGET_ATTR, BASELINES_ATTR = "spec", "spec_hash", "n_trials", "baselines_enqueued"
+DATA_ATTR = "data"  # the data summary (rows, features, classes, preprocessing): data.SearchData.summary
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def _stale_trial_callback(spec: StudySpec) -> optuna.storages.RetryHeartbeatStaleTrialCallback:
+    return optuna.storages.RetryHeartbeatStaleTrialCallback(
+        max_retry=spec.runtime.max_retries, inherit_intermediate_values=True
+    )
+
+
+def open_study_storage(spec: StudySpec, url: str) -> optuna.storages.RDBStorage:
+    """The study's storage with heartbeats on, so a killed worker's trial is failed and retried."""
+    return open_storage(
+        url,
+        heartbeat_interval=spec.runtime.heartbeat_interval,
+        grace_period=spec.runtime.grace_period,
+        stale_trial_callback=_stale_trial_callback(spec),
+    )
 
 
 def make_sampler(spec: StudySpec, *, seed: int | None) -> optuna.samplers.BaseSampler:
