@@ -109,7 +109,8 @@ def gather(study: optuna.Study, *, top_k: int = TOP_K) -> ReportData:
         seen = ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s]) or "no trials"
         raise UserError(f"study '{name}' has no complete trials yet ({seen}); run searcher launch {name} first")
     maximize = study.directions[0] == StudyDirection.MAXIMIZE
-    top = tuple(sorted(complete, key=lambda r: (-r.value if maximize else r.value, r.number))[:top_k])
+    place = {t.number: i for i, t in enumerate(front.ranked(study))}  # the one ranking export and status use
+    top = tuple(sorted(complete, key=lambda r: place.get(r.number, len(place)))[:top_k])
     best, kinds, budget = top[0], _param_kinds(trials), study.user_attrs.get("n_trials")
     importances, importance_note = _importances(study, complete, kinds)
     return ReportData(
