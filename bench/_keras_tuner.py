@@ -76,7 +76,7 @@ def main() -> None:
     from searcher.spec import load_spec
 
     spec = load_spec(args.spec).model_copy(update={"seed": args.seed})  # as `launch --seed` does
-    data = load_search_data(spec.data, split_seed=spec.seed)
+    data = load_search_data(spec.data, split_seed=spec.split_seed)
 
     def config_of(hp):
         return trial_config(spec, suggest_values(HyperParameterTrial(hp), spec), seed=args.seed)

@@ -106,3 +106,65 @@ def test_the_installed_command_prints_one_line_and_exits_1(tmp_path):
     assert out.stderr.strip().splitlines() == [
         f"Error: {tmp_path}/typo.yaml: search.learning_rate.low: must be > 0, got -0.1"
     ]
+
+
+# ---------------------------------------------------------------- study names: --name, --seed, studies --storage
+
+
+def _stored_studies(tmp_path: Path) -> str:
+    """digits-mlp twice in one file, as `launch digits-mlp` and `launch digits-mlp --seed 1` leave it."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from searcher import study as studies
+    from searcher.spec import load_spec
+    from searcher.storage import open_storage
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    storage = open_storage(url)
+    spec = load_spec("digits-mlp")
+    for seed, value in ((None, 0.91), (1, 0.93)):
+        seeded = spec if seed is None else spec.model_copy(update={"seed": seed})
+        name = "digits-mlp" if seed is None else "digits-mlp-seed1"
+        study = studies.create_or_continue(seeded, storage, n_trials=3, name=name)
+        study.add_trial(optuna.trial.create_trial(value=value, params={"lr": 0.01},
+                                                  distributions={"lr": FloatDistribution(1e-4, 1.0, log=True)}))
+    return url
+
+
+def test_read_commands_open_the_study_launch_named(tmp_path):
+    import json
+
+    url = _stored_studies(tmp_path)
+    for args in (["digits-mlp", "--seed", "1"], ["digits-mlp", "--name", "digits-mlp-seed1"], ["digits-mlp-seed1"]):
+        result = runner.invoke(app, ["status", *args, "--storage", url, "--json"])
+        assert result.exit_code == 0, result.output
+        snap = json.loads(result.output)
+        assert (snap["study"], snap["best_value"]) == ("digits-mlp-seed1", 0.93)
+    line = _one_line_error(runner.invoke(app, ["status", "digits-mlp", "--seed", "2", "--storage", url]))
+    assert line == (f"Error: no study 'digits-mlp-seed2' in {url} (studies there: digits-mlp, digits-mlp-seed1); "
+                    "start it with `searcher launch digits-mlp-seed2`")
+
+
+def test_studies_with_a_storage_lists_what_is_stored(tmp_path):
+    url = _stored_studies(tmp_path)
+    result = runner.invoke(app, ["studies", "--storage", url], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "cifar-cnn" in result.output  # the shipped specs, as without --storage
+    rows = result.output.split(f"2 studies in {url}:")[1].splitlines()[2:]
+    assert [r.split()[:5] for r in rows] == [["digits-mlp", "digits-mlp", "0", "0", "1"],
+                                             ["digits-mlp-seed1", "digits-mlp", "1", "1", "1"]]
+    assert "0.9100 (max)" in rows[0] and "0.9300 (max)" in rows[1]
+
+
+def test_a_bad_study_name_names_the_flag():
+    line = _one_line_error(runner.invoke(app, ["launch", "digits-mlp", "--name", "my study"]))
+    assert line == "Error: --name: must start with a letter or digit and hold only letters, digits, '_', '.' and '-', got 'my study'"
+
+
+def test_study_names_derive_from_the_seed_unless_named():
+    from searcher.launch import study_name
+
+    assert study_name("my") == "my"
+    assert study_name("my", seed=1) == "my-seed1"
+    assert study_name("my", seed=1, name="mine") == "mine"

@@ -83,6 +83,9 @@ class ReportData:
     notes: Mapping[str, str]  # figure id -> why it is not drawn
     confirmed: tuple[Mapping[str, Any], ...] = ()  # `searcher confirm`'s ranking, best first
     importance_note: str | None = None  # why `importances` is empty
+    spec_name: str | None = None  # the spec the study was created from (its name can differ: --name, --seed)
+    seed: int | None = None
+    split_seed: int | None = None  # the validation split's seed
 
     @property
     def complete(self) -> tuple[TrialRow, ...]:
@@ -107,7 +110,7 @@ def gather(study: optuna.Study, *, top_k: int = TOP_K) -> ReportData:
     best, kinds, budget = top[0], _param_kinds(trials), study.user_attrs.get("n_trials")
     importances, importance_note = _importances(study, complete, kinds)
     return ReportData(
-        study_name=str(spec.get("name") or name),
+        study_name=name,
         dataset=str(_get(spec, "data", "dataset") or _get(best.config, "data", "dataset") or "?"),
         model_kind=str(_get(spec, "model", "kind") or best.knob("kind") or "?"),
         metric=str(_get(spec, "training", "metric") or _get(best.config, "training", "metric") or "value"),
@@ -128,6 +131,9 @@ def gather(study: optuna.Study, *, top_k: int = TOP_K) -> ReportData:
         notes={},
         confirmed=tuple(study.user_attrs.get(CONFIRMED_ATTR) or ()),
         importance_note=importance_note,
+        spec_name=str(spec["name"]) if spec.get("name") else None,
+        seed=spec.get("seed") if isinstance(spec.get("seed"), int) else None,
+        split_seed=next((s for s in (_get(spec, "data", "split_seed"), spec.get("seed")) if isinstance(s, int)), None),
     )
 
 
