@@ -18,6 +18,9 @@ from pathlib import Path
 
 
 def main(spec_path: str, out_path: str) -> None:
+    from searcher.devices import import_tensorflow
+
+    import_tensorflow()  # before Keras: without TensorFlow's C++ start-up lines
     import keras
     import optuna
 

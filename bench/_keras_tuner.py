@@ -67,6 +67,9 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
+    from searcher.devices import import_tensorflow
+
+    import_tensorflow()  # before Keras: without TensorFlow's C++ start-up lines
     import keras
     import keras_tuner as kt
 

@@ -74,8 +74,17 @@ XlaOpt = Annotated[Optional[bool], typer.Option("--xla/--no-xla", help="XLA comp
 
 
 @app.callback()
-def _root(ctx: typer.Context, debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
+def _root(ctx: typer.Context, debug: Annotated[bool, typer.Option(
+        "--debug", help="Show tracebacks, and TensorFlow's start-up lines.")] = False) -> None:
     ctx.obj = {"debug": debug}
+    if debug:
+        import os
+
+        from searcher.devices import DEBUG_ENV
+
+        if DEBUG_ENV not in os.environ:  # read by import_tensorflow here, in workers and child processes
+            os.environ[DEBUG_ENV] = "1"
+            ctx.call_on_close(lambda: os.environ.pop(DEBUG_ENV, None))  # an in-process caller (tests) goes on
     _quiet_libraries()
 
 
@@ -268,8 +277,11 @@ def retrain(
     """
     from searcher.export import load_export, metrics_path, retrain as run_retrain
 
+    from searcher.devices import import_tensorflow
+
     trial_config, source = load_export(config)
     model_path = output or config.with_suffix(".keras")
+    import_tensorflow()
     metrics = run_retrain(trial_config, source=source, model_path=model_path, epochs=epochs, data_dir=data_dir)
     console.print(f"test accuracy {metrics['test_accuracy']:.4f} (loss {metrics['test_loss']:.4f}) on "
                   f"{metrics['test_examples']} held-out examples; {metrics['epochs']} epochs, "
@@ -320,6 +332,7 @@ def replay(
     from rich.table import Table
 
     from searcher.confirm import replay_trial
+    from searcher.devices import import_tensorflow
 
     loaded = _load_study(study, storage, name=name, seed=seed)
     stored = next((t for t in loaded.get_trials(deepcopy=False) if t.number == trial), None)
@@ -327,6 +340,7 @@ def replay(
         # The same thread count as the worker had: float sums depend on how work is split.
         os.environ["TF_NUM_INTRAOP_THREADS"] = str(stored.user_attrs["threads"])
         os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+    import_tensorflow()
     result = replay_trial(loaded, trial, data_dir=data_dir)
     table = Table("epoch", "stored", "replayed", "difference", box=None, header_style="bold")
     for epoch, (a, b) in enumerate(zip(result.stored, result.replayed), start=1):
@@ -357,9 +371,11 @@ def confirm(
     from rich.table import Table
 
     from searcher.confirm import confirm as run_confirm
+    from searcher.devices import import_tensorflow
 
-    ranking, added = run_confirm(_load_study(study, storage, name=name, seed=seed), top=top, seeds=seeds, workers=workers,
-                                 data_dir=data_dir)
+    loaded = _load_study(study, storage, name=name, seed=seed)
+    import_tensorflow()  # the seeds come from searcher.objective, which imports Keras
+    ranking, added = run_confirm(loaded, top=top, seeds=seeds, workers=workers, data_dir=data_dir)
     table = Table("rank", "trial", "mean", "spread (sd)", "runs", "single-run value", "single-run rank", box=None,
                   header_style="bold")
     for rank, c in enumerate(ranking, start=1):

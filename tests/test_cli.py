@@ -168,3 +168,44 @@ def test_study_names_derive_from_the_seed_unless_named():
     assert study_name("my") == "my"
     assert study_name("my", seed=1) == "my-seed1"
     assert study_name("my", seed=1, name="mine") == "mine"
+
+
+# ---------------------------------------------------------------- quiet TensorFlow
+
+TF_STARTUP_LINES = ("absl::InitializeLog", "cudart_stub", "cuInit", "cpu_feature_guard", "oneDNN custom operations")
+
+
+def _export_file(tmp_path: Path) -> Path:
+    """What `searcher export` writes, for the tutorial MLP (every knob fixed) on digits."""
+    from optuna.trial import FixedTrial
+
+    from searcher.space import suggest_values, trial_config
+    from searcher.spec import parse_spec
+
+    spec = parse_spec({"name": "fixed", "data": {"dataset": "digits"}, "model": {"kind": "mlp"},
+                       "search": {"units": [50, 20]}, "training": {"max_epochs": 1}}, source="fixed")
+    config = trial_config(spec, suggest_values(FixedTrial({}), spec), seed=0).to_dict()
+    path = tmp_path / "best.yaml"
+    path.write_text(yaml.safe_dump({"source": {"study": "fixed", "trial": 0}, "config": config}))
+    return path
+
+
+def test_retrain_prints_its_result_and_no_tensorflow_start_up_lines(tmp_path):
+    """The real command in a fresh process: TensorFlow's C++ lines go to fd 2 before Python's logging."""
+    import os
+
+    from searcher.devices import DEBUG_ENV
+
+    export = _export_file(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in (DEBUG_ENV, "TF_CPP_MIN_LOG_LEVEL")}
+    out = subprocess.run([sys.executable, "-m", "searcher", "retrain", str(export), "-o", str(tmp_path / "m.keras")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stderr == ""
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("test accuracy ") and lines[1].startswith("wrote ")
+    # --debug shows them: proof that TensorFlow prints them here, so the check above means something.
+    debug = subprocess.run([sys.executable, "-m", "searcher", "--debug", "retrain", str(export), "-o",
+                            str(tmp_path / "m.keras")], capture_output=True, text=True, timeout=300, env=env)
+    assert debug.returncode == 0, debug.stdout + debug.stderr
+    assert [s for s in TF_STARTUP_LINES if s in debug.stderr], debug.stderr
