@@ -45,7 +45,7 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 StorageOpt = Annotated[
     Optional[str],
     typer.Option("--storage", envvar="SEARCHER_STORAGE", show_envvar=True,
-                 help="Study storage URL: sqlite:///file.db or postgresql://user:pass@host/db. "
+                 help="Study storage URL: sqlite:///file.db or postgresql+psycopg2://user:pass@host/db. "
                       "Default: sqlite:///searcher.db in this folder."),
 ]
 DataDirOpt = Annotated[
@@ -135,7 +135,7 @@ def worker(
 ) -> None:
     """Join an existing study (from this or another host) and run trials until its budget is reached.
 
-    Example: searcher worker cifar-cnn --storage postgresql://searcher:PASS@db-host/searcher
+    Example: searcher worker cifar-cnn --storage postgresql+psycopg2://searcher:PASS@db-host/searcher
     """
     from searcher.launch import load_launch_spec, study_name
     from searcher.storage import resolve_url

@@ -221,5 +221,7 @@ def print_summary(study: optuna.Study, *, console: Console, url: str, default_ur
     console.print("\nNext:")
     for command in (f"searcher status {name}{flag}", f"searcher report {name}{flag} -o {name}-report.html",
                     f"searcher dashboard{flag}", f"searcher export {name}{flag} -o {name}-best.yaml",
-                    f"searcher retrain {name}-best.yaml -o {name}-best.keras"):
+                    f"searcher retrain {name}-best.yaml -o {name}-best.keras",
+                    # The URL with its driver (postgresql+psycopg2://): Optuna's own tools cannot guess it.
+                    f"optuna trials --study-name {name} --storage '{mask_url(url)}'"):
         console.print(f"  {command}", highlight=False, markup=False)
