@@ -95,13 +95,15 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     raise AssertionError(p.name)
 
 
-def create_or_continue(spec: StudySpec, storage: optuna.storages.BaseStorage, *, n_trials: int) -> optuna.Study:
-    """Create the study (or load it) before any worker starts; enqueue baselines once.
+def create_or_continue(spec: StudySpec, storage: optuna.storages.BaseStorage, *, n_trials: int,
+                       name: str | None = None) -> optuna.Study:
+    """Create the study ``name`` (default: the spec's name) or load it, before any worker
+    starts; enqueue baselines once.
 
     Raises StorageError when a study of that name exists with a different spec.
     """
     study = optuna.create_study(
-        study_name=spec.name,
+        study_name=name or spec.name,
         storage=storage,
         directions=directions(spec),
         load_if_exists=True,
@@ -147,7 +149,7 @@ def check_same_spec(study: optuna.Study, spec: StudySpec) -> None:
     if stored is not None and stored != spec.search_hash():
         raise StorageError(
             f"study {study.study_name!r} was created from a different spec (hash {stored}, yours "
-            f"{spec.search_hash()}); a worker must use the same spec, or launch under another name"
+            f"{spec.search_hash()}); a worker must use the same spec, or launch under another name (--name)"
         )
 
 

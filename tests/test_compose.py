@@ -29,7 +29,7 @@ STUDIES_DIR = ROOT / "searcher" / "studies"
 
 # What a user's .env holds. STUDY is left out so its default is exercised.
 FAKE_ENV = {"POSTGRES_PASSWORD": "pw-from-dotenv"}
-EXPECTED_STORAGE = "postgresql://searcher:pw-from-dotenv@postgres:5432/searcher"
+EXPECTED_STORAGE = "postgresql+psycopg2://searcher:pw-from-dotenv@postgres:5432/searcher"
 DEFAULT_STUDY = "cifar-cnn"
 
 

@@ -133,3 +133,18 @@ def test_a_study_in_the_working_directory_is_found(tmp_path, monkeypatch):
     (tmp_path / "studies" / "mine.yaml").write_text(yaml.safe_dump(MINIMAL | {"name": "mine"}))
     monkeypatch.chdir(tmp_path)
     assert load_spec("mine").name == "mine"
+
+
+def test_split_seed_defaults_to_the_study_seed_and_reaches_the_trial_config():
+    from optuna.trial import FixedTrial
+
+    from searcher.space import suggest_values, trial_config
+
+    spec = parse_spec({**MINIMAL, "seed": 3}, source="t.yaml")
+    assert spec.data.split_seed is None and spec.split_seed == 3
+    fixed = parse_spec({**MINIMAL, "seed": 3, "data": {"dataset": "digits", "split_seed": 0}}, source="t.yaml")
+    assert fixed.split_seed == 0
+    config = trial_config(fixed, suggest_values(FixedTrial({"lr": 0.01}), fixed), seed=7)
+    assert (config.seed, config.split_seed) == (7, 0)
+    with pytest.raises(SpecError, match=r"^t.yaml: data.split_seed: input should be greater than or equal to 0, got -1$"):
+        parse_spec({**MINIMAL, "data": {"dataset": "digits", "split_seed": -1}}, source="t.yaml")
