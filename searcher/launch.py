@@ -72,15 +72,24 @@ def load_launch_spec(source: str, seed: int | None, *, mixed_precision: bool | N
     return spec, resolve_spec_path(source).resolve()
 
 
+def create_study(spec: StudySpec, url: str, *, n_trials: int) -> optuna.Study:
+    """Create the study (or continue it with budget ``n_trials``) and enqueue its baselines once.
+
+    Under the study's budget lock: launches and ``searcher create`` running at once make one
+    study and one set of baselines.
+    """
+    storage = open_study_storage(spec, url)
+    with BudgetLock(url, spec.name):
+        return studies.create_or_continue(spec, storage, n_trials=n_trials)
+
+
 def launch(request: LaunchRequest, *, console: Console) -> int:
     """Run the search to its budget; return the process exit code (130 when interrupted)."""
     spec, spec_path = load_launch_spec(request.study, request.seed, mixed_precision=request.mixed_precision,
                                        xla=request.xla)
     url = resolve_url(request.storage)
-    storage = open_study_storage(spec, url)
     n_trials = request.trials or spec.budget.n_trials
-    with BudgetLock(url, spec.name):  # two launches at once: the study and its baselines are made once
-        study = studies.create_or_continue(spec, storage, n_trials=n_trials)
+    study = create_study(spec, url, n_trials=n_trials)
     if studies.budget_left(study, n_trials) <= 0:
         console.print(f"{spec.name}: the study already has {n_trials} finished trials; raise --trials to continue.")
         print_summary(study, console=console, url=url, default_url=request.storage is None)
@@ -112,7 +121,7 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
         failed = fail_orphaned_trials(study, {pid for s in slots for pid in s.pids})
         console.print(f"stopped; {failed} running trial(s) of stopped workers marked failed, "
                       f"{studies.finished(studies.count_states(study))} finished trials kept. "
-                      f"Run the same launch again to continue.")
+                      f"Run the same launch again to continue; interrupted trials run again first.")
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -69,7 +69,9 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
     if options.create:
         with lock:  # several compose workers start at once: one creates the study and its baselines
             studies.create_or_continue(spec, storage, n_trials=spec.budget.n_trials)
-    sampler_seed = abs(hash((spec.seed, options.index, os.getpid()))) % (2**31)
+    # The host too: replicas of one container image (Kubernetes pods, compose services) share
+    # pid and index, and equal seeds would sample the same random start-up trials.
+    sampler_seed = abs(hash((spec.seed, options.index, socket.gethostname(), os.getpid()))) % (2**31)
     study = studies.load(spec.name, storage, url=url, sampler=studies.make_sampler(spec, seed=sampler_seed),
                          pruner=studies.make_pruner(spec))
     studies.check_same_spec(study, spec)
@@ -86,6 +88,7 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
     data = load_search_data(spec.data, split_seed=spec.seed, data_dir=options.data_dir)
     objective = Objective(spec, data, jit_compile=spec.runtime.xla)
     streak = _FailureStreak()
+    runner = _ReleaseFirst(objective, lock)
     ran, settled_mb = 0, None
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     try:
@@ -98,7 +101,7 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
                 if recycle := _recycle_reason(spec, ran, settled_mb):  # checked after the budget: no fresh process to stop
                     log.info("worker %d recycles: %s", options.index, recycle)
                     return EXIT_RECYCLE
-                study.optimize(_ReleaseFirst(objective, lock), n_trials=1, catch=(Exception,), callbacks=[streak])
+                study.optimize(runner, n_trials=1, catch=(Exception,), callbacks=[streak])
             except Exception as e:
                 if (cause := _storage_trouble(e)) is None:
                     raise
@@ -117,7 +120,9 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
                 log.error("worker %d stops: %d trials failed in a row", options.index, streak.count)
                 return EXIT_FAILURES
     except KeyboardInterrupt:
-        log.info("worker %d interrupted; its running trial was marked failed", options.index)
+        retried = _retry_interrupted(study, runner.trial, spec)
+        log.info("worker %d interrupted; its running trial was marked failed%s", options.index,
+                 " and queued to run again with the same params and seed" if retried else "")
         return EXIT_INTERRUPTED
 
 
@@ -170,13 +175,38 @@ def _recycle_reason(spec: StudySpec, ran: int, settled_mb: float | None) -> str 
     return None
 
 
+def _retry_interrupted(study: optuna.Study, trial: optuna.Trial | None, spec: StudySpec) -> bool:
+    """Queue the trial a SIGTERM cut short to run again, as a stale trial is retried (same
+    params and seed, up to ``runtime.max_retries``); return whether it was queued.
+
+    A worker stopped on purpose (a Slurm time limit, a Kubernetes eviction, Ctrl-C) then loses
+    no trial. One left RUNNING without being failed is the stale-trial check's to retry.
+    """
+    if trial is None:
+        return False
+    frozen = study._storage.get_trial(trial._trial_id)
+    if frozen.state != optuna.trial.TrialState.FAIL:
+        return False
+
+    def waiting() -> int:
+        return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+
+    before = waiting()
+    # The retry starts clean: it has not failed (yet).
+    frozen.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k not in ("fail_reason", "fail_detail")}
+    _stale_trial_callback(spec)(study, frozen)
+    return waiting() > before
+
+
 class _ReleaseFirst:
     """Call the objective after releasing the budget lock: the trial is RUNNING by then."""
 
     def __init__(self, objective, lock: BudgetLock) -> None:
         self.objective, self.lock = objective, lock
+        self.trial: optuna.Trial | None = None  # the latest trial, for a retry when interrupted
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.trial = trial
         self.lock.release()
         return self.objective(trial)
 
