@@ -47,11 +47,9 @@ def markdown_commands(path: Path) -> list[list[str]]:
 
 
 def searcher_args(words: list[str]) -> list[str] | None:
-    """The arguments after the first ``searcher`` word (``kubectl exec POD -- searcher ...``)."""
-    if "searcher" not in words:
-        return None
-    args = words[words.index("searcher") + 1 :]
-    return args or None
+    """The arguments of a ``searcher ...`` command, also after ``--`` (``kubectl exec POD -- searcher ...``)."""
+    starts = [i for i, w in enumerate(words) if w == "searcher" and (i == 0 or words[i - 1] == "--")]
+    return words[starts[0] + 1 :] or None if starts else None
 
 
 def assert_cli_accepts(args: list[str], *, where: str) -> None:
@@ -62,7 +60,7 @@ def assert_cli_accepts(args: list[str], *, where: str) -> None:
     group = typer.main.get_command(app)
     name = args[0]
     assert name in group.commands, f"{where}: `searcher {name}` is not a command (the CLI has {sorted(group.commands)})"
-    if "--help" in args:
+    if "--help" in args or len(args) == 1:  # help, or a command named in prose (`searcher create`)
         return
     try:
         group.commands[name].make_context(name, list(args[1:]))
