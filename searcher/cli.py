@@ -156,6 +156,29 @@ def worker(
 
 
 @app.command()
+def init(
+    data: Annotated[str, typer.Argument(help="A CSV file, a folder with one subfolder of images per class, or a .npz.")],
+    target: Annotated[Optional[str], typer.Option("--target", help="The CSV column holding the class.")] = None,
+    test: Annotated[Optional[str], typer.Option("--test", help="A held-out test file or folder like DATA (default: carve 20 %).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Spec file to write (default: DATA's name .yaml).")] = None,
+    minutes: Annotated[float, typer.Option("--minutes", min=1, help="Search time the budget is sized for.")] = 10.0,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Workers the budget is sized for (default: as launch).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing spec file.")] = False,
+) -> None:
+    """Look at your data and write a ready study spec: model, search space, preprocessing, budget.
+
+    Example: searcher init patients.csv --target diagnosis -o patients.yaml
+    """
+    from searcher.data import describe_data
+    from searcher.scaffold import init_spec
+
+    made = init_spec(data, output=output, target=target, test_path=test, minutes=minutes, workers=workers, force=force)
+    console.print(f"wrote {made.path}: {made.spec.model.kind} on {describe_data(made.summary)}", highlight=False)
+    console.print(f"budget {made.spec.budget.n_trials} trials (~{made.trial_seconds:.1f} s each, {made.workers} "
+                  f"worker(s), about {minutes:g} min); next: searcher launch {made.path}", highlight=False)
+
+
+@app.command()
 def create(
     study: Annotated[str, typer.Argument(help="A study in studies/ (e.g. digits-mlp) or a path to a spec YAML.")],
     trials: Annotated[Optional[int], typer.Option("--trials", "-n", min=1, help="Study-wide budget of finished trials (default: the spec's budget.n_trials).")] = None,

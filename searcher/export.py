@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from searcher.errors import SpecError, UserError
 from searcher.space import TrialConfig
-from searcher.spec import validate_model
+from searcher.spec import METRICS, validate_model
 
 FORMAT_VERSION = 1
 CONFIRMED_ATTR = "confirmed_ranking"
@@ -110,25 +110,25 @@ def retrain(
 
     Writes the ``.keras`` model and ``<model>.metrics.json``; returns the metrics.
     """
-    from searcher.data import load_search_data, load_test_split, to_tf_dataset
+    from searcher.data import load_search_data, load_test_split
     from searcher.objective import train
 
     if model_path.suffix != ".keras":
         raise UserError(f"-o: the model file must end in .keras, got {model_path.name}")
     started = time.perf_counter()
     data = load_search_data(config.data, split_seed=config.split_seed, data_dir=data_dir)
-    direction = source.get("direction") or ("maximize" if config.training.metric == "val_accuracy" else "minimize")
+    direction = source.get("direction") or METRICS[config.training.metric]
     result = train(config, data, direction=direction, max_epochs=epochs)
     # The only evaluation on test data in searcher, after every choice has been made.
     test = load_test_split(config.data, data_dir=data_dir)
-    test_loss, test_accuracy = result.model.evaluate(to_tf_dataset(test, batch_size=256), verbose=0)
+    scores = score_test(result.model, test, data.class_names)
     model_path.parent.mkdir(parents=True, exist_ok=True)
     result.model.save(model_path)
     metrics = {
-        "test_accuracy": float(test_accuracy),
-        "test_loss": float(test_loss),
-        "test_examples": len(test),
+        **scores,
         f"best_{config.training.metric}": result.best_value,
+        "data": data.summary(),
+        "inputs": _input_dtypes(result.model),
         **result.summary(),
         "seconds": round(time.perf_counter() - started, 2),
         "model": str(model_path),
@@ -136,6 +136,44 @@ def retrain(
     }
     metrics_path(model_path).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def score_test(model: Any, test: Any, class_names: tuple[str, ...]) -> dict[str, Any]:
+    """Accuracy, loss, AUC, per-class precision/recall and the confusion matrix on the test split.
+
+    The predicted class of row i is ``class_names[argmax(model.predict(x)[i])]``.
+    """
+    import numpy as np
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    from searcher.data import to_tf_dataset
+    from searcher.objective import roc_auc
+
+    batches = to_tf_dataset(test, batch_size=256)
+    test_loss, _ = model.evaluate(batches, verbose=0)  # the training loss, with its L2 terms
+    probabilities = model.predict(batches, verbose=0)
+    predicted = probabilities.argmax(axis=1)
+    labels = np.arange(len(class_names))
+    precision, recall, f1, support = precision_recall_fscore_support(test.y, predicted, labels=labels, zero_division=0)
+    return {
+        "test_accuracy": float((predicted == test.y).mean()),
+        "test_loss": float(test_loss),
+        "test_auc": roc_auc(test.y, probabilities),
+        "test_examples": len(test),
+        "class_names": list(class_names),
+        "per_class": {name: {"precision": round(float(p), 4), "recall": round(float(r), 4), "f1": round(float(f), 4),
+                             "support": int(n)}
+                      for name, p, r, f, n in zip(class_names, precision, recall, f1, support)},
+        # rows: the true class, columns: the predicted class, both in class_names order
+        "confusion_matrix": confusion_matrix(test.y, predicted, labels=labels).tolist(),
+    }
+
+
+def _input_dtypes(model: Any) -> dict[str, str] | str:
+    """What the saved model takes: {column: dtype} for tables, one array's shape and dtype otherwise."""
+    if isinstance(model.input, dict):
+        return {name: str(tensor.dtype) for name, tensor in model.input.items()}
+    return f"{model.input.dtype} array of shape {tuple(model.input.shape)}"
 
 
 def metrics_path(model_path: Path) -> Path:

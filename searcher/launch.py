@@ -24,7 +24,8 @@ from searcher import study as studies
 from searcher.devices import detect_gpus, plan_warning, plan_workers
 from searcher.monitor import render, take_snapshot
 from searcher.space import describe
-from searcher.spec import StudySpec, load_spec, resolve_spec_path
+from searcher.data import check_search_data, describe_data
+from searcher.spec import FILE_DATASETS, StudySpec, load_spec, resolve_spec_path
 from searcher.storage import DEFAULT_SQLITE, BudgetLock, describe_db_error, mask_url, resolve_url
 from searcher.workers import (
     EXIT_DONE,
@@ -33,7 +34,6 @@ from searcher.workers import (
     raise_keyboard_interrupt,
     WorkerProcess,
     fail_orphaned_trials,
-    open_study_storage,
     start_worker,
     stop_workers,
     supervise,
@@ -78,7 +78,7 @@ def create_study(spec: StudySpec, url: str, *, n_trials: int) -> optuna.Study:
     Under the study's budget lock: launches and ``searcher create`` running at once make one
     study and one set of baselines.
     """
-    storage = open_study_storage(spec, url)
+    storage = studies.open_study_storage(spec, url)
     with BudgetLock(url, spec.name):
         return studies.create_or_continue(spec, storage, n_trials=n_trials)
 
@@ -88,8 +88,14 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
     spec, spec_path = load_launch_spec(request.study, request.seed, mixed_precision=request.mixed_precision,
                                        xla=request.xla)
     url = resolve_url(request.storage)
+    data_summary = None
+    if spec.data.dataset in FILE_DATASETS:  # a user's own file: check it before anything is stored
+        data_summary = check_search_data(spec, split_seed=spec.seed, data_dir=request.data_dir)
+        console.print(f"data: {describe_data(data_summary)}", highlight=False)
     n_trials = request.trials or spec.budget.n_trials
     study = create_study(spec, url, n_trials=n_trials)
+    if data_summary is not None:
+        study.set_user_attr(studies.DATA_ATTR, data_summary)
     if studies.budget_left(study, n_trials) <= 0:
         console.print(f"{spec.name}: the study already has {n_trials} finished trials; raise --trials to continue.")
         print_summary(study, console=console, url=url, default_url=request.storage is None)

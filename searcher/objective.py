@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import optuna
 
-from searcher.data import SearchData, to_tf_dataset
+from searcher.data import SearchData, Split, class_weights, to_tf_dataset
 from searcher.memory import MemoryGuard
 from searcher.models import build_model
 from searcher.space import TrialConfig, suggest_values, trial_config
@@ -99,6 +99,36 @@ class _FailOnNaN(keras.callbacks.Callback):
             raise TrialFailed("nan", f"loss became {float(loss)} in epoch {self._epoch + 1}, batch {batch + 1}")
 
 
+def roc_auc(y: np.ndarray, probabilities: np.ndarray) -> float:
+    """ROC AUC: of the positive class for 2 classes, else the macro one-vs-rest mean; NaN when
+    the network produced NaN (the NaN check fails the trial)."""
+    from sklearn.metrics import roc_auc_score
+
+    if not np.isfinite(probabilities).all():
+        return math.nan
+    if probabilities.shape[1] == 2:
+        return float(roc_auc_score(y, probabilities[:, 1]))
+    return float(roc_auc_score(y, probabilities, multi_class="ovr", average="macro",
+                               labels=np.arange(probabilities.shape[1])))
+
+
+class _ValidationAUC(keras.callbacks.Callback):
+    """Adds ``val_auc`` to each epoch's logs, before early stopping and pruning read them.
+
+    Computed with scikit-learn on the whole validation split (a batch-wise Keras AUC
+    approximates it with thresholds), and kept out of the compiled model, so a saved model
+    needs no custom metric to load.
+    """
+
+    def __init__(self, val: Split, *, batch_size: int) -> None:
+        super().__init__()
+        self.val, self.dataset = val, to_tf_dataset(val, batch_size=batch_size)
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        if logs is not None:
+            logs["val_auc"] = roc_auc(self.val.y, self.model.predict(self.dataset, verbose=0))
+
+
 def train(
     config: TrialConfig,
     data: SearchData,
@@ -116,9 +146,13 @@ def train(
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed)
     training = config.training
-    model = build_model(config.model, input_shape=data.input_shape, n_classes=data.n_classes, jit_compile=jit_compile)
+    model = build_model(config.model, preprocessing=data.preprocessing, n_classes=data.n_classes,
+                        jit_compile=jit_compile)
     clock = _EpochClock()
+    val_batch = max(training.batch_size, 256)
     cbs: list[keras.callbacks.Callback] = [_FailOnNaN(), clock]
+    if training.metric == "val_auc":
+        cbs.insert(0, _ValidationAUC(data.val, batch_size=val_batch))
     if training.patience:
         cbs.append(
             keras.callbacks.EarlyStopping(
@@ -129,10 +163,11 @@ def train(
             )
         )
     cbs.extend(callbacks)
+    weights = class_weights(data.train, data.n_classes) if training.class_weight == "balanced" else None
     try:
         history = model.fit(
-            to_tf_dataset(data.train, batch_size=training.batch_size, shuffle_seed=config.seed),
-            validation_data=to_tf_dataset(data.val, batch_size=max(training.batch_size, 256)),
+            to_tf_dataset(data.train, batch_size=training.batch_size, shuffle_seed=config.seed, weights=weights),
+            validation_data=to_tf_dataset(data.val, batch_size=val_batch),
             epochs=max_epochs or training.max_epochs,
             callbacks=cbs,
             shuffle=False,  # tf.data already shuffles, seeded

@@ -59,7 +59,8 @@ class TrainingConfig(_Frozen):
     batch_size: int = Field(ge=1)
     max_epochs: int = Field(ge=1)
     patience: int | None
-    metric: Literal["val_accuracy", "val_loss"]
+    metric: Literal["val_accuracy", "val_auc", "val_loss"]
+    class_weight: Literal["none", "balanced"] = "none"
 
 
 class TrialConfig(_Frozen):
@@ -155,6 +156,7 @@ def trial_config(spec: StudySpec, values: dict[str, Any], *, seed: int) -> Trial
         max_epochs=spec.training.max_epochs,
         patience=spec.training.patience,
         metric=spec.training.metric,
+        class_weight=spec.training.class_weight,
     )
     return TrialConfig(data=spec.data, model=model, training=training, seed=seed, split_seed=spec.seed)
 

@@ -39,7 +39,9 @@ INITIALIZERS = (
 )
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "nadam")
 MOMENTUM_OPTIMIZERS = ("momentum", "nesterov")
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "npz")
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "npz", "csv", "images")
+FILE_DATASETS = ("npz", "csv", "images")  # a user's own data, read from data.path
+METRICS = {"val_accuracy": "maximize", "val_auc": "maximize", "val_loss": "minimize"}
 SHIPPED_STUDIES = Path(__file__).parent / "studies"
 
 
@@ -278,16 +280,61 @@ class SearchSpec(_Frozen):
 
 
 class DataSpec(_Frozen):
-    dataset: Literal["digits", "mnist", "fashion_mnist", "cifar10", "npz"]
+    """Which data, how it is split, and how the model's first layers preprocess it.
+
+    ``preprocess`` is fitted on the fit split only and lives inside the model, so a saved
+    model takes raw inputs. ``auto``: images (integer arrays, or anything with a
+    height/width/channel shape) are rescaled to [0, 1]; 2-D features are standardized per
+    feature; CSV tables standardize numeric columns and one-hot encode categorical ones.
+    """
+
+    dataset: Literal["digits", "mnist", "fashion_mnist", "cifar10", "npz", "csv", "images"]
     path: str | None = None
+    test_path: str | None = None
+    test_fraction: float | None = Field(None, gt=0, lt=1)
+    target: str | None = None
+    features: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+    image_size: tuple[int, int] | None = None
+    color_mode: Literal["rgb", "grayscale"] = "rgb"
+    preprocess: Literal["auto", "standardize", "rescale", "none"] = "auto"
+    missing: Literal["error", "mean"] = "error"
     validation_fraction: float = Field(0.2, gt=0, lt=1)
 
     @model_validator(mode="after")
-    def _path_for_npz(self) -> DataSpec:
-        if self.dataset == "npz" and not self.path:
-            raise FieldError("path", "is required for dataset npz (a file with x_train, y_train, x_test, y_test)")
-        if self.dataset != "npz" and self.path:
-            raise FieldError("path", f"is only used with dataset npz, not {self.dataset}")
+    def _fields_fit_dataset(self) -> DataSpec:
+        own = self.dataset in FILE_DATASETS
+        if own and not self.path:
+            what = {"npz": "a .npz with x_train, y_train (and x_test, y_test)", "csv": "a CSV file with a header row",
+                    "images": "a folder with one subfolder of images per class"}[self.dataset]
+            raise FieldError("path", f"is required for dataset {self.dataset} ({what})")
+        if not own:
+            for name in ("path", "test_path", "test_fraction"):
+                if getattr(self, name) is not None:
+                    raise FieldError(name, f"is only used with dataset {', '.join(FILE_DATASETS)}, not {self.dataset}")
+        if self.dataset == "npz" and self.test_path:
+            raise FieldError("test_path", "is not used with npz: put x_test, y_test in the file, or set test_fraction")
+        if self.test_path and self.test_fraction:
+            raise FieldError("test_fraction", "cannot be combined with test_path: the test split comes from one of them")
+        if self.dataset == "csv" and not self.target:
+            raise FieldError("target", "is required for dataset csv (the column holding the class)")
+        # Compared with the defaults, not "was it set": a stored spec lists every field.
+        for name in ("target", "features", "categorical"):
+            if self.dataset != "csv" and getattr(self, name):
+                raise FieldError(name, f"is only used with dataset csv, not {self.dataset}")
+        for name, default in (("image_size", None), ("color_mode", "rgb")):
+            if self.dataset != "images" and getattr(self, name) != default:
+                raise FieldError(name, f"is only used with dataset images, not {self.dataset}")
+        if self.image_size is not None and min(self.image_size) < 1:
+            raise FieldError("image_size", f"must be two sizes >= 1 (height, width), got {list(self.image_size)}")
+        for name in ("features", "categorical"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise FieldError(name, f"must not repeat a column, got {list(values)}")
+        if self.features and (extra := [c for c in self.categorical if c not in self.features]):
+            raise FieldError("categorical", f"{extra[0]!r} is not in data.features")
+        if self.missing == "mean" and self.dataset not in ("npz", "csv"):
+            raise FieldError("missing", f"mean imputation is for tables (npz, csv), not {self.dataset}")
         return self
 
 
@@ -326,12 +373,13 @@ class ModelSpec(_Frozen):
 class TrainingSpec(_Frozen):
     max_epochs: int = Field(20, ge=1)
     patience: int | None = Field(3, ge=1)
-    metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    metric: Literal["val_accuracy", "val_auc", "val_loss"] = "val_accuracy"
     direction: Literal["maximize", "minimize"] | None = None
+    class_weight: Literal["none", "balanced"] = "none"  # balanced: each class weighs as much in the loss
 
     @model_validator(mode="after")
     def _direction_fits_metric(self) -> TrainingSpec:
-        natural = "maximize" if self.metric == "val_accuracy" else "minimize"
+        natural = METRICS[self.metric]
         if self.direction is None:
             object.__setattr__(self, "direction", natural)
         elif self.direction != natural:
@@ -402,6 +450,8 @@ class StudySpec(_Frozen):
 
     @model_validator(mode="after")
     def _knobs_fit_model(self) -> StudySpec:
+        if self.model.kind == "cnn" and self.data.dataset == "csv":
+            raise FieldError("model.kind", "cnn needs images; dataset csv gives a table of features: use mlp")
         for name in KNOBS:
             knob = getattr(self.search, name)
             if self.model.kind not in KNOBS[name].model_kinds and name in self.search.model_fields_set:

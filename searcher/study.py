@@ -1,4 +1,5 @@
-"""A study in its storage: created once from a spec, joined by workers, counted against a budget.
+"""A study in its storage: opened with heartbeats, created once from a spec, joined by workers,
+counted against a budget.
 
 The study stores its spec (``spec``) and the spec's search hash (``spec_hash``); a worker
 whose spec hashes differently refuses to join, so two search spaces never mix. The
@@ -24,7 +25,45 @@ from searcher.storage import mask_url, open_storage
 log = logging.getLogger(__name__)
 
 SPEC_ATTR, HASH_ATTR, BUDGET_ATTR, BASELINES_ATTR = "spec", "spec_hash", "n_trials", "baselines_enqueued"
+DATA_ATTR = "data"  # the data summary (rows, features, classes, preprocessing): data.SearchData.summary
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def _stale_trial_callback(spec: StudySpec) -> optuna.storages.RetryHeartbeatStaleTrialCallback:
+    return optuna.storages.RetryHeartbeatStaleTrialCallback(
+        max_retry=spec.runtime.max_retries, inherit_intermediate_values=True
+    )
+
+
+def retry_interrupted(study: optuna.Study, trial_id: int, spec: StudySpec) -> bool:
+    """Queue a trial that a SIGTERM cut short to run again, as a stale trial is retried (same
+    params and seed, up to ``runtime.max_retries``); return whether it was queued.
+
+    A worker stopped on purpose (a Slurm time limit, a Kubernetes eviction, Ctrl-C) then loses
+    no trial. One left RUNNING without being failed is the stale-trial check's to retry.
+    """
+    frozen = study._storage.get_trial(trial_id)
+    if frozen.state != TrialState.FAIL:
+        return False
+
+    def waiting() -> int:
+        return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+    before = waiting()
+    # The retry starts clean: it has not failed (yet).
+    frozen.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k not in ("fail_reason", "fail_detail")}
+    _stale_trial_callback(spec)(study, frozen)
+    return waiting() > before
+
+
+def open_study_storage(spec: StudySpec, url: str) -> optuna.storages.RDBStorage:
+    """The study's storage with heartbeats on, so a killed worker's trial is failed and retried."""
+    return open_storage(
+        url,
+        heartbeat_interval=spec.runtime.heartbeat_interval,
+        grace_period=spec.runtime.grace_period,
+        stale_trial_callback=_stale_trial_callback(spec),
+    )
 
 
 def make_sampler(spec: StudySpec, *, seed: int | None) -> optuna.samplers.BaseSampler:

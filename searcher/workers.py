@@ -26,7 +26,7 @@ from searcher import study as studies
 from searcher.devices import RuntimeOptions, WorkerPlacement, configure_tensorflow
 from searcher.memory import rss_mb
 from searcher.spec import StudySpec
-from searcher.storage import STORAGE_ENV, BudgetLock, describe_db_error, open_storage
+from searcher.storage import STORAGE_ENV, BudgetLock, describe_db_error
 
 log = logging.getLogger(__name__)
 
@@ -46,26 +46,22 @@ class WorkerOptions:
     create: bool = False  # create the study if missing (docker compose workers)
 
 
-def _stale_trial_callback(spec: StudySpec) -> optuna.storages.RetryHeartbeatStaleTrialCallback:
-    return optuna.storages.RetryHeartbeatStaleTrialCallback(
-        max_retry=spec.runtime.max_retries, inherit_intermediate_values=True
-    )
-
-
-def open_study_storage(spec: StudySpec, url: str) -> optuna.storages.RDBStorage:
-    """The storage with heartbeats on, so a killed worker's trial is failed and retried."""
-    return open_storage(
-        url,
-        heartbeat_interval=spec.runtime.heartbeat_interval,
-        grace_period=spec.runtime.grace_period,
-        stale_trial_callback=_stale_trial_callback(spec),
-    )
-
-
 def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
     """Run trials until the study budget, the deadline, or a recycle point; return the exit code."""
-    storage = open_study_storage(spec, url)
+    storage = studies.open_study_storage(spec, url)
     lock = BudgetLock(url, spec.name)
+    placement = WorkerPlacement.from_env(options.index, os.environ)
+    runtime = RuntimeOptions(mixed_precision=spec.runtime.mixed_precision, xla=spec.runtime.xla)
+    line = configure_tensorflow(placement, runtime)
+    log.info("%s; pid %d on %s; study %s", line, os.getpid(), socket.gethostname(), spec.name)
+
+    from searcher.data import check_model_kind, load_search_data
+    from searcher.objective import Objective
+
+    # Data before the study: a worker that creates it must not store a study its data cannot run.
+    data = load_search_data(spec.data, split_seed=spec.seed, data_dir=options.data_dir)
+    check_model_kind(data, spec.model.kind, source=spec.data.path or spec.data.dataset)
+    log.info("data: %s", data.preprocessing.describe())
     if options.create:
         with lock:  # several compose workers start at once: one creates the study and its baselines
             studies.create_or_continue(spec, storage, n_trials=spec.budget.n_trials)
@@ -76,16 +72,8 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
                          pruner=studies.make_pruner(spec))
     studies.check_same_spec(study, spec)
     n_trials = int(study.user_attrs.get(studies.BUDGET_ATTR, spec.budget.n_trials))
-
-    placement = WorkerPlacement.from_env(options.index, os.environ)
-    runtime = RuntimeOptions(mixed_precision=spec.runtime.mixed_precision, xla=spec.runtime.xla)
-    line = configure_tensorflow(placement, runtime)
-    log.info("%s; pid %d on %s; study %s", line, os.getpid(), socket.gethostname(), spec.name)
-
-    from searcher.data import load_search_data
-    from searcher.objective import Objective
-
-    data = load_search_data(spec.data, split_seed=spec.seed, data_dir=options.data_dir)
+    if studies.DATA_ATTR not in study.user_attrs:
+        study.set_user_attr(studies.DATA_ATTR, data.summary())
     objective = Objective(spec, data, jit_compile=spec.runtime.xla)
     streak = _FailureStreak()
     runner = _ReleaseFirst(objective, lock)
@@ -120,7 +108,7 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
                 log.error("worker %d stops: %d trials failed in a row", options.index, streak.count)
                 return EXIT_FAILURES
     except KeyboardInterrupt:
-        retried = _retry_interrupted(study, runner.trial, spec)
+        retried = runner.trial is not None and studies.retry_interrupted(study, runner.trial._trial_id, spec)
         log.info("worker %d interrupted; its running trial was marked failed%s", options.index,
                  " and queued to run again with the same params and seed" if retried else "")
         return EXIT_INTERRUPTED
@@ -173,29 +161,6 @@ def _recycle_reason(spec: StudySpec, ran: int, settled_mb: float | None) -> str 
         return (f"resident memory grew {now - settled_mb:.0f} MB since the first trial "
                 f"(runtime.recycle_memory_growth_mb {runtime.recycle_memory_growth_mb})")
     return None
-
-
-def _retry_interrupted(study: optuna.Study, trial: optuna.Trial | None, spec: StudySpec) -> bool:
-    """Queue the trial a SIGTERM cut short to run again, as a stale trial is retried (same
-    params and seed, up to ``runtime.max_retries``); return whether it was queued.
-
-    A worker stopped on purpose (a Slurm time limit, a Kubernetes eviction, Ctrl-C) then loses
-    no trial. One left RUNNING without being failed is the stale-trial check's to retry.
-    """
-    if trial is None:
-        return False
-    frozen = study._storage.get_trial(trial._trial_id)
-    if frozen.state != optuna.trial.TrialState.FAIL:
-        return False
-
-    def waiting() -> int:
-        return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
-
-    before = waiting()
-    # The retry starts clean: it has not failed (yet).
-    frozen.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k not in ("fail_reason", "fail_detail")}
-    _stale_trial_callback(spec)(study, frozen)
-    return waiting() > before
 
 
 class _ReleaseFirst:

@@ -10,6 +10,7 @@ against searcher itself (its commands and flags, the environment it reads, its e
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -262,6 +263,9 @@ def test_searcher_containers_use_the_image_commands_and_environment_searcher_has
         where = _where(obj, container)
         assert container["image"] == IMAGE, f"{where}: image {container['image']!r}, want the Dockerfile's {IMAGE}"
         assert "command" not in container, f"{where}: keep the image's entrypoint (searcher); set args"
+        assert _pod_spec(obj).get("shareProcessNamespace") is True, (
+            f"{where}: searcher must not be PID 1, which ignores a SIGTERM it has no handler for yet"
+        )
         env = _env_values(container, objects)
         args = [_expand(arg, env) for arg in container["args"]]
         assert_cli_accepts(args, where=where)
@@ -339,7 +343,8 @@ def test_the_worker_job_runs_one_gpu_per_pod_and_fails_instead_of_looping(tmp_pa
     user_error = _exit_code_of(["worker", str(tmp_path / "no-such-spec.yaml")])
     usage_error = _exit_code_of(["worker", "digits-mlp", "--no-such-flag"])
     assert _rule_codes(job, "FailJob", container["name"]) == {user_error, usage_error, workers.EXIT_FAILURES}
-    assert _rule_codes(job, "Ignore", container["name"]) == {workers.EXIT_RECYCLE, workers.EXIT_INTERRUPTED}
+    killed_starting = 128 + signal.SIGTERM  # before the worker's handler is set: the default action
+    assert _rule_codes(job, "Ignore", container["name"]) == {workers.EXIT_RECYCLE, workers.EXIT_INTERRUPTED, killed_starting}
     # On SIGTERM a worker fails its trial and queues it again within a second or two here; it
     # waits up to RECONNECT_SECONDS for a database that is restarting too (a drained node).
     assert pod["terminationGracePeriodSeconds"] >= RECONNECT_SECONDS + 20
