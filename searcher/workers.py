@@ -65,8 +65,9 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
     if options.create:
         with lock:  # several compose workers start at once: one creates the study and its baselines
             studies.create_or_continue(spec, storage, n_trials=spec.budget.n_trials)
-    # The host too: replicas of one container image (Kubernetes pods, compose services) share
-    # pid and index, and equal seeds would sample the same random start-up trials.
+    # Replicas of one container image (Kubernetes pods, compose services) share pid and index,
+    # and equal seeds would sample the same random start-up trials. The host name differs, and
+    # as a str its hash is salted per process.
     sampler_seed = abs(hash((spec.seed, options.index, socket.gethostname(), os.getpid()))) % (2**31)
     study = studies.load(spec.name, storage, url=url, sampler=studies.make_sampler(spec, seed=sampler_seed),
                          pruner=studies.make_pruner(spec))
