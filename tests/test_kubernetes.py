@@ -374,7 +374,11 @@ def test_the_dashboard_listens_where_its_service_points():
 
 
 def _deploy_files() -> list[Path]:
-    return [p for p in sorted((ROOT / "deploy").rglob("*")) if p.is_file()] + [SHIPPED_STUDIES / "Kustomization"]
+    """What would be committed (a user's own, git-ignored db.env is not)."""
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard", "deploy"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert listed, "no files under deploy/"
+    return [ROOT / name for name in listed] + [SHIPPED_STUDIES / "Kustomization"]
 
 
 def test_no_password_is_committed():
