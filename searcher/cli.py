@@ -268,18 +268,26 @@ def export(
     study: Annotated[str, typer.Argument(help="The study name.")],
     storage: StorageOpt = None,
     rank: Annotated[Optional[int], typer.Option("--rank", help="Export the K-th best trial instead of the winner.")] = None,
+    smallest_within: Annotated[Optional[float], typer.Option(
+        "--smallest-within", help="The smallest trial (parameters) at most this many points (0.01) of the metric "
+                                  "below the best.")] = None,
+    max_params: Annotated[Optional[int], typer.Option("--max-params", help="Only trials with at most N parameters.")] = None,
+    max_latency_ms: Annotated[Optional[float], typer.Option(
+        "--max-latency-ms", help="Only trials at most X ms per example at batch 1.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="yaml or json.")] = "yaml",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default: print).")] = None,
 ) -> None:
-    """Write the best (or K-th best) trial as a self-contained config that `retrain` takes.
+    """Write the best (or K-th best, or smallest good enough) feasible trial as a config `retrain` takes.
 
-    Example: searcher export digits-mlp -o best.yaml
+    Example: searcher export digits-mlp --smallest-within 0.5 -o small.yaml
     """
     from searcher.export import export_config, write_export
+    from searcher.front import Pick
 
     if fmt not in ("yaml", "json"):
         raise UserError(f"--format: must be yaml or json, got {fmt!r}")
-    text = write_export(export_config(_load_study(study, storage), rank=rank), output, fmt=fmt)
+    pick = Pick(smallest_within=smallest_within, max_params=max_params, max_latency_ms=max_latency_ms)
+    text = write_export(export_config(_load_study(study, storage), rank=rank, pick=pick), output, fmt=fmt)
     if output is None:
         typer.echo(text, nl=False)
     else:
@@ -305,6 +313,8 @@ def retrain(
     console.print(f"test accuracy {metrics['test_accuracy']:.4f} (loss {metrics['test_loss']:.4f}) on "
                   f"{metrics['test_examples']} held-out examples; {metrics['epochs']} epochs, "
                   f"{metrics['n_params']:,} parameters", highlight=False)
+    console.print(f"cost here: {metrics['model_bytes'] / 1e6:.3g} MB file, {metrics['latency_ms_b1']:.3g} ms per "
+                  f"example at batch 1, {metrics['latency_ms_b256']:.3g} at batch 256", highlight=False)
     console.print(f"wrote {model_path} and {metrics_path(model_path)}", highlight=False)
 
 
@@ -368,13 +378,14 @@ def replay(
 @app.command()
 def confirm(
     study: Annotated[str, typer.Argument(help="The study name.")],
-    top: Annotated[int, typer.Option("--top", min=1, help="How many of the best trials to retrain.")] = 3,
+    top: Annotated[Optional[int], typer.Option("--top", min=1, help="How many of the best trials to retrain "
+                                                                  "(default 3; two objectives: the whole Pareto front).")] = None,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Fresh seeds per trial.")] = 3,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Processes running retrains at once.")] = 1,
     storage: StorageOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Retrain the top trials with fresh seeds (validation only) and rank them by mean score.
+    """Retrain the top trials (two objectives: the Pareto front) with fresh seeds (validation only); rank by mean.
 
     Runs are stored with the study, so a second call continues instead of starting over;
     `export` then takes the confirmed winner.
@@ -387,11 +398,11 @@ def confirm(
 
     ranking, added = run_confirm(_load_study(study, storage), top=top, seeds=seeds, workers=workers,
                                  data_dir=data_dir)
-    table = Table("rank", "trial", "mean", "spread (sd)", "runs", "single-run value", "single-run rank", box=None,
-                  header_style="bold")
+    table = Table("rank", "trial", "mean", "spread (sd)", "runs", "single-run value", "single-run rank", "params",
+                  box=None, header_style="bold")
     for rank, c in enumerate(ranking, start=1):
         table.add_row(str(rank), str(c.trial), f"{c.mean:.4f}", f"{c.spread:.4f}", str(len(c.values)),
-                      f"{c.single_run:.4f}", str(c.single_rank))
+                      f"{c.single_run:.4f}", str(c.single_rank), f"{c.n_params:,}" if c.n_params else "-")
     console.print(table)
     single_best = next(c for c in ranking if c.single_rank == 1)
     console.print(f"{added} new run(s); confirmed winner: trial {ranking[0].trial}"

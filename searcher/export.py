@@ -16,8 +16,10 @@ from typing import Any, Literal
 
 import optuna
 import yaml
-from optuna.trial import TrialState
 
+from searcher import front
+from searcher.cost import LATENCY_LARGE
+from searcher.monitor import format_cost
 from searcher.errors import SpecError, UserError
 from searcher.space import TrialConfig
 from searcher.spec import METRICS, validate_model
@@ -27,32 +29,40 @@ CONFIRMED_ATTR = "confirmed_ranking"
 
 
 def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Complete trials, best first."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    return sorted(trials, key=lambda t: (t.value, -t.number), reverse=reverse)
+    """Feasible complete trials, best metric first (``front.ranked``)."""
+    return front.ranked(study)
 
 
-def pick_trial(study: optuna.Study, *, rank: int | None = None) -> tuple[optuna.trial.FrozenTrial, str]:
-    """The trial to export and why: the K-th best by value, else the confirmed winner, else the best."""
+def pick_trial(study: optuna.Study, *, rank: int | None = None,
+               pick: front.Pick = front.Pick()) -> tuple[optuna.trial.FrozenTrial, str]:
+    """The trial to export and why: picked by cost (``pick``), or the K-th best by value, else
+    the confirmed winner, else the best. Only feasible trials are candidates."""
     ranked = ranked_trials(study)
     if not ranked:
-        raise UserError(f"study {study.study_name!r} has no complete trials yet; run `searcher launch {study.study_name}`")
+        raise UserError(front.no_feasible_message(study))
+    feasible = " feasible" if front.infeasible(study.get_trials(deepcopy=False)) else ""
+    if pick.any:
+        if rank is not None:
+            raise UserError("--rank cannot be combined with --smallest-within, --max-params or --max-latency-ms")
+        return front.pick_by_cost(study, pick)
     if rank is not None:
         if not 1 <= rank <= len(ranked):
-            raise UserError(f"--rank: must be between 1 and {len(ranked)} (complete trials), got {rank}")
+            raise UserError(f"--rank: must be between 1 and {len(ranked)} ({feasible.strip() or 'complete'} "
+                            f"trials), got {rank}")
         return ranked[rank - 1], f"rank {rank} by validation value"
     confirmed = study.user_attrs.get(CONFIRMED_ATTR)
     if confirmed:
         number = confirmed[0]["trial"]
         trial = next(t for t in ranked if t.number == number)
         return trial, f"confirmed best over {confirmed[0]['runs']} seeded runs"
-    return ranked[0], "best validation value"
+    if front.goal(study).multi:
+        return ranked[0], f"best{feasible} {front.goal(study).metric} on the Pareto front ({front.goal(study).describe()})"
+    return ranked[0], f"best{feasible} validation value"
 
 
-def export_config(study: optuna.Study, *, rank: int | None = None) -> dict[str, Any]:
+def export_config(study: optuna.Study, *, rank: int | None = None, pick: front.Pick = front.Pick()) -> dict[str, Any]:
     """The exported document: ``source`` (provenance) and ``config`` (what retrain trains)."""
-    trial, why = pick_trial(study, rank=rank)
+    trial, why = pick_trial(study, rank=rank, pick=pick)
     if "config" not in trial.user_attrs:
         raise UserError(f"trial {trial.number} of {study.study_name!r} has no stored config (not run by searcher)")
     source = {
@@ -60,9 +70,10 @@ def export_config(study: optuna.Study, *, rank: int | None = None) -> dict[str, 
         "trial": trial.number,
         "picked": why,
         "metric": trial.user_attrs["config"]["training"]["metric"],
-        "direction": study.direction.name.lower(),
-        "value": trial.value,
+        "direction": "maximize" if front.goal(study).maximize[0] else "minimize",
+        "value": front.metric_value(trial),
         "n_params": trial.user_attrs.get("n_params"),
+        "cost": {**front.figures_of(trial), LATENCY_LARGE: trial.user_attrs.get(LATENCY_LARGE)},
         "baseline": trial.user_attrs.get("baseline"),
         "spec_hash": study.user_attrs.get("spec_hash"),
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -77,6 +88,8 @@ def write_export(document: dict[str, Any], path: Path | None, *, fmt: Literal["y
     else:
         s = document["source"]
         header = f"# searcher export: study {s['study']}, trial {s['trial']} ({s['picked']}), {s['metric']} {s['value']:.4f}\n"
+        if cost := format_cost(s.get("cost") or {}):
+            header += f"# cost: {cost}\n"
         header += f"# retrain it with: searcher retrain {path.name if path else 'THIS_FILE'}\n"
         text = header + yaml.safe_dump(document, sort_keys=False)
     if path is not None:
@@ -110,6 +123,7 @@ def retrain(
 
     Writes the ``.keras`` model and ``<model>.metrics.json``; returns the metrics.
     """
+    from searcher.cost import measure_cost
     from searcher.data import load_search_data, load_test_split
     from searcher.objective import train
 
@@ -130,6 +144,7 @@ def retrain(
         "data": data.summary(),
         "inputs": _input_dtypes(result.model),
         **result.summary(),
+        **measure_cost(result.model, data.val),  # on this machine: compare with the trial's stored figures
         "seconds": round(time.perf_counter() - started, 2),
         "model": str(model_path),
         "source": source,

@@ -20,12 +20,13 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from searcher import front
 from searcher import study as studies
 from searcher.devices import detect_gpus, plan_warning, plan_workers
 from searcher.monitor import render, take_snapshot
 from searcher.space import describe
 from searcher.data import check_search_data, describe_data
-from searcher.spec import FILE_DATASETS, StudySpec, load_spec, resolve_spec_path
+from searcher.spec import FILE_DATASETS, StudySpec, directions, load_spec, resolve_spec_path
 from searcher.storage import DEFAULT_SQLITE, BudgetLock, describe_db_error, mask_url, resolve_url
 from searcher.workers import (
     EXIT_DONE,
@@ -114,6 +115,8 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
     slots = [WorkerProcess(p) for p in placements]
     console.print(f"[bold]{spec.name}[/]: {len(slots)} worker(s) on {mask_url(url)}, budget {n_trials} trials; "
                   f"logs in {plan.log_dir}/")
+    for line in _goal_lines(spec):
+        console.print(f"  {line}", highlight=False)
     for slot in slots:
         console.print(f"  worker {slot.placement.index}: {slot.placement.describe()}")
         start_worker(slot, plan)
@@ -137,6 +140,22 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
         console.print(f"[red]worker {slot.placement.index} ended with exit code {slot.last_exit}; "
                       f"see {plan.log_dir}/worker-{slot.placement.index}.log[/]")
     return 1 if len(crashed) == len(slots) else EXIT_DONE
+
+
+def _goal_lines(spec: StudySpec) -> list[str]:
+    """What the search optimizes, under which constraints, and whether it prunes."""
+    lines = []
+    if spec.objectives and len(spec.objectives) > 1:
+        lines.append("objectives: " + ", ".join(f"{n} ({d})" for n, d in zip(spec.objectives, directions(spec)))
+                     + f"; sampler {spec.sampler.name}")
+    if spec.constraints:
+        limits = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:g}"
+                           for k, v in spec.constraints.limits().items())
+        check = "; max_params checked before training" if spec.constraints.max_params else ""
+        lines.append(f"constraints: {limits}{check}")
+    if reason := studies.pruning_off_reason(spec):
+        lines.append(reason)
+    return lines
 
 
 def _watch(study: optuna.Study, slots: list[WorkerProcess], plan: LaunchPlan, *, console: Console) -> None:
@@ -181,7 +200,9 @@ def _log_finished(study: optuna.Study, reported: set[int], console: Console) -> 
     for t in study.get_trials(deepcopy=False):
         if t.state.is_finished() and t.number not in reported:
             reported.add(t.number)
-            value = f"{t.value:.4f}" if t.value is not None else "-"
+            value = "/".join(f"{v:.4g}" for v in t.values) if t.values else "-"
+            if t.user_attrs.get("infeasible"):
+                value += f" (infeasible: {t.user_attrs['infeasible']})"
             console.print(f"trial {t.number} {t.state.name.lower()} {value} "
                           f"epochs={t.user_attrs.get('epochs', '?')} pid={t.user_attrs.get('worker_pid', '?')}")
 
@@ -205,12 +226,18 @@ def print_summary(study: optuna.Study, *, console: Console, url: str, default_ur
     """The best trial, the baselines against it, and the commands to run next."""
     snap = take_snapshot(study)
     console.print(render(snap))
-    if snap.best_trial is not None:
-        best = study.best_trial
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            if "baseline" in t.user_attrs:
-                console.print(f"  baseline {t.user_attrs['baseline']}: {t.value:.4f} "
-                              f"({best.value - t.value:+.4f} for the best)")
+    ranked = front.ranked(study)
+    if ranked:
+        best = ranked[0]
+        for t in study.get_trials(deepcopy=False):
+            if "baseline" not in t.user_attrs:
+                continue
+            if t.state == optuna.trial.TrialState.COMPLETE:
+                over = "" if front.is_feasible(t) else ", infeasible"
+                console.print(f"  baseline {t.user_attrs['baseline']}: {front.metric_value(t):.4f} "
+                              f"({front.metric_value(best) - front.metric_value(t):+.4f} for the best{over})")
+            elif t.user_attrs.get("infeasible"):
+                console.print(f"  baseline {t.user_attrs['baseline']}: infeasible ({t.user_attrs['infeasible']})")
         if "config" in best.user_attrs:
             console.print(f"  best config: {describe(best.user_attrs['config'])}", highlight=False)
     name = study.study_name

@@ -18,11 +18,13 @@ import keras
 import numpy as np
 import optuna
 
+from searcher.cost import measure_cost
 from searcher.data import SearchData, Split, class_weights, to_tf_dataset
+from searcher.front import cost_of, violations
 from searcher.memory import MemoryGuard
 from searcher.models import build_model
 from searcher.space import TrialConfig, suggest_values, trial_config
-from searcher.spec import StudySpec
+from searcher.spec import COST_OBJECTIVES, StudySpec, objective_names
 
 
 class TrialFailed(Exception):
@@ -65,11 +67,18 @@ class TrainResult:
         return self.curve[self.best_epoch - 1]
 
     def summary(self) -> dict[str, Any]:
-        """The figures stored on every trial and written by ``retrain``."""
+        """The figures stored on every trial and written by ``retrain``.
+
+        ``val_loss_at_best`` breaks ties between trials of equal accuracy: on a small
+        validation split many trials reach the same accuracy, and the lower loss is the
+        surer one.
+        """
+        losses = self.history.get("val_loss") or []
         return {
             "n_params": int(self.model.count_params()),
             "epochs": len(self.curve),
             "best_epoch": self.best_epoch,
+            "val_loss_at_best": float(losses[self.best_epoch - 1]) if len(losses) >= self.best_epoch else None,
             "sec_per_epoch": round(statistics.median(self.epoch_seconds), 4),
             "train_seconds": round(sum(self.epoch_seconds), 3),
         }
@@ -204,6 +213,32 @@ class _ReportAndPrune(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class _RecordCurve(keras.callbacks.Callback):
+    """Store the validation curve as the ``curve`` user attr after each epoch.
+
+    A multi-objective study has no ``Trial.report`` (Optuna raises NotImplementedError), so
+    the learning curve that intermediate values would hold goes here instead.
+    """
+
+    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+        super().__init__()
+        self.trial, self.metric, self.curve = trial, metric, []
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        value = (logs or {}).get(self.metric)
+        if value is not None:
+            self.curve.append(float(value))
+            self.trial.set_user_attr("curve", self.curve)
+
+
+def count_params(config: TrialConfig, data: SearchData, *, jit_compile: bool | str = "auto") -> int:
+    """The parameter count of ``config``'s network, built as ``train`` builds it, untrained."""
+    keras.backend.clear_session()
+    model = build_model(config.model, preprocessing=data.preprocessing, n_classes=data.n_classes,
+                        jit_compile=jit_compile)
+    return int(model.count_params())
+
+
 class Objective:
     """The Optuna objective of a study: one call is one trial.
 
@@ -223,14 +258,20 @@ class Objective:
         seed = trial.user_attrs.get("seed", trial_seed(self.spec.seed, trial.number))
         return trial_config(self.spec, values, seed=seed)
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         trial.set_user_attr("worker_pid", os.getpid())
         trial.set_user_attr("worker_host", self._host)
         config = self.config_for(trial)
         trial.set_user_attr("config", config.to_dict())
         trial.set_user_attr("seed", config.seed)
         trial.set_user_attr("threads", os.environ.get("TF_NUM_INTRAOP_THREADS"))
+        limits = self.spec.constraints.limits() if self.spec.constraints else {}
+        if "max_params" in limits:
+            self._reject_if_too_big(trial, config, limits["max_params"])
+        objectives = objective_names(self.spec)
         pruning = _ReportAndPrune(trial, config.training.metric)
+        # Optuna's pruners need Trial.report, which multi-objective studies lack: record the curve only.
+        watch = _RecordCurve(trial, config.training.metric) if len(objectives) > 1 else pruning
         guard = MemoryGuard(self.spec.runtime.max_worker_memory_mb)
         try:
             with guard:
@@ -238,7 +279,7 @@ class Objective:
                     config,
                     self.data,
                     direction=self.spec.training.direction,
-                    callbacks=[pruning],
+                    callbacks=[watch],
                     jit_compile=self.jit_compile,
                 )
         except KeyboardInterrupt:
@@ -261,6 +302,31 @@ class Objective:
             trial.set_user_attr("peak_rss_mb", round(guard.peak_mb))
         for key, value in result.summary().items():
             trial.set_user_attr(key, value)
+        for key, value in measure_cost(result.model, self.data.val).items():
+            trial.set_user_attr(key, value)
+        figures = {name: cost_of(trial, name) for name in COST_OBJECTIVES}
+        for key, value in violations(limits, figures).items():
+            trial.set_constraint(key, value)
         if pruning.pruned_at is not None:
             raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at}")
+        if len(objectives) > 1:
+            return result.best_value, figures[objectives[1]]
         return result.best_value
+
+    def _reject_if_too_big(self, trial: optuna.Trial, config: TrialConfig, max_params: int) -> None:
+        """Build and count the network; over ``constraints.max_params`` it ends now, untrained.
+
+        It ends PRUNED (no value to make up) with its constraint violation stored, so TPE and
+        NSGA-II learn where the feasible region is; it counts against the budget like any
+        finished trial, and is never "best".
+        """
+        n_params = count_params(config, self.data, jit_compile=self.jit_compile)
+        trial.set_user_attr("n_params", n_params)
+        if n_params <= max_params:
+            return
+        for key, value in violations({"max_params": max_params}, {"n_params": n_params}).items():
+            trial.set_constraint(key, value)
+        reason = f"{n_params:,} parameters > constraints.max_params {max_params:,}; not trained"
+        trial.set_user_attr("infeasible", reason)
+        trial.set_user_attr("epochs", 0)
+        raise optuna.TrialPruned(reason)

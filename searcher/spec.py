@@ -388,8 +388,8 @@ class TrainingSpec(_Frozen):
 
 
 class SamplerSpec(_Frozen):
-    name: Literal["tpe", "random", "cmaes", "gp", "grid"] = "tpe"
-    n_startup_trials: int = Field(8, ge=0)
+    name: Literal["tpe", "random", "cmaes", "gp", "grid", "nsgaii"] = "tpe"
+    n_startup_trials: int = Field(8, ge=0)  # nsgaii: its population size (the first generation is random)
 
 
 class PrunerSpec(_Frozen):
@@ -401,6 +401,42 @@ class PrunerSpec(_Frozen):
 class BudgetSpec(_Frozen):
     n_trials: int = Field(20, ge=1)
     timeout: float | None = Field(None, gt=0)
+
+
+# --- deployment: constraints on what a model costs, and cost as a second objective -------
+
+COST_OBJECTIVES = ("n_params", "latency_ms", "sec_per_epoch", "model_mb")
+CONSTRAINTS = ("max_params", "max_latency_ms", "max_model_mb")
+MULTI_OBJECTIVE_SAMPLERS = ("tpe", "nsgaii", "gp", "random")
+# Samplers that learn where the feasible region is; random and grid learn from no result at all.
+CONSTRAINED_SAMPLERS = ("tpe", "nsgaii", "gp", "random", "grid")
+
+
+class ConstraintsSpec(_Frozen):
+    """Limits a deployable model must meet; a trial over one is infeasible, never "best".
+
+    ``max_params`` is checked on the built model before any training; latency (per example,
+    batch 1) and model size are measured after training.
+    """
+
+    max_params: int | None = Field(None, ge=1)
+    max_latency_ms: float | None = Field(None, gt=0)
+    max_model_mb: float | None = Field(None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_names(cls, raw: Any) -> Any:
+        if isinstance(raw, dict):
+            for key in raw:
+                if key not in CONSTRAINTS:
+                    raise FieldError(str(key), f"unknown constraint; constraints are {', '.join(CONSTRAINTS)}")
+            if not any(v is not None for v in raw.values()):
+                raise FieldError("", f"set at least one of {', '.join(CONSTRAINTS)}")
+        return raw
+
+    def limits(self) -> dict[str, float]:
+        """The constraints that are set, by name."""
+        return {name: getattr(self, name) for name in CONSTRAINTS if getattr(self, name) is not None}
 
 
 class RuntimeSpec(_Frozen):
@@ -447,6 +483,33 @@ class StudySpec(_Frozen):
     runtime: RuntimeSpec = RuntimeSpec()
     seed: int = 0
     baselines: tuple[Baseline, ...] = ()
+    constraints: ConstraintsSpec | None = None
+    objectives: tuple[str, ...] | None = None  # [metric] or [metric, cost]; None: the metric alone
+
+    @model_validator(mode="after")
+    def _objectives_and_constraints(self) -> StudySpec:
+        if self.objectives is not None:
+            listed = list(self.objectives)
+            if not 1 <= len(listed) <= 2:
+                raise FieldError("objectives", f"must list the metric and at most one cost, e.g. "
+                                               f"[{self.training.metric}, n_params], got {listed}")
+            if listed[0] != self.training.metric:
+                raise FieldError("objectives[0]", f"must be training.metric ({self.training.metric}), "
+                                                  f"got {listed[0]!r}")
+            if len(listed) == 2 and listed[1] not in COST_OBJECTIVES:
+                raise FieldError("objectives[1]", f"unknown objective; the second objective is one of "
+                                                  f"{', '.join(COST_OBJECTIVES)}, got {listed[1]!r}")
+            if len(listed) == 2 and self.sampler.name not in MULTI_OBJECTIVE_SAMPLERS:
+                raise FieldError("sampler.name", f"{self.sampler.name} cannot search two objectives "
+                                                 f"(objectives: {listed}); use {', '.join(MULTI_OBJECTIVE_SAMPLERS)}")
+        if self.constraints is not None and self.sampler.name not in CONSTRAINED_SAMPLERS:
+            raise FieldError("sampler.name", f"{self.sampler.name} would ignore constraints "
+                                             f"({', '.join(self.constraints.limits())}); use tpe, nsgaii or gp, "
+                                             f"which learn where the feasible region is")
+        if self.sampler.name == "nsgaii" and self.sampler.n_startup_trials < 2:
+            raise FieldError("sampler.n_startup_trials", f"is nsgaii's population size and must be >= 2, "
+                                                         f"got {self.sampler.n_startup_trials}")
+        return self
 
     @model_validator(mode="after")
     def _knobs_fit_model(self) -> StudySpec:
@@ -472,6 +535,11 @@ class StudySpec(_Frozen):
         for name, domain in KNOBS.items():
             if self.model.kind not in domain.model_kinds:
                 del raw["search"][name]
+        for key in ("constraints", "objectives"):  # absent when unset: older studies keep their hash
+            if raw[key] is None:
+                del raw[key]
+        if "constraints" in raw:
+            raw["constraints"] = {k: v for k, v in raw["constraints"].items() if v is not None}
         return raw
 
     def search_hash(self) -> str:
@@ -491,6 +559,16 @@ def max_depth(search: SearchSpec) -> int:
     if isinstance(depth, Choice):
         return int(max(depth.choices))
     return int(depth.high)
+
+
+def objective_names(spec: StudySpec) -> tuple[str, ...]:
+    """What the study optimizes: the metric, then the cost objective if there is one."""
+    return spec.objectives or (spec.training.metric,)
+
+
+def directions(spec: StudySpec) -> list[str]:
+    """Optuna directions of ``objective_names``: the metric's, then minimize (every cost)."""
+    return [spec.training.direction] + ["minimize"] * (len(objective_names(spec)) - 1)
 
 
 def _check_layer_list(search: SearchSpec, name: str, length: int, path: str) -> None:

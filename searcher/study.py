@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from searcher.errors import StorageError
 from searcher.space import baseline_params, grid_search_space
-from searcher.spec import StudySpec, parse_spec
+from searcher.spec import StudySpec, directions, objective_names, parse_spec
 from searcher.storage import mask_url, open_storage
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,11 @@ def open_study_storage(spec: StudySpec, url: str) -> optuna.storages.RDBStorage:
 
 def make_sampler(spec: StudySpec, *, seed: int | None) -> optuna.samplers.BaseSampler:
     """The spec's sampler. TPE is multivariate with a constant liar, so parallel workers
-    treat each other's running trials as bad results and do not sample the same point."""
+    treat each other's running trials as bad results and do not sample the same point.
+
+    Constraints reach TPE, NSGA-II and GP through each trial's ``trial.constraints``, which
+    the objective sets (Optuna 5 deprecates ``constraints_func`` for ``Trial.set_constraint``).
+    """
     s = spec.sampler
     match s.name:
         case "tpe":
@@ -87,11 +91,23 @@ def make_sampler(spec: StudySpec, *, seed: int | None) -> optuna.samplers.BaseSa
             return optuna.samplers.GPSampler(n_startup_trials=s.n_startup_trials, seed=seed)
         case "grid":
             return optuna.samplers.GridSampler(grid_search_space(spec), seed=seed)
+        case "nsgaii":
+            return optuna.samplers.NSGAIISampler(population_size=s.n_startup_trials, seed=seed)
     raise AssertionError(s.name)
+
+
+def pruning_off_reason(spec: StudySpec) -> str | None:
+    """Why the spec's pruner does not run, if it does not: Optuna's pruners need one objective."""
+    if len(objective_names(spec)) > 1 and spec.pruner.name != "none":
+        return (f"pruning off: {len(objective_names(spec))} objectives, and Optuna's pruners (and Trial.report) "
+                f"need one; early stopping on {spec.training.metric} stays")
+    return None
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     p, max_epochs = spec.pruner, spec.training.max_epochs
+    if pruning_off_reason(spec):
+        return optuna.pruners.NopPruner()
     match p.name:
         case "median":
             return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
@@ -112,12 +128,12 @@ def create_or_continue(spec: StudySpec, storage: optuna.storages.BaseStorage, *,
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,
-        direction=spec.training.direction,
+        directions=directions(spec),
         load_if_exists=True,
     )
     stored_hash = study.user_attrs.get(HASH_ATTR)
     if stored_hash is None:
-        study.set_metric_names([spec.training.metric])  # shown by optuna-dashboard and plots
+        study.set_metric_names(list(objective_names(spec)))  # shown by optuna-dashboard and plots
         study.set_user_attr(SPEC_ATTR, spec.to_dict())
         study.set_user_attr(HASH_ATTR, spec.search_hash())
     else:

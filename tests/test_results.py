@@ -60,6 +60,10 @@ def test_export_then_retrain_round_trip(digits_search, tmp_path):
     assert metrics["test_examples"] == 360
     assert metrics["n_params"] == best.user_attrs["n_params"]
     assert metrics["source"]["trial"] == best.number
+    assert "cost here: " in out.stdout
+    assert metrics["model_bytes"] > 4 * metrics["n_params"] and metrics["latency_ms_b256"] > 0
+    assert exported["source"]["cost"]["n_params"] == best.user_attrs["n_params"]
+    assert exported["source"]["cost"]["latency_ms"] == best.user_attrs["latency_ms_b1"]
 
     import keras
 
