@@ -53,6 +53,12 @@ DataDirOpt = Annotated[
     typer.Option("--data-dir", envvar="SEARCHER_DATA_DIR", show_envvar=True,
                  help="Folder with downloaded data set files, for machines without internet."),
 ]
+WaitOpt = Annotated[
+    Optional[float],
+    typer.Option("--wait", min=0, metavar="SECONDS",
+                 help="Wait up to this long for the storage to accept connections (and, for a worker, "
+                      "for the study to be created) instead of failing at once."),
+]
 
 
 NameOpt = Annotated[
@@ -129,6 +135,7 @@ def worker(
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="auto: lock a free GPU (for containers that see all GPUs); or a GPU index.")] = None,
     mixed_precision: MixedPrecisionOpt = None,
     xla: XlaOpt = None,
+    wait: WaitOpt = None,
     worker_index: Annotated[int, typer.Option("--worker-index", hidden=True)] = 0,
     parent_pid: Annotated[Optional[int], typer.Option("--parent-pid", hidden=True)] = None,
     deadline: Annotated[Optional[float], typer.Option("--deadline", hidden=True)] = None,
@@ -150,6 +157,10 @@ def worker(
 
     optuna.logging.set_verbosity(optuna.logging.INFO)  # a worker's log lists its trials
     spec, _ = load_launch_spec(study, seed, mixed_precision=mixed_precision, xla=xla)
+    if wait:
+        from searcher.study import wait_until_ready
+
+        wait_until_ready(resolve_url(storage), seconds=wait, name=None if create else spec.name)
     gpu_lock = None
     if gpu is not None:
         # Before TensorFlow is imported: the visible devices are fixed when its runtime starts.
@@ -187,6 +198,37 @@ def init(
     console.print(f"wrote {made.path}: {made.spec.model.kind} on {describe_data(made.summary)}", highlight=False)
     console.print(f"budget {made.spec.budget.n_trials} trials (~{made.trial_seconds:.1f} s each, {made.workers} "
                   f"worker(s), about {minutes:g} min); next: searcher launch {made.path}", highlight=False)
+
+
+@app.command()
+def create(
+    study: Annotated[str, typer.Argument(help="A study in studies/ (e.g. digits-mlp) or a path to a spec YAML.")],
+    trials: Annotated[Optional[int], typer.Option("--trials", "-n", min=1, help="Study-wide budget of finished trials (default: the spec's budget.n_trials).")] = None,
+    storage: StorageOpt = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Override the spec's seed (then the study is STUDY-seedN).")] = None,
+    name: NameOpt = None,
+    wait: WaitOpt = None,
+) -> None:
+    """Create the study (or set the budget of an existing one), enqueue its baselines, and exit.
+
+    For clusters, where workers start as separate jobs: run it once, then start `searcher worker`.
+
+    Example: searcher create cifar-cnn --trials 200 --storage postgresql://searcher@db-host/searcher
+    """
+    from searcher import study as studies
+    from searcher.launch import create_study, load_launch_spec, study_name
+    from searcher.storage import mask_url, resolve_url
+
+    spec, _ = load_launch_spec(study, seed)
+    stored_name = study_name(spec.name, name=name, seed=seed)
+    url = resolve_url(storage)
+    if wait:
+        studies.wait_until_ready(url, seconds=wait)
+    n_trials = trials or spec.budget.n_trials
+    states = studies.count_states(create_study(spec, url, n_trials=n_trials, name=stored_name))
+    console.print(f"study {stored_name} in {mask_url(url)}: budget {n_trials} trials, {studies.finished(states)} "
+                  f"finished, {states['WAITING']} waiting to run; start workers with `searcher worker {study}`",
+                  highlight=False, markup=False)
 
 
 @app.command("studies")

@@ -87,6 +87,18 @@ def study_name(base: str, *, name: str | None = None, seed: int | None = None) -
     return name
 
 
+def create_study(spec: StudySpec, url: str, *, n_trials: int, name: str | None = None) -> optuna.Study:
+    """Create the study (or continue it with budget ``n_trials``) and enqueue its baselines once.
+
+    Under the study's budget lock: launches and ``searcher create`` running at once make one
+    study and one set of baselines. ``name``: the study's name (default: the spec's).
+    """
+    name = name or spec.name
+    storage = studies.open_study_storage(spec, url)
+    with BudgetLock(url, name):
+        return studies.create_or_continue(spec, storage, n_trials=n_trials, name=name)
+
+
 def launch(request: LaunchRequest, *, console: Console) -> int:
     """Run the search to its budget; return the process exit code (130 when interrupted)."""
     spec, spec_path = load_launch_spec(request.study, request.seed, mixed_precision=request.mixed_precision,
@@ -100,10 +112,8 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
     if spec.data.dataset in FILE_DATASETS:  # a user's own file: check it before anything is stored
         data_summary = check_search_data(spec, split_seed=spec.split_seed, data_dir=request.data_dir)
         console.print(f"data: {describe_data(data_summary)}", highlight=False)
-    storage = studies.open_study_storage(spec, url)
     n_trials = request.trials or spec.budget.n_trials
-    with BudgetLock(url, name):  # two launches at once: the study and its baselines are made once
-        study = studies.create_or_continue(spec, storage, n_trials=n_trials, name=name)
+    study = create_study(spec, url, n_trials=n_trials, name=name)
     if data_summary is not None:
         study.set_user_attr(studies.DATA_ATTR, data_summary)
     if studies.budget_left(study, n_trials) <= 0:
@@ -139,7 +149,7 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
         failed = fail_orphaned_trials(study, {pid for s in slots for pid in s.pids})
         console.print(f"stopped; {failed} running trial(s) of stopped workers marked failed, "
                       f"{studies.finished(studies.count_states(study))} finished trials kept. "
-                      f"Run the same launch again to continue.")
+                      f"Run the same launch again to continue; interrupted trials run again first.")
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)

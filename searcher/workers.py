@@ -67,7 +67,10 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
     if options.create:
         with lock:  # several compose workers start at once: one creates the study and its baselines
             studies.create_or_continue(spec, storage, n_trials=spec.budget.n_trials, name=name)
-    sampler_seed = abs(hash((spec.seed, options.index, os.getpid()))) % (2**31)
+    # Replicas of one container image (Kubernetes pods, compose services) share pid and index,
+    # and equal seeds would sample the same random start-up trials. The host name differs, and
+    # as a str its hash is salted per process.
+    sampler_seed = abs(hash((spec.seed, options.index, socket.gethostname(), os.getpid()))) % (2**31)
     study = studies.load(name, storage, url=url, sampler=studies.make_sampler(spec, seed=sampler_seed),
                          pruner=studies.make_pruner(spec))
     studies.check_same_spec(study, spec)
@@ -76,6 +79,7 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
         study.set_user_attr(studies.DATA_ATTR, data.summary())
     objective = Objective(spec, data, jit_compile=spec.runtime.xla)
     streak = _FailureStreak()
+    runner = _ReleaseFirst(objective, lock)
     ran, settled_mb = 0, None
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     try:
@@ -88,7 +92,7 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
                 if recycle := _recycle_reason(spec, ran, settled_mb):  # checked after the budget: no fresh process to stop
                     log.info("worker %d recycles: %s", options.index, recycle)
                     return EXIT_RECYCLE
-                study.optimize(_ReleaseFirst(objective, lock), n_trials=1, catch=(Exception,), callbacks=[streak])
+                study.optimize(runner, n_trials=1, catch=(Exception,), callbacks=[streak])
             except Exception as e:
                 if (cause := _storage_trouble(e)) is None:
                     raise
@@ -107,7 +111,9 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
                 log.error("worker %d stops: %d trials failed in a row", options.index, streak.count)
                 return EXIT_FAILURES
     except KeyboardInterrupt:
-        log.info("worker %d interrupted; its running trial was marked failed", options.index)
+        retried = runner.trial is not None and studies.retry_interrupted(study, runner.trial._trial_id, spec)
+        log.info("worker %d interrupted; its running trial was marked failed%s", options.index,
+                 " and queued to run again with the same params and seed" if retried else "")
         return EXIT_INTERRUPTED
 
 
@@ -165,8 +171,10 @@ class _ReleaseFirst:
 
     def __init__(self, objective, lock: BudgetLock) -> None:
         self.objective, self.lock = objective, lock
+        self.trial: optuna.Trial | None = None  # the latest trial, for a retry when interrupted
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.trial = trial
         self.lock.release()
         return self.objective(trial)
 
