@@ -21,7 +21,9 @@ from pathlib import Path
 def main(job_path: str, out_path: str) -> None:
     job = json.loads(Path(job_path).read_text())
     t0 = time.perf_counter()
-    import keras  # noqa: F401  (TensorFlow is imported here, before anything is timed)
+    from searcher.devices import import_tensorflow
+
+    import_tensorflow()  # TensorFlow is imported here, before anything is timed, without its start-up lines
 
     import searcher.objective as objective
     from searcher.data import load_search_data
@@ -53,7 +55,7 @@ def main(job_path: str, out_path: str) -> None:
 
 def _bare(config, data, epochs: int, build_model) -> dict:
     t0 = time.perf_counter()
-    model = build_model(config.model, input_shape=data.input_shape, n_classes=data.n_classes, jit_compile=False)
+    model = build_model(config.model, preprocessing=data.preprocessing, n_classes=data.n_classes, jit_compile=False)
     t1 = time.perf_counter()
     model.fit(data.train.x, data.train.y, batch_size=config.training.batch_size, epochs=epochs,
               validation_data=(data.val.x, data.val.y), verbose=0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -20,11 +21,14 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from searcher import front
 from searcher import study as studies
 from searcher.devices import detect_gpus, plan_warning, plan_workers
 from searcher.monitor import render, take_snapshot
 from searcher.space import describe
-from searcher.spec import StudySpec, load_spec, resolve_spec_path
+from searcher.data import check_search_data, describe_data
+from searcher.errors import UserError
+from searcher.spec import FILE_DATASETS, NAME_PATTERN, StudySpec, directions, load_spec, resolve_spec_path
 from searcher.storage import DEFAULT_SQLITE, BudgetLock, describe_db_error, mask_url, resolve_url
 from searcher.workers import (
     EXIT_DONE,
@@ -51,6 +55,7 @@ class LaunchRequest:
     timeout: float | None = None
     data_dir: str | None = None
     seed: int | None = None
+    name: str | None = None  # the study's name in the storage; None: see study_name
     gpus: tuple[str, ...] | None = None
     workers_per_gpu: int = 1
     mixed_precision: bool | None = None  # None: as the spec says
@@ -71,17 +76,48 @@ def load_launch_spec(source: str, seed: int | None, *, mixed_precision: bool | N
     return spec, resolve_spec_path(source).resolve()
 
 
+def study_name(base: str, *, name: str | None = None, seed: int | None = None) -> str:
+    """The study's name in its storage: ``--name``, else ``base`` (the spec's name), with
+    ``-seed<N>`` under ``--seed N``, so repeats over seeds sit side by side in one database."""
+    if name is None:
+        return base if seed is None else f"{base}-seed{seed}"
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise UserError(f"--name: must start with a letter or digit and hold only letters, digits, '_', '.' "
+                        f"and '-', got {name!r}")
+    return name
+
+
+def create_study(spec: StudySpec, url: str, *, n_trials: int, name: str | None = None) -> optuna.Study:
+    """Create the study (or continue it with budget ``n_trials``) and enqueue its baselines once.
+
+    Under the study's budget lock: launches and ``searcher create`` running at once make one
+    study and one set of baselines. ``name``: the study's name (default: the spec's).
+    """
+    name = name or spec.name
+    storage = studies.open_study_storage(spec, url)
+    with BudgetLock(url, name, storage=storage):
+        return studies.create_or_continue(spec, storage, n_trials=n_trials, name=name)
+
+
 def launch(request: LaunchRequest, *, console: Console) -> int:
     """Run the search to its budget; return the process exit code (130 when interrupted)."""
     spec, spec_path = load_launch_spec(request.study, request.seed, mixed_precision=request.mixed_precision,
                                        xla=request.xla)
+    name = study_name(spec.name, name=request.name, seed=request.seed)
+    if request.name is None and name != spec.name:
+        console.print(f"study {name}: spec {spec.name} with --seed {request.seed} (--name picks another name)",
+                      highlight=False)
     url = resolve_url(request.storage)
-    storage = studies.open_study_storage(spec, url)
+    data_summary = None
+    if spec.data.dataset in FILE_DATASETS:  # a user's own file: check it before anything is stored
+        data_summary = check_search_data(spec, split_seed=spec.split_seed, data_dir=request.data_dir)
+        console.print(f"data: {describe_data(data_summary)}", highlight=False)
     n_trials = request.trials or spec.budget.n_trials
-    with BudgetLock(url, spec.name, storage=storage):  # two launches at once: the study and its baselines are made once
-        study = studies.create_or_continue(spec, storage, n_trials=n_trials)
+    study = create_study(spec, url, n_trials=n_trials, name=name)
+    if data_summary is not None:
+        study.set_user_attr(studies.DATA_ATTR, data_summary)
     if studies.budget_left(study, n_trials) <= 0:
-        console.print(f"{spec.name}: the study already has {n_trials} finished trials; raise --trials to continue.")
+        console.print(f"{name}: the study already has {n_trials} finished trials; raise --trials to continue.")
         print_summary(study, console=console, url=url, default_url=request.storage is None)
         return EXIT_DONE
 
@@ -92,12 +128,14 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
                                cpu_count=os.cpu_count() or 1):
         console.print(f"[yellow]{warning}[/]")
     timeout = request.timeout or spec.budget.timeout
-    plan = LaunchPlan(spec_path=spec_path, url=url, log_dir=request.log_dir / spec.name, seed=request.seed,
+    plan = LaunchPlan(spec_path=spec_path, url=url, log_dir=request.log_dir / name, seed=request.seed, study_name=name,
                       mixed_precision=spec.runtime.mixed_precision, xla=spec.runtime.xla,
                       deadline=time.time() + timeout if timeout else None, data_dir=request.data_dir)
     slots = [WorkerProcess(p) for p in placements]
-    console.print(f"[bold]{spec.name}[/]: {len(slots)} worker(s) on {mask_url(url)}, budget {n_trials} trials; "
+    console.print(f"[bold]{name}[/]: {len(slots)} worker(s) on {mask_url(url)}, budget {n_trials} trials; "
                   f"logs in {plan.log_dir}/")
+    for line in _goal_lines(spec):
+        console.print(f"  {line}", highlight=False)
     for slot in slots:
         console.print(f"  worker {slot.placement.index}: {slot.placement.describe()}")
         start_worker(slot, plan)
@@ -111,7 +149,7 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
         failed = fail_orphaned_trials(study, {pid for s in slots for pid in s.pids})
         console.print(f"stopped; {failed} running trial(s) of stopped workers marked failed, "
                       f"{studies.finished(studies.count_states(study))} finished trials kept. "
-                      f"Run the same launch again to continue.")
+                      f"Run the same launch again to continue; interrupted trials run again first.")
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -121,6 +159,22 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
         console.print(f"[red]worker {slot.placement.index} ended with exit code {slot.last_exit}; "
                       f"see {plan.log_dir}/worker-{slot.placement.index}.log[/]")
     return 1 if len(crashed) == len(slots) else EXIT_DONE
+
+
+def _goal_lines(spec: StudySpec) -> list[str]:
+    """What the search optimizes, under which constraints, and whether it prunes."""
+    lines = []
+    if spec.objectives and len(spec.objectives) > 1:
+        lines.append("objectives: " + ", ".join(f"{n} ({d})" for n, d in zip(spec.objectives, directions(spec)))
+                     + f"; sampler {spec.sampler.name}")
+    if spec.constraints:
+        limits = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:g}"
+                           for k, v in spec.constraints.limits().items())
+        check = "; max_params checked before training" if spec.constraints.max_params else ""
+        lines.append(f"constraints: {limits}{check}")
+    if reason := studies.pruning_off_reason(spec):
+        lines.append(reason)
+    return lines
 
 
 def _watch(study: optuna.Study, slots: list[WorkerProcess], plan: LaunchPlan, *, console: Console) -> None:
@@ -165,7 +219,9 @@ def _log_finished(study: optuna.Study, reported: set[int], console: Console) -> 
     for t in study.get_trials(deepcopy=False):
         if t.state.is_finished() and t.number not in reported:
             reported.add(t.number)
-            value = f"{t.value:.4f}" if t.value is not None else "-"
+            value = "/".join(f"{v:.4g}" for v in t.values) if t.values else "-"
+            if t.user_attrs.get("infeasible"):
+                value += f" (infeasible: {t.user_attrs['infeasible']})"
             console.print(f"trial {t.number} {t.state.name.lower()} {value} "
                           f"epochs={t.user_attrs.get('epochs', '?')} pid={t.user_attrs.get('worker_pid', '?')}")
 
@@ -189,12 +245,18 @@ def print_summary(study: optuna.Study, *, console: Console, url: str, default_ur
     """The best trial, the baselines against it, and the commands to run next."""
     snap = take_snapshot(study)
     console.print(render(snap))
-    if snap.best_trial is not None:
-        best = study.best_trial
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            if "baseline" in t.user_attrs:
-                console.print(f"  baseline {t.user_attrs['baseline']}: {t.value:.4f} "
-                              f"({best.value - t.value:+.4f} for the best)")
+    ranked = front.ranked(study)
+    if ranked:
+        best = ranked[0]
+        for t in study.get_trials(deepcopy=False):
+            if "baseline" not in t.user_attrs:
+                continue
+            if t.state == optuna.trial.TrialState.COMPLETE:
+                over = "" if front.is_feasible(t) else ", infeasible"
+                console.print(f"  baseline {t.user_attrs['baseline']}: {front.metric_value(t):.4f} "
+                              f"({front.metric_value(best) - front.metric_value(t):+.4f} for the best{over})")
+            elif t.user_attrs.get("infeasible"):
+                console.print(f"  baseline {t.user_attrs['baseline']}: infeasible ({t.user_attrs['infeasible']})")
         if "config" in best.user_attrs:
             console.print(f"  best config: {describe(best.user_attrs['config'])}", highlight=False)
     name = study.study_name
@@ -202,5 +264,7 @@ def print_summary(study: optuna.Study, *, console: Console, url: str, default_ur
     console.print("\nNext:")
     for command in (f"searcher status {name}{flag}", f"searcher report {name}{flag} -o {name}-report.html",
                     f"searcher dashboard{flag}", f"searcher export {name}{flag} -o {name}-best.yaml",
-                    f"searcher retrain {name}-best.yaml -o {name}-best.keras"):
+                    f"searcher retrain {name}-best.yaml -o {name}-best.keras",
+                    # The URL with its driver (postgresql+psycopg2://): Optuna's own tools cannot guess it.
+                    f"optuna trials --study-name {name} --storage '{mask_url(url)}'"):
         console.print(f"  {command}", highlight=False, markup=False)

@@ -59,14 +59,15 @@ class TrainingConfig(_Frozen):
     batch_size: int = Field(ge=1)
     max_epochs: int = Field(ge=1)
     patience: int | None
-    metric: Literal["val_accuracy", "val_loss"]
+    metric: Literal["val_accuracy", "val_auc", "val_loss"]
+    class_weight: Literal["none", "balanced"] = "none"
 
 
 class TrialConfig(_Frozen):
     """A fully resolved trial: what to train, on what, how, with which seeds.
 
-    ``split_seed`` picks the validation split (the study's seed, the same for every trial);
-    ``seed`` sets weights, dropout and shuffling for this trial.
+    ``split_seed`` picks the validation split (``data.split_seed``, else the study's seed; the
+    same for every trial); ``seed`` sets weights, dropout and shuffling for this trial.
     """
 
     data: DataSpec
@@ -155,8 +156,9 @@ def trial_config(spec: StudySpec, values: dict[str, Any], *, seed: int) -> Trial
         max_epochs=spec.training.max_epochs,
         patience=spec.training.patience,
         metric=spec.training.metric,
+        class_weight=spec.training.class_weight,
     )
-    return TrialConfig(data=spec.data, model=model, training=training, seed=seed, split_seed=spec.seed)
+    return TrialConfig(data=spec.data, model=model, training=training, seed=seed, split_seed=spec.split_seed)
 
 
 def baseline_params(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
@@ -212,7 +214,7 @@ def describe(config: dict[str, Any]) -> str:
     """A one-line summary of a stored trial config, with only the knobs that apply."""
     m, t = config["model"], config["training"]
     layers = f"conv {m['conv_filters']} x{m['convs_per_stage']} -> dense {m['hidden_units']}" if m["kind"] == "cnn" \
-        else f"dense {m['hidden_units']}"
+        else f"dense {m['hidden_units']}" if m["hidden_units"] else "linear (no hidden layer)"
     optimizer = f"{m['optimizer']} lr={m['learning_rate']:.3g}"
     if m["optimizer"] in MOMENTUM_OPTIMIZERS:
         optimizer += f" momentum={m['momentum']:.3g}"

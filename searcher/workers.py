@@ -46,6 +46,7 @@ class WorkerOptions:
     parent_pid: int | None = None  # stop when the launching parent is gone
     data_dir: str | None = None
     create: bool = False  # create the study if missing (docker compose workers)
+    study_name: str | None = None  # the study to join; None: the spec's name
 
 
 def run_worker(spec: StudySpec, url: str, options: WorkerOptions,
@@ -56,17 +57,33 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions,
     default trains the spec's Keras model (tests pass a stand-in without TensorFlow).
     """
     storage = studies.open_study_storage(spec, url)
-    lock = BudgetLock(url, spec.name, storage=storage)
-    if options.create:
-        with lock:  # several compose workers start at once: one creates the study and its baselines
-            studies.create_or_continue(spec, storage, n_trials=spec.budget.n_trials)
-    sampler_seed = abs(hash((spec.seed, options.index, os.getpid()))) % (2**31)
-    study = studies.load(spec.name, storage, url=url, sampler=studies.make_sampler(spec, seed=sampler_seed),
-                         pruner=studies.make_pruner(spec))
-    studies.check_same_spec(study, spec)
-    n_trials = int(study.user_attrs.get(studies.BUDGET_ATTR, spec.budget.n_trials))
+    name = options.study_name or spec.name
+    lock = BudgetLock(url, name, storage=storage)
+
+    def join() -> optuna.Study:
+        # Replicas of one container image (Kubernetes pods, compose services) share pid and index,
+        # and equal seeds would sample the same random start-up trials. The host name differs, and
+        # as a str its hash is salted per process.
+        sampler_seed = abs(hash((spec.seed, options.index, socket.gethostname(), os.getpid()))) % (2**31)
+        joined = studies.load(name, storage, url=url, sampler=studies.make_sampler(spec, seed=sampler_seed),
+                              pruner=studies.make_pruner(spec))
+        studies.check_same_spec(joined, spec)
+        return joined
+
+    # A joining worker is refused (no such study, another spec) before it loads anything; one that
+    # creates the study loads the data first, so it never stores a study its data cannot run.
+    study = None if options.create else join()
     objective = (make_objective or training_objective)(spec, options)
+    if study is None:
+        with lock:  # several compose workers start at once: one creates the study and its baselines
+            studies.create_or_continue(spec, storage, n_trials=spec.budget.n_trials, name=name)
+        study = join()
+    n_trials = int(study.user_attrs.get(studies.BUDGET_ATTR, spec.budget.n_trials))
+    data = getattr(objective, "data", None)  # the stand-in of the tests has none
+    if data is not None and studies.DATA_ATTR not in study.user_attrs:
+        study.set_user_attr(studies.DATA_ATTR, data.summary())
     streak = _FailureStreak()
+    runner = _ReleaseFirst(objective, lock)
     ran, settled_mb = 0, None
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     try:
@@ -79,7 +96,7 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions,
                 if recycle := _recycle_reason(spec, ran, settled_mb):  # checked after the budget: no fresh process to stop
                     log.info("worker %d recycles: %s", options.index, recycle)
                     return EXIT_RECYCLE
-                study.optimize(_ReleaseFirst(objective, lock), n_trials=1, catch=(Exception,), callbacks=[streak])
+                study.optimize(runner, n_trials=1, catch=(Exception,), callbacks=[streak])
             except Exception as e:
                 if (cause := _storage_trouble(e)) is None:
                     raise
@@ -98,7 +115,9 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions,
                 log.error("worker %d stops: %d trials failed in a row", options.index, streak.count)
                 return EXIT_FAILURES
     except KeyboardInterrupt:
-        log.info("worker %d interrupted; its running trial was marked failed", options.index)
+        retried = runner.trial is not None and studies.retry_interrupted(study, runner.trial._trial_id, spec)
+        log.info("worker %d interrupted; its running trial was marked failed%s", options.index,
+                 " and queued to run again with the same params and seed" if retried else "")
         return EXIT_INTERRUPTED
     finally:
         _log_lock_waits(options.index, lock)
@@ -119,12 +138,14 @@ def training_objective(spec: StudySpec, options: WorkerOptions) -> ObjectiveFunc
     placement = WorkerPlacement.from_env(options.index, os.environ)
     runtime = RuntimeOptions(mixed_precision=spec.runtime.mixed_precision, xla=spec.runtime.xla)
     line = configure_tensorflow(placement, runtime)
-    log.info("%s; pid %d on %s; study %s", line, os.getpid(), socket.gethostname(), spec.name)
+    log.info("%s; pid %d on %s; study %s", line, os.getpid(), socket.gethostname(), options.study_name or spec.name)
 
-    from searcher.data import load_search_data
+    from searcher.data import check_model_kind, load_search_data
     from searcher.objective import Objective
 
-    data = load_search_data(spec.data, split_seed=spec.seed, data_dir=options.data_dir)
+    data = load_search_data(spec.data, split_seed=spec.split_seed, data_dir=options.data_dir)
+    check_model_kind(data, spec.model.kind, source=spec.data.path or spec.data.dataset)
+    log.info("data: %s", data.preprocessing.describe())
     return Objective(spec, data, jit_compile=spec.runtime.xla)
 
 
@@ -183,8 +204,10 @@ class _ReleaseFirst:
 
     def __init__(self, objective, lock: BudgetLock) -> None:
         self.objective, self.lock = objective, lock
+        self.trial: optuna.Trial | None = None  # the latest trial, for a retry when interrupted
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.trial = trial
         self.lock.release()
         return self.objective(trial)
 
@@ -225,6 +248,7 @@ class LaunchPlan:
     url: str
     log_dir: Path
     seed: int | None = None
+    study_name: str | None = None  # None: the spec's name
     deadline: float | None = None
     data_dir: str | None = None
     mixed_precision: bool = False
@@ -238,6 +262,8 @@ def start_worker(slot: WorkerProcess, plan: LaunchPlan) -> None:
            "--worker-index", str(slot.placement.index), "--parent-pid", str(os.getpid())]
     if plan.seed is not None:
         cmd += ["--seed", str(plan.seed)]
+    if plan.study_name is not None:
+        cmd += ["--name", plan.study_name]
     if plan.deadline is not None:
         cmd += ["--deadline", f"{plan.deadline:.3f}"]
     if plan.data_dir:

@@ -316,3 +316,15 @@ def test_report_renders_in_chromium(report_study: optuna.Study) -> None:
         assert page.locator(".plotly-graph-div svg.main-svg").count() >= n_plots
         assert page.locator("p.nodraw").count() == len(data.notes)
         page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+
+
+def test_every_figure_of_the_page_is_drawn_or_says_why(tmp_path: Path) -> None:
+    from searcher.report import SECTIONS
+    from searcher.report._page import Grid
+
+    ids = [f.id for s in SECTIONS if isinstance(s, Grid) for f in s.figures]
+    assert len(ids) == len(set(ids)) == 12
+    for study in (build_study(_storage(tmp_path)), _one_trial_study(tmp_path, direction="maximize")):
+        data = collect(study)
+        assert sorted((*data.figures, *data.notes)) == sorted(ids)
+        assert not set(data.figures) & set(data.notes)

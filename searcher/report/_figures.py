@@ -1,0 +1,250 @@
+"""The report's figures: each one a `Figure` (id, title, draw, why_not), drawn from ReportData.
+
+A new figure is a draw function ``(plotly.graph_objects, ReportData) -> go.Figure``, an
+optional ``why_not(ReportData) -> str | None`` (a one-line reason it cannot be drawn; the
+page shows it in the figure's place), one ``Figure(...)`` line here, and its id in a
+``Grid`` of ``_page.SECTIONS``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Callable
+
+from searcher.report._data import ReportData, TrialRow, key, varying
+from searcher.report._text import choice, esc, fmt
+
+N_CURVES = 5  # top trials drawn in colour among the learning curves
+Draw = Callable[[ModuleType, ReportData], Any]  # (plotly.graph_objects, data) -> go.Figure
+
+
+def _drawable(d: ReportData) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One plot of the page; why_not returns None when it can be drawn, else the reason shown instead."""
+
+    id: str
+    title: str
+    draw: Draw
+    why_not: Callable[[ReportData], str | None] = _drawable
+
+
+# ---------------------------------------------------------------- shared pieces
+
+
+def _hover(r: TrialRow) -> str:
+    tag = f" ({esc(r.baseline)})" if r.baseline else ""
+    return f"trial #{r.number}{tag}: {r.value:.4f}" if r.value is not None else f"trial #{r.number}{tag}"
+
+
+def _log_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
+    """Ticks at powers of ten between lo and hi (both > 0), and at 2 and 5 times them over short spans."""
+    e0, e1 = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    ticks = [m * 10.0**e for e in range(e0, e1 + 1) for m in ((1, 2, 5) if e1 - e0 <= 2 else (1,))]
+    ticks = [t for t in ticks if lo <= t <= hi] or [lo, hi]
+    return ticks, [f"{t:g}" if 0.01 <= t < 1e5 else f"{t:.0e}".replace("e-0", "e-").replace("e+0", "e") for t in ticks]
+
+
+# ---------------------------------------------------------------- history
+
+
+def _draw_history(go: ModuleType, d: ReportData) -> Any:
+    done, best, acc = d.complete, [], None
+    for r in done:
+        acc = r.value if acc is None else (max if d.maximize else min)(acc, r.value)
+        best.append(acc)
+    fig = go.Figure()
+    for name, rows, marker in (("complete trial", [r for r in done if not r.baseline], dict(color="#4c78a8", size=7)),
+                               ("baseline", [r for r in done if r.baseline],
+                                dict(color="#e45756", size=11, symbol="diamond"))):
+        fig.add_scatter(x=[r.number for r in rows], y=[r.value for r in rows], mode="markers", name=name,
+                        marker=marker, text=[_hover(r) for r in rows], hoverinfo="text")
+    fig.add_scatter(x=[r.number for r in done], y=best, mode="lines", name="best so far", hoverinfo="skip",
+                    line=dict(color="#f58518", shape="hv", width=2))
+    if len(done) == 1:  # plotly would stretch one point over -1..1 and 0..2
+        pad = max(abs(done[0].value) * 0.05, 0.01)
+        fig.update_yaxes(range=[done[0].value - pad, done[0].value + pad])
+        fig.update_xaxes(range=[done[0].number - 0.5, done[0].number + 0.5])
+    fig.update_xaxes(dtick=1 if done[-1].number - done[0].number < 10 else None)
+    return fig.update_layout(xaxis_title="trial number", yaxis_title=esc(d.metric), height=360, margin_t=36,
+                             legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0))
+
+
+HISTORY = Figure("history", "Value of each complete trial, and the best so far", _draw_history)
+
+
+# ---------------------------------------------------------------- what mattered
+
+
+def _draw_importance(go: ModuleType, d: ReportData) -> Any:
+    items = sorted(d.importances.items(), key=lambda kv: kv[1])
+    fig = go.Figure(go.Bar(x=[v for _, v in items], y=[esc(k) for k, _ in items], orientation="h",
+                           marker_color="#4c78a8", text=[f"{v:.2f}" for _, v in items], textposition="outside"))
+    return fig.update_layout(xaxis_title="importance (PED-ANOVA; the values sum to 1)", height=90 + 24 * len(items),
+                             xaxis_range=[0, max(v for _, v in items) * 1.12], margin_l=110)
+
+
+IMPORTANCE = Figure("importance", "Hyperparameter importance", _draw_importance, lambda d: d.importance_note)
+
+
+def _draw_parallel(go: ModuleType, d: ReportData) -> Any:
+    rows, dims = d.complete, []
+    for p in varying(rows, d.param_kinds):
+        vals = [r.params[p] for r in rows]
+        if d.param_kinds[p] in ("cat", "bool"):
+            cats = sorted(set(vals), key=lambda v: (isinstance(v, str), v))
+            dims.append(dict(label=esc(p), values=[cats.index(v) for v in vals], tickvals=list(range(len(cats))),
+                             ticktext=[esc(choice(c)) for c in cats]))
+        elif d.param_kinds[p] == "log":
+            ticks, text = _log_ticks(min(vals), max(vals))
+            dims.append(dict(label=esc(p), values=[math.log10(v) for v in vals],
+                             tickvals=[math.log10(t) for t in ticks], ticktext=text))
+        else:
+            dims.append(dict(label=esc(p), values=vals))
+    values = [r.value for r in rows]
+    dims.append(dict(label=esc(d.metric), values=values))
+    line = dict(color=values, colorscale="Viridis", reversescale=not d.maximize, showscale=True,
+                colorbar=dict(thickness=12))
+    return go.Figure(go.Parcoords(dimensions=dims, line=line, labelangle=0)).update_layout(height=420, margin_t=60)
+
+
+def _parallel_why_not(d: ReportData) -> str | None:
+    if len(d.complete) < 2:
+        return f"needs at least 2 complete trials (have {len(d.complete)})"
+    if not varying(d.complete, d.param_kinds):
+        return "no searched parameter varies across the complete trials"
+    return None
+
+
+PARALLEL = Figure("parallel", "Parallel coordinates", _draw_parallel, _parallel_why_not)
+
+
+# ---------------------------------------------------------------- learning rate against regularization
+
+
+def _lr_vs(fid: str, title: str, knob: str, label: str) -> Figure:
+    def draw(go: ModuleType, d: ReportData) -> Any:
+        rows = [r for r in d.complete if r.knob("learning_rate") is not None and r.knob(knob) is not None]
+        ys, yaxis = [float(r.knob(knob)) for r in rows], dict(title=label)
+        if knob == "l2":  # log axis; trials without L2 sit on their own "no L2" row below the rest
+            on = [y for y in ys if y > 0] or [1e-5]
+            off = 10.0 ** (math.floor(math.log10(min(on))) - 1)
+            ticks, text = _log_ticks(min(on), max(on))
+            ys = [y if y > 0 else off for y in ys]
+            yaxis.update(type="log", tickvals=[off, *ticks], ticktext=["no L2", *text])
+        marker = dict(color=[r.value for r in rows], colorscale="Viridis", reversescale=not d.maximize, size=9,
+                      colorbar=dict(title=dict(text=esc(d.metric)), thickness=12), line=dict(width=0.5, color="#555"))
+        fig = go.Figure(go.Scatter(x=[r.knob("learning_rate") for r in rows], y=ys, mode="markers", marker=marker,
+                                   text=[_hover(r) for r in rows], hoverinfo="text"))
+        return fig.update_layout(xaxis=dict(type="log", dtick=1, title="learning rate"), yaxis=yaxis, height=360)
+
+    def why_not(d: ReportData) -> str | None:
+        pts = [(key(r.knob("learning_rate")), key(r.knob(knob))) for r in d.complete]
+        pts = [p for p in pts if None not in p]
+        if len(pts) < 2:
+            return f"needs 2 complete trials that record learning rate and {knob} (have {len(pts)})"
+        if len(set(pts)) < 2:
+            return f"every complete trial used learning_rate={fmt(pts[0][0])} and {knob}={fmt(pts[0][1])}"
+        return None
+
+    return Figure(fid, title, draw, why_not)
+
+
+LR_L2 = _lr_vs("lr_l2", "Learning rate against L2", "l2", "L2 factor")
+LR_DROPOUT = _lr_vs("lr_dropout", "Learning rate against dropout", "dropout", "dropout")
+
+
+# ---------------------------------------------------------------- learning curves
+
+
+def _draw_curves(go: ModuleType, d: ReportData) -> Any:
+    fig = go.Figure()
+    for i, r in enumerate(r for r in d.trials if r.state == "pruned" and r.curve):
+        fig.add_scatter(x=[s + 1 for s, _ in r.curve], y=[v for _, v in r.curve], mode="lines", name="pruned",
+                        legendgroup="pruned", legendrank=2000, showlegend=i == 0, opacity=0.7,
+                        line=dict(color="#b0b7c0", width=1), hovertext=f"trial #{r.number} (pruned)", hoverinfo="text")
+    for r in [r for r in d.top if r.curve][:N_CURVES]:
+        fig.add_scatter(x=[s + 1 for s, _ in r.curve], y=[v for _, v in r.curve], mode="lines+markers",
+                        name=f"#{r.number}: {r.value:.4f}", line=dict(width=2), marker=dict(size=4))
+    return fig.update_layout(xaxis_title="epoch", yaxis_title=esc(d.metric), height=400,
+                             legend=dict(title=dict(text="trial: best value")))
+
+
+def _curves_why_not(d: ReportData) -> str | None:
+    if not any(r.curve for r in d.trials if r.state in ("complete", "pruned")):
+        return "no complete or pruned trial reported per-epoch values"
+    return None
+
+
+CURVES = Figure("curves", "Top trials (colour) against pruned ones (grey)", _draw_curves, _curves_why_not)
+
+
+# ---------------------------------------------------------------- per-choice comparisons
+
+
+def _by(knob: str, title: str) -> Figure:
+    """Box plots of the value per choice of a model knob, the best trial starred."""
+    def draw(go: ModuleType, d: ReportData) -> Any:
+        groups: dict[str, list[TrialRow]] = {}
+        for r in d.complete:
+            if r.knob(knob) is not None:
+                groups.setdefault(choice(r.knob(knob)), []).append(r)
+        label = {g: f"{esc(g)} ({len(rs)})" for g, rs in groups.items()}
+        fig = go.Figure()
+        for g in sorted(groups, key=lambda g: statistics.median(r.value for r in groups[g]), reverse=d.maximize):
+            fig.add_box(y=[r.value for r in groups[g]], name=label[g], boxpoints="all", jitter=0.4, pointpos=0,
+                        marker=dict(size=6, color="#4c78a8"), line_color="#355a80", fillcolor="rgba(76,120,168,0.15)",
+                        text=[_hover(r) for r in groups[g]], hoverinfo="text")
+        if d.best.knob(knob) is not None:
+            fig.add_scatter(x=[label[choice(d.best.knob(knob))]], y=[d.best.value], mode="markers",
+                            marker=dict(symbol="star", size=15, color="#f58518", line=dict(width=1, color="#333")),
+                            text=[_hover(d.best) + " (best)"], hoverinfo="text")
+        return fig.update_layout(yaxis_title=esc(d.metric), showlegend=False, height=340)
+
+    def why_not(d: ReportData) -> str | None:
+        seen = {choice(r.knob(knob)) for r in d.complete if r.knob(knob) is not None}
+        if len(seen) < 2:
+            return f"every complete trial used {knob} = {seen.pop()}" if seen else f"no {knob} recorded"
+        return None
+
+    return Figure(f"by_{knob}", title, draw, why_not)
+
+
+BY_ACTIVATION = _by("activation", "By activation")
+BY_INITIALIZER = _by("initializer", "By initializer")
+BY_OPTIMIZER = _by("optimizer", "By optimizer")
+BY_BATCH_NORM = _by("batch_norm", "Batch norm off / on")
+
+
+# ---------------------------------------------------------------- cost
+
+
+def _cost(fid: str, title: str, attr: str, label: str, log_x: bool) -> Figure:
+    def draw(go: ModuleType, d: ReportData) -> Any:
+        rows = [r for r in d.complete if getattr(r, attr) is not None]
+        fig = go.Figure(go.Scatter(x=[getattr(r, attr) for r in rows], y=[r.value for r in rows], mode="markers",
+                                   name="trial", marker=dict(color="#4c78a8", size=8),
+                                   text=[_hover(r) for r in rows], hoverinfo="text"))
+        if getattr(d.best, attr) is not None:
+            fig.add_scatter(x=[getattr(d.best, attr)], y=[d.best.value], mode="markers", name=f"best #{d.best.number}",
+                            marker=dict(symbol="star", size=16, color="#f58518", line=dict(width=1, color="#333")))
+        xaxis = dict(title=label, type="log", dtick=1) if log_x else dict(title=label)
+        return fig.update_layout(xaxis=xaxis, yaxis_title=esc(d.metric), height=340, margin_t=36,
+                                 legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0))
+
+    def why_not(d: ReportData) -> str | None:
+        if (n := sum(getattr(r, attr) is not None for r in d.complete)) < 2:
+            return f"needs 2 complete trials that record {attr} (have {n})"
+        return None
+
+    return Figure(fid, title, draw, why_not)
+
+
+COST_TIME = _cost("cost_time", "Seconds per epoch", "sec_per_epoch", "seconds per epoch", False)
+COST_PARAMS = _cost("cost_params", "Parameter count", "n_params", "parameters", True)
