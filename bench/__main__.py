@@ -22,13 +22,14 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import gpu, overhead, quality, scaling, startup, storage
+from bench import gpu, overhead, quality, scale, scaling, startup, storage
 from bench._common import REPO, Plan, Section, not_run_section
 
 log = logging.getLogger("bench")
-SECTIONS = ("overhead", "scaling", "storage", "startup", "quality", "gpu")
+SECTIONS = ("overhead", "scaling", "storage", "startup", "quality", "gpu", "scale")
+DEFAULT_SECTIONS = SECTIONS[:-1]  # scale (minutes, hundreds of processes) runs with --only scale
 TITLES = {"overhead": overhead.TITLE, "scaling": scaling.TITLE, "storage": storage.TITLE,
-          "startup": startup.TITLE, "quality": quality.TITLE, "gpu": gpu.TITLE}
+          "startup": startup.TITLE, "quality": quality.TITLE, "gpu": gpu.TITLE, "scale": scale.TITLE}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
                                                              "figures are rough")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "latest.json",
                         help="where to write the figures (default: bench/results/latest.json)")
-    parser.add_argument("--only", default=",".join(SECTIONS),
-                        help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)}); "
+    parser.add_argument("--only", default=",".join(DEFAULT_SECTIONS),
+                        help=f"comma-separated sections to run (default: {','.join(DEFAULT_SECTIONS)}; also: scale); "
                              "storage and startup need the overhead run and start it too")
     parser.add_argument("--keep", action="store_true", help="keep the working folder (studies, logs, models)")
     args = parser.parse_args(argv)
@@ -128,7 +129,8 @@ def _run_sections(plan: Plan, workdir: Path, only: list[str]) -> dict[str, Secti
                 results[key] = _failed(key, "the overhead run it builds on failed")
     for key, fn in (("scaling", lambda: scaling.run(plan, workdir, cpu_count)),
                     ("quality", lambda: quality.run(plan, workdir)),
-                    ("gpu", lambda: gpu.run(plan, workdir))):
+                    ("gpu", lambda: gpu.run(plan, workdir)),
+                    ("scale", lambda: scale.run(plan, workdir))):
         if key in only:
             value = attempt(key, fn)
             if value:

@@ -10,7 +10,8 @@ period, so only heartbeats keep it alive), and ``kill`` workers killed with SIGK
 the middle of a trial, whose trials the others fail and retry. Meanwhile the parent samples
 ``pg_stat_activity`` (server connections) and the workers' memory.
 
-Used by tests/test_scale.py (what must hold) and bench/scale.py (how fast).
+``build_large_study`` makes a study of thousands of finished trials at once, as workers
+would have left it. Used by tests/test_scale.py (what must hold) and bench/scale.py (how fast).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import logging
 import multiprocessing
 import os
+import random
 import signal
 import socket
 import threading
@@ -42,7 +44,7 @@ FINISHED = ("COMPLETE", "PRUNED")
 
 
 def scale_spec(name: str, *, n_trials: int, epochs: int = 4, sampler: str = "random") -> StudySpec:
-    """digits-mlp's search space with a 1 s heartbeat and a 3 s grace period; no baselines.
+    """digits-mlp's search space with a 1 s heartbeat and a 2 s grace period; no baselines.
 
     Random sampling by default: what the sampler computes is not what this measures.
     """
@@ -51,7 +53,7 @@ def scale_spec(name: str, *, n_trials: int, epochs: int = 4, sampler: str = "ran
     raw["sampler"] = {"name": sampler}
     raw["training"] = {**raw["training"], "max_epochs": epochs}
     raw["pruner"] = {"name": "median", "n_startup_trials": 4, "n_warmup_steps": 1}
-    raw["runtime"] = {"heartbeat_interval": 1, "grace_period": 3, "max_retries": 3}
+    raw["runtime"] = {"heartbeat_interval": 1, "grace_period": 2, "max_retries": 3}
     return parse_spec(raw, source=f"scale spec {name}")
 
 
@@ -232,3 +234,39 @@ def _kill_in_trials(spec: StudySpec, url: str, processes: list[Any], kill: int, 
     finally:
         reader.engine.dispose()
     return killed
+
+
+def build_large_study(storage: optuna.storages.BaseStorage, name: str, n: int, *, seed: int = 0) -> optuna.Study:
+    """A finished study of ``n`` trials as searcher workers leave one: params of the digits
+    space, the worker's user attributes, one validation value per epoch (pruned trials stop early)."""
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from searcher import study as studies
+    from searcher.space import suggest_values, trial_config
+    from searcher.spec import load_spec
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = load_spec("digits-mlp").model_copy(update={"name": name})
+    study = studies.create_or_continue(spec, storage, n_trials=n)
+    drafts = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    rng = random.Random(seed)
+    trials = []
+    for number in range(n):
+        draft = drafts.ask()
+        values = suggest_values(draft, spec)
+        config = trial_config(spec, values, seed=number)
+        quality = 0.6 + 0.35 * rng.random()
+        epochs = rng.randint(4, 20)
+        curve = {e: round(quality * (1 - 0.6 ** (e + 1)), 4) for e in range(epochs)}
+        pruned = epochs < 8 and rng.random() < 0.7
+        trials.append(create_trial(
+            state=TrialState.PRUNED if pruned else TrialState.COMPLETE, value=None if pruned else max(curve.values()),
+            params=draft.params, distributions=draft.distributions, intermediate_values=curve,
+            user_attrs={"worker_pid": 1000 + number % 8, "worker_host": "bench", "config": config.to_dict(),
+                        "seed": number, "threads": "1", "n_params": rng.randint(2_000, 300_000), "epochs": epochs,
+                        "best_epoch": max(curve, key=curve.get) + 1, "sec_per_epoch": round(rng.uniform(0.2, 0.6), 3),
+                        "train_seconds": round(epochs * 0.4, 2), "peak_rss_mb": 1000}))
+        drafts.tell(draft, 0.0)
+    study.add_trials(trials)
+    return study

@@ -18,6 +18,9 @@ from searcher.report._data import ReportData, TrialRow, key, varying
 from searcher.report._text import choice, esc, fmt
 
 N_CURVES = 5  # top trials drawn in colour among the learning curves
+# Past these, a plot shows no more than a sample does, and a 10,000-trial page took long to open.
+MAX_GREY_CURVES = 300  # pruned learning curves drawn (evenly spaced by trial number)
+MAX_POINTS = 2000  # per plot: more points are drawn with WebGL, and box plots show outliers only
 Draw = Callable[[ModuleType, ReportData], Any]  # (plotly.graph_objects, data) -> go.Figure
 
 
@@ -33,6 +36,7 @@ class Figure:
     title: str
     draw: Draw
     why_not: Callable[[ReportData], str | None] = _drawable
+    note: Callable[[ReportData], str | None] = _drawable  # said under the title (e.g. what was thinned out)
 
 
 # ---------------------------------------------------------------- shared pieces
@@ -51,6 +55,11 @@ def _log_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
     return ticks, [f"{t:g}" if 0.01 <= t < 1e5 else f"{t:.0e}".replace("e-0", "e-").replace("e+0", "e") for t in ticks]
 
 
+def _scatter(go: ModuleType, rows: Any) -> Any:
+    """Scatter, or its WebGL twin past MAX_POINTS points (same look; SVG markers by the thousand are slow)."""
+    return go.Scattergl if len(rows) > MAX_POINTS else go.Scatter
+
+
 # ---------------------------------------------------------------- history
 
 
@@ -63,8 +72,8 @@ def _draw_history(go: ModuleType, d: ReportData) -> Any:
     for name, rows, marker in (("complete trial", [r for r in done if not r.baseline], dict(color="#4c78a8", size=7)),
                                ("baseline", [r for r in done if r.baseline],
                                 dict(color="#e45756", size=11, symbol="diamond"))):
-        fig.add_scatter(x=[r.number for r in rows], y=[r.value for r in rows], mode="markers", name=name,
-                        marker=marker, text=[_hover(r) for r in rows], hoverinfo="text")
+        fig.add_trace(_scatter(go, done)(x=[r.number for r in rows], y=[r.value for r in rows], mode="markers", name=name,
+                                         marker=marker, text=[_hover(r) for r in rows], hoverinfo="text"))
     fig.add_scatter(x=[r.number for r in done], y=best, mode="lines", name="best so far", hoverinfo="skip",
                     line=dict(color="#f58518", shape="hv", width=2))
     if len(done) == 1:  # plotly would stretch one point over -1..1 and 0..2
@@ -140,7 +149,7 @@ def _lr_vs(fid: str, title: str, knob: str, label: str) -> Figure:
             yaxis.update(type="log", tickvals=[off, *ticks], ticktext=["no L2", *text])
         marker = dict(color=[r.value for r in rows], colorscale="Viridis", reversescale=not d.maximize, size=9,
                       colorbar=dict(title=dict(text=esc(d.metric)), thickness=12), line=dict(width=0.5, color="#555"))
-        fig = go.Figure(go.Scatter(x=[r.knob("learning_rate") for r in rows], y=ys, mode="markers", marker=marker,
+        fig = go.Figure(_scatter(go, rows)(x=[r.knob("learning_rate") for r in rows], y=ys, mode="markers", marker=marker,
                                    text=[_hover(r) for r in rows], hoverinfo="text"))
         return fig.update_layout(xaxis=dict(type="log", dtick=1, title="learning rate"), yaxis=yaxis, height=360)
 
@@ -163,17 +172,45 @@ LR_DROPOUT = _lr_vs("lr_dropout", "Learning rate against dropout", "dropout", "d
 # ---------------------------------------------------------------- learning curves
 
 
+def _pruned_curves(d: ReportData) -> tuple[list[TrialRow], int]:
+    """The pruned trials whose curves are drawn (at most MAX_GREY_CURVES), and how many have one."""
+    pruned = [r for r in d.trials if r.state == "pruned" and r.curve]
+    if len(pruned) <= MAX_GREY_CURVES:
+        return pruned, len(pruned)
+    step = len(pruned) / MAX_GREY_CURVES
+    return [pruned[int(i * step)] for i in range(MAX_GREY_CURVES)], len(pruned)
+
+
 def _draw_curves(go: ModuleType, d: ReportData) -> Any:
     fig = go.Figure()
-    for i, r in enumerate(r for r in d.trials if r.state == "pruned" and r.curve):
-        fig.add_scatter(x=[s + 1 for s, _ in r.curve], y=[v for _, v in r.curve], mode="lines", name="pruned",
-                        legendgroup="pruned", legendrank=2000, showlegend=i == 0, opacity=0.7,
-                        line=dict(color="#b0b7c0", width=1), hovertext=f"trial #{r.number} (pruned)", hoverinfo="text")
+    shown, _ = _pruned_curves(d)
+    if shown:  # one trace, curves separated by gaps: thousands of traces made the page slow
+        xs: list[Any] = []
+        ys: list[Any] = []
+        for r in shown:
+            xs += [s + 1 for s, _ in r.curve] + [None]
+            ys += [v for _, v in r.curve] + [None]
+        fig.add_scatter(x=xs, y=ys, mode="lines", name="pruned", legendrank=2000, opacity=0.7, connectgaps=False,
+                        line=dict(color="#b0b7c0", width=1), hoverinfo="skip")
     for r in [r for r in d.top if r.curve][:N_CURVES]:
         fig.add_scatter(x=[s + 1 for s, _ in r.curve], y=[v for _, v in r.curve], mode="lines+markers",
                         name=f"#{r.number}: {r.value:.4f}", line=dict(width=2), marker=dict(size=4))
     return fig.update_layout(xaxis_title="epoch", yaxis_title=esc(d.metric), height=400,
                              legend=dict(title=dict(text="trial: best value")))
+
+
+def _curves_note(d: ReportData) -> str | None:
+    shown, total = _pruned_curves(d)
+    if len(shown) == total:
+        return None
+    return (f"curves of {len(shown)} of the {total:,} pruned trials are drawn (evenly spaced by trial number); "
+            "more would only fill the same grey band")
+
+
+def _points_note(rows: int) -> str | None:
+    if rows <= MAX_POINTS:
+        return None
+    return f"{rows:,} trials: box plots show the quartiles of all of them and only the outlying points"
 
 
 def _curves_why_not(d: ReportData) -> str | None:
@@ -182,7 +219,8 @@ def _curves_why_not(d: ReportData) -> str | None:
     return None
 
 
-CURVES = Figure("curves", "Top trials (colour) against pruned ones (grey)", _draw_curves, _curves_why_not)
+CURVES = Figure("curves", "Top trials (colour) against pruned ones (grey)", _draw_curves, _curves_why_not,
+                _curves_note)
 
 
 # ---------------------------------------------------------------- per-choice comparisons
@@ -198,7 +236,8 @@ def _by(knob: str, title: str) -> Figure:
         label = {g: f"{esc(g)} ({len(rs)})" for g, rs in groups.items()}
         fig = go.Figure()
         for g in sorted(groups, key=lambda g: statistics.median(r.value for r in groups[g]), reverse=d.maximize):
-            fig.add_box(y=[r.value for r in groups[g]], name=label[g], boxpoints="all", jitter=0.4, pointpos=0,
+            fig.add_box(y=[r.value for r in groups[g]], name=label[g], jitter=0.4, pointpos=0,
+                        boxpoints="all" if len(d.complete) <= MAX_POINTS else "outliers",
                         marker=dict(size=6, color="#4c78a8"), line_color="#355a80", fillcolor="rgba(76,120,168,0.15)",
                         text=[_hover(r) for r in groups[g]], hoverinfo="text")
         if d.best.knob(knob) is not None:
@@ -213,7 +252,7 @@ def _by(knob: str, title: str) -> Figure:
             return f"every complete trial used {knob} = {seen.pop()}" if seen else f"no {knob} recorded"
         return None
 
-    return Figure(f"by_{knob}", title, draw, why_not)
+    return Figure(f"by_{knob}", title, draw, why_not, lambda d: _points_note(len(d.complete)))
 
 
 BY_ACTIVATION = _by("activation", "By activation")
@@ -228,7 +267,7 @@ BY_BATCH_NORM = _by("batch_norm", "Batch norm off / on")
 def _cost(fid: str, title: str, attr: str, label: str, log_x: bool) -> Figure:
     def draw(go: ModuleType, d: ReportData) -> Any:
         rows = [r for r in d.complete if getattr(r, attr) is not None]
-        fig = go.Figure(go.Scatter(x=[getattr(r, attr) for r in rows], y=[r.value for r in rows], mode="markers",
+        fig = go.Figure(_scatter(go, rows)(x=[getattr(r, attr) for r in rows], y=[r.value for r in rows], mode="markers",
                                    name="trial", marker=dict(color="#4c78a8", size=8),
                                    text=[_hover(r) for r in rows], hoverinfo="text"))
         if getattr(d.best, attr) is not None:

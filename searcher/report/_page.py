@@ -30,6 +30,7 @@ class Grid:
 
         cells = "".join(
             f'<figure class="cell"><h3>{f.title}</h3>'
+            + (f'<p class="note thinned">{esc(note)}.</p>' if f.id in d.figures and (note := f.note(d)) else "")
             + (_figure_div(f.draw(go, d), f.id) if f.id in d.figures
                else f'<p class="note nodraw">Not drawn: {esc(d.notes.get(f.id, "no data"))}.</p>')
             + "</figure>"
