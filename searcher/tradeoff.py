@@ -115,9 +115,11 @@ def draw(go: ModuleType, d: Tradeoff) -> Any:
     )
     for name, rows, marker, mode in layers:
         if rows:
-            fig.add_scatter(x=[p.cost for p in rows], y=[p.value for p in rows], mode=mode, name=name, marker=marker,
-                            line=dict(shape="hv", color="#f58518") if mode != "markers" else None,
-                            text=[_hover(p, d) for p in rows], hoverinfo="text")
+            # WebGL past 2,000 points (the report's MAX_POINTS): SVG markers by the thousand open slowly.
+            scatter = go.Scattergl if len(d.points) > 2000 else go.Scatter
+            fig.add_trace(scatter(x=[p.cost for p in rows], y=[p.value for p in rows], mode=mode, name=name,
+                                  marker=marker, line=dict(shape="hv", color="#f58518") if mode != "markers" else None,
+                                  text=[_hover(p, d) for p in rows], hoverinfo="text"))
     log = d.cost == "n_params"
     return fig.update_layout(xaxis=dict(title=front.COST_LABELS[d.cost], type="log" if log else "linear"),
                              yaxis_title=html.escape(d.metric), height=420, margin_t=36,

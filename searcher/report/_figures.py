@@ -102,8 +102,26 @@ def _draw_importance(go: ModuleType, d: ReportData) -> Any:
 IMPORTANCE = Figure("importance", "Hyperparameter importance", _draw_importance, lambda d: d.importance_note)
 
 
+def _parallel_rows(d: ReportData) -> tuple[TrialRow, ...]:
+    """The complete trials drawn as lines: all, or the best MAX_POINTS // 2 and as many evenly spaced others."""
+    rows = d.complete
+    if len(rows) <= MAX_POINTS:
+        return rows
+    ranked = sorted(rows, key=lambda r: r.value, reverse=d.maximize)
+    best, rest = ranked[: MAX_POINTS // 2], ranked[MAX_POINTS // 2:]
+    step = len(rest) / (MAX_POINTS // 2)
+    return tuple(best + [rest[int(i * step)] for i in range(MAX_POINTS // 2)])
+
+
+def _parallel_note(d: ReportData) -> str | None:
+    if len(d.complete) <= MAX_POINTS:
+        return None
+    return (f"{MAX_POINTS:,} of the {len(d.complete):,} complete trials are drawn: the best {MAX_POINTS // 2:,} "
+            "and an even sample of the rest")
+
+
 def _draw_parallel(go: ModuleType, d: ReportData) -> Any:
-    rows, dims = d.complete, []
+    rows, dims = _parallel_rows(d), []
     for p in varying(rows, d.param_kinds):
         vals = [r.params[p] for r in rows]
         if d.param_kinds[p] in ("cat", "bool"):
@@ -131,7 +149,7 @@ def _parallel_why_not(d: ReportData) -> str | None:
     return None
 
 
-PARALLEL = Figure("parallel", "Parallel coordinates", _draw_parallel, _parallel_why_not)
+PARALLEL = Figure("parallel", "Parallel coordinates", _draw_parallel, _parallel_why_not, _parallel_note)
 
 
 # ---------------------------------------------------------------- learning rate against regularization
@@ -236,10 +254,11 @@ def _by(knob: str, title: str) -> Figure:
         label = {g: f"{esc(g)} ({len(rs)})" for g, rs in groups.items()}
         fig = go.Figure()
         for g in sorted(groups, key=lambda g: statistics.median(r.value for r in groups[g]), reverse=d.maximize):
+            every = len(d.complete) <= MAX_POINTS
             fig.add_box(y=[r.value for r in groups[g]], name=label[g], jitter=0.4, pointpos=0,
-                        boxpoints="all" if len(d.complete) <= MAX_POINTS else "outliers",
+                        boxpoints="all" if every else "outliers",
                         marker=dict(size=6, color="#4c78a8"), line_color="#355a80", fillcolor="rgba(76,120,168,0.15)",
-                        text=[_hover(r) for r in groups[g]], hoverinfo="text")
+                        text=[_hover(r) for r in groups[g]] if every else None, hoverinfo="text" if every else "y")
         if d.best.knob(knob) is not None:
             fig.add_scatter(x=[label[choice(d.best.knob(knob))]], y=[d.best.value], mode="markers",
                             marker=dict(symbol="star", size=15, color="#f58518", line=dict(width=1, color="#333")),
