@@ -18,6 +18,9 @@ from pathlib import Path
 
 
 def main(spec_path: str, out_path: str) -> None:
+    from searcher.devices import import_tensorflow
+
+    import_tensorflow()  # before Keras: without TensorFlow's C++ start-up lines
     import keras
     import optuna
 
@@ -29,7 +32,7 @@ def main(spec_path: str, out_path: str) -> None:
     spec = load_spec(spec_path)
     if spec.runtime.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    data = load_search_data(spec.data, split_seed=spec.seed)
+    data = load_search_data(spec.data, split_seed=spec.split_seed)
     # Every knob is fixed in the bench's spec: the values a searcher trial of it would train.
     config = trial_config(spec, suggest_values(optuna.trial.FixedTrial({}), spec), seed=0)
     model = build_model(config.model, preprocessing=data.preprocessing, n_classes=data.n_classes,

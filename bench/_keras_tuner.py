@@ -67,6 +67,9 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
+    from searcher.devices import import_tensorflow
+
+    import_tensorflow()  # before Keras: without TensorFlow's C++ start-up lines
     import keras
     import keras_tuner as kt
 
@@ -76,7 +79,7 @@ def main() -> None:
     from searcher.spec import load_spec
 
     spec = load_spec(args.spec).model_copy(update={"seed": args.seed})  # as `launch --seed` does
-    data = load_search_data(spec.data, split_seed=spec.seed)
+    data = load_search_data(spec.data, split_seed=spec.split_seed)
 
     def config_of(hp):
         return trial_config(spec, suggest_values(HyperParameterTrial(hp), spec), seed=args.seed)

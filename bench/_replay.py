@@ -21,7 +21,9 @@ from pathlib import Path
 def main(job_path: str, out_path: str) -> None:
     job = json.loads(Path(job_path).read_text())
     t0 = time.perf_counter()
-    import keras  # noqa: F401  (TensorFlow is imported here, before anything is timed)
+    from searcher.devices import import_tensorflow
+
+    import_tensorflow()  # TensorFlow is imported here, before anything is timed, without its start-up lines
 
     import searcher.objective as objective
     from searcher.data import load_search_data

@@ -45,13 +45,30 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 StorageOpt = Annotated[
     Optional[str],
     typer.Option("--storage", envvar="SEARCHER_STORAGE", show_envvar=True,
-                 help="Study storage URL: sqlite:///file.db or postgresql://user:pass@host/db. "
+                 help="Study storage URL: sqlite:///file.db or postgresql+psycopg2://user:pass@host/db. "
                       "Default: sqlite:///searcher.db in this folder."),
 ]
 DataDirOpt = Annotated[
     Optional[str],
     typer.Option("--data-dir", envvar="SEARCHER_DATA_DIR", show_envvar=True,
                  help="Folder with downloaded data set files, for machines without internet."),
+]
+WaitOpt = Annotated[
+    Optional[float],
+    typer.Option("--wait", min=0, metavar="SECONDS",
+                 help="Wait up to this long for the storage to accept connections (and, for a worker, "
+                      "for the study to be created) instead of failing at once."),
+]
+
+
+NameOpt = Annotated[
+    Optional[str],
+    typer.Option("--name", help="The study's name in the storage (default: the spec's name; "
+                                "with --seed N: NAME-seedN)."),
+]
+ReadSeedOpt = Annotated[
+    Optional[int],
+    typer.Option("--seed", help="Open STUDY-seedN, the study `launch STUDY --seed N` made."),
 ]
 
 
@@ -63,8 +80,17 @@ XlaOpt = Annotated[Optional[bool], typer.Option("--xla/--no-xla", help="XLA comp
 
 
 @app.callback()
-def _root(ctx: typer.Context, debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
+def _root(ctx: typer.Context, debug: Annotated[bool, typer.Option(
+        "--debug", help="Show tracebacks, and TensorFlow's start-up lines.")] = False) -> None:
     ctx.obj = {"debug": debug}
+    if debug:
+        import os
+
+        from searcher.devices import DEBUG_ENV
+
+        if DEBUG_ENV not in os.environ:  # read by import_tensorflow here, in workers and child processes
+            os.environ[DEBUG_ENV] = "1"
+            ctx.call_on_close(lambda: os.environ.pop(DEBUG_ENV, None))  # an in-process caller (tests) goes on
     _quiet_libraries()
 
 
@@ -76,7 +102,8 @@ def launch(
     timeout: Annotated[Optional[float], typer.Option("--timeout", min=1, help="Start no trial after this many seconds.")] = None,
     storage: StorageOpt = None,
     data_dir: DataDirOpt = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Override the spec's seed (a different seed is a different study).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Override the spec's seed; the study is then SPEC-seedN unless --name says otherwise.")] = None,
+    name: NameOpt = None,
     gpus: Annotated[Optional[str], typer.Option("--gpus", help="GPU indices to use, e.g. 0,2. Default: all visible.")] = None,
     workers_per_gpu: Annotated[int, typer.Option("--workers-per-gpu", min=1, help="Workers sharing one GPU (memory growth on).")] = 1,
     mixed_precision: MixedPrecisionOpt = None,
@@ -90,7 +117,7 @@ def launch(
     from searcher.launch import LaunchRequest, launch as run_launch
 
     request = LaunchRequest(study=study, storage=storage, workers=workers, trials=trials, timeout=timeout,
-                            data_dir=data_dir, seed=seed, workers_per_gpu=workers_per_gpu,
+                            data_dir=data_dir, seed=seed, name=name, workers_per_gpu=workers_per_gpu,
                             mixed_precision=mixed_precision, xla=xla,
                             gpus=tuple(parse_gpu_list(gpus)) if gpus is not None else None)
     raise typer.Exit(code=run_launch(request, console=console))
@@ -102,20 +129,22 @@ def worker(
     storage: StorageOpt = None,
     data_dir: DataDirOpt = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="The seed the study was launched with, if overridden.")] = None,
+    name: NameOpt = None,
     create: Annotated[bool, typer.Option("--create", help="Create the study if it does not exist yet.")] = False,
     timeout: Annotated[Optional[float], typer.Option("--timeout", min=1, help="Start no trial after this many seconds.")] = None,
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="auto: lock a free GPU (for containers that see all GPUs); or a GPU index.")] = None,
     mixed_precision: MixedPrecisionOpt = None,
     xla: XlaOpt = None,
+    wait: WaitOpt = None,
     worker_index: Annotated[int, typer.Option("--worker-index", hidden=True)] = 0,
     parent_pid: Annotated[Optional[int], typer.Option("--parent-pid", hidden=True)] = None,
     deadline: Annotated[Optional[float], typer.Option("--deadline", hidden=True)] = None,
 ) -> None:
     """Join an existing study (from this or another host) and run trials until its budget is reached.
 
-    Example: searcher worker cifar-cnn --storage postgresql://searcher:PASS@db-host/searcher
+    Example: searcher worker cifar-cnn --storage postgresql+psycopg2://searcher:PASS@db-host/searcher
     """
-    from searcher.launch import load_launch_spec
+    from searcher.launch import load_launch_spec, study_name
     from searcher.storage import resolve_url
     from searcher.workers import WorkerOptions, run_worker
 
@@ -128,6 +157,10 @@ def worker(
 
     optuna.logging.set_verbosity(optuna.logging.INFO)  # a worker's log lists its trials
     spec, _ = load_launch_spec(study, seed, mixed_precision=mixed_precision, xla=xla)
+    if wait:
+        from searcher.study import wait_until_ready
+
+        wait_until_ready(resolve_url(storage), seconds=wait, name=None if create else spec.name)
     gpu_lock = None
     if gpu is not None:
         # Before TensorFlow is imported: the visible devices are fixed when its runtime starts.
@@ -137,7 +170,7 @@ def worker(
     if timeout:
         deadline = min(deadline or float("inf"), time.time() + timeout)
     options = WorkerOptions(index=worker_index, deadline=deadline, parent_pid=parent_pid, data_dir=data_dir,
-                            create=create)
+                            create=create, study_name=study_name(spec.name, name=name, seed=seed))
     code = run_worker(spec, resolve_url(storage), options)
     if gpu_lock is not None:
         gpu_lock.close()
@@ -167,16 +200,55 @@ def init(
                   f"worker(s), about {minutes:g} min); next: searcher launch {made.path}", highlight=False)
 
 
-@app.command("studies")
-def list_studies() -> None:
-    """List the shipped studies: data set, model, budget.
+@app.command()
+def create(
+    study: Annotated[str, typer.Argument(help="A study in studies/ (e.g. digits-mlp) or a path to a spec YAML.")],
+    trials: Annotated[Optional[int], typer.Option("--trials", "-n", min=1, help="Study-wide budget of finished trials (default: the spec's budget.n_trials).")] = None,
+    storage: StorageOpt = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Override the spec's seed (then the study is STUDY-seedN).")] = None,
+    name: NameOpt = None,
+    wait: WaitOpt = None,
+) -> None:
+    """Create the study (or set the budget of an existing one), enqueue its baselines, and exit.
 
-    Example: searcher studies
+    For clusters, where workers start as separate jobs: run it once, then start `searcher worker`.
+
+    Example: searcher create cifar-cnn --trials 200 --storage postgresql://searcher@db-host/searcher
+    """
+    from searcher import study as studies
+    from searcher.launch import create_study, load_launch_spec, study_name
+    from searcher.storage import mask_url, resolve_url
+
+    spec, _ = load_launch_spec(study, seed)
+    stored_name = study_name(spec.name, name=name, seed=seed)
+    url = resolve_url(storage)
+    if wait:
+        studies.wait_until_ready(url, seconds=wait)
+    n_trials = trials or spec.budget.n_trials
+    states = studies.count_states(create_study(spec, url, n_trials=n_trials, name=stored_name))
+    console.print(f"study {stored_name} in {mask_url(url)}: budget {n_trials} trials, {studies.finished(states)} "
+                  f"finished, {states['WAITING']} waiting to run; start workers with `searcher worker {study}`",
+                  highlight=False, markup=False)
+
+
+@app.command("studies")
+def list_studies(
+    storage: Annotated[Optional[str], typer.Option(
+        "--storage", envvar="SEARCHER_STORAGE", show_envvar=True,
+        help="Also list the studies stored there: trials by state, best value, spec and seeds.")] = None,
+) -> None:
+    """List the shipped studies (data set, model, budget), and with --storage the stored ones.
+
+    Example: searcher studies --storage sqlite:///searcher.db
     """
     from rich.table import Table
 
+    from searcher.monitor import list_stored, render_stored
     from searcher.spec import SHIPPED_STUDIES, load_spec
+    from searcher.storage import mask_url, open_storage, resolve_url
 
+    url = resolve_url(storage) if storage is not None else None
+    stored = list_stored(open_storage(url, create=False)) if url is not None else None
     table = Table(box=None, header_style="bold")
     for column in ("study", "dataset", "model", "knobs searched", "trials", "baselines"):
         table.add_column(column, no_wrap=True)
@@ -185,12 +257,17 @@ def list_studies() -> None:
         table.add_row(spec.name, spec.data.dataset, spec.model.kind, str(len(spec.search.searched())),
                       str(spec.budget.n_trials), str(len(spec.baselines)))
     console.print(table)
+    if stored is not None:
+        console.print(f"\n{len(stored)} stud{'y' if len(stored) == 1 else 'ies'} in {mask_url(url)}:", highlight=False)
+        console.print(render_stored(stored))
 
 
 @app.command()
 def status(
     study: Annotated[str, typer.Argument(help="The study name.")],
     storage: StorageOpt = None,
+    name: NameOpt = None,
+    seed: ReadSeedOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Trial counts by state, failure reasons, the best trial, and running trials with their worker.
@@ -201,7 +278,7 @@ def status(
 
     from searcher.monitor import render, take_snapshot
 
-    snap = take_snapshot(_load_study(study, storage))
+    snap = take_snapshot(_load_study(study, storage, name=name, seed=seed))
     if as_json:
         typer.echo(json.dumps(snap.to_json(), indent=2))
     else:
@@ -212,6 +289,8 @@ def status(
 def report(
     study: Annotated[str, typer.Argument(help="The study name.")],
     storage: StorageOpt = None,
+    name: NameOpt = None,
+    seed: ReadSeedOpt = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="HTML file to write (default: STUDY-report.html).")] = None,
 ) -> None:
     """Write one self-contained HTML report on the study: what won and why.
@@ -220,7 +299,8 @@ def report(
     """
     from searcher.report import write_report
 
-    path = write_report(_load_study(study, storage), output or Path(f"{study}-report.html"))
+    loaded = _load_study(study, storage, name=name, seed=seed)
+    path = write_report(loaded, output or Path(f"{loaded.study_name}-report.html"))
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); open it in a browser", highlight=False)
 
 
@@ -228,6 +308,8 @@ def report(
 def export(
     study: Annotated[str, typer.Argument(help="The study name.")],
     storage: StorageOpt = None,
+    name: NameOpt = None,
+    seed: ReadSeedOpt = None,
     rank: Annotated[Optional[int], typer.Option("--rank", help="Export the K-th best trial instead of the winner.")] = None,
     smallest_within: Annotated[Optional[float], typer.Option(
         "--smallest-within", help="The smallest trial (parameters) at most this many points (0.01) of the metric "
@@ -248,7 +330,8 @@ def export(
     if fmt not in ("yaml", "json"):
         raise UserError(f"--format: must be yaml or json, got {fmt!r}")
     pick = Pick(smallest_within=smallest_within, max_params=max_params, max_latency_ms=max_latency_ms)
-    text = write_export(export_config(_load_study(study, storage), rank=rank, pick=pick), output, fmt=fmt)
+    text = write_export(export_config(_load_study(study, storage, name=name, seed=seed), rank=rank, pick=pick), output,
+                        fmt=fmt)
     if output is None:
         typer.echo(text, nl=False)
     else:
@@ -268,8 +351,11 @@ def retrain(
     """
     from searcher.export import load_export, metrics_path, retrain as run_retrain
 
+    from searcher.devices import import_tensorflow
+
     trial_config, source = load_export(config)
     model_path = output or config.with_suffix(".keras")
+    import_tensorflow()
     metrics = run_retrain(trial_config, source=source, model_path=model_path, epochs=epochs, data_dir=data_dir)
     console.print(f"test accuracy {metrics['test_accuracy']:.4f} (loss {metrics['test_loss']:.4f}) on "
                   f"{metrics['test_examples']} held-out examples; {metrics['epochs']} epochs, "
@@ -309,6 +395,8 @@ def replay(
     study: Annotated[str, typer.Argument(help="The study name.")],
     trial: Annotated[int, typer.Argument(help="The trial number.")],
     storage: StorageOpt = None,
+    name: NameOpt = None,
+    seed: ReadSeedOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Re-run one trial's exact config and seed and compare its validation curve with the stored one.
@@ -320,13 +408,15 @@ def replay(
     from rich.table import Table
 
     from searcher.confirm import replay_trial
+    from searcher.devices import import_tensorflow
 
-    loaded = _load_study(study, storage)
+    loaded = _load_study(study, storage, name=name, seed=seed)
     stored = next((t for t in loaded.get_trials(deepcopy=False) if t.number == trial), None)
     if stored is not None and stored.user_attrs.get("threads"):
         # The same thread count as the worker had: float sums depend on how work is split.
         os.environ["TF_NUM_INTRAOP_THREADS"] = str(stored.user_attrs["threads"])
         os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+    import_tensorflow()
     result = replay_trial(loaded, trial, data_dir=data_dir)
     table = Table("epoch", "stored", "replayed", "difference", box=None, header_style="bold")
     for epoch, (a, b) in enumerate(zip(result.stored, result.replayed), start=1):
@@ -344,6 +434,8 @@ def confirm(
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Fresh seeds per trial.")] = 3,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Processes running retrains at once.")] = 1,
     storage: StorageOpt = None,
+    name: NameOpt = None,
+    seed: ReadSeedOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Retrain the top trials (two objectives: the Pareto front) with fresh seeds (validation only); rank by mean.
@@ -356,9 +448,11 @@ def confirm(
     from rich.table import Table
 
     from searcher.confirm import confirm as run_confirm
+    from searcher.devices import import_tensorflow
 
-    ranking, added = run_confirm(_load_study(study, storage), top=top, seeds=seeds, workers=workers,
-                                 data_dir=data_dir)
+    loaded = _load_study(study, storage, name=name, seed=seed)
+    import_tensorflow()  # the seeds come from searcher.objective, which imports Keras
+    ranking, added = run_confirm(loaded, top=top, seeds=seeds, workers=workers, data_dir=data_dir)
     table = Table("rank", "trial", "mean", "spread (sd)", "runs", "single-run value", "single-run rank", "params",
                   box=None, header_style="bold")
     for rank, c in enumerate(ranking, start=1):
@@ -371,12 +465,14 @@ def confirm(
                   highlight=False)
 
 
-def _load_study(name: str, storage: str | None):
+def _load_study(study: str, storage: str | None, *, name: str | None = None, seed: int | None = None):
+    """The stored study that ``launch STUDY`` with the same --name / --seed made."""
     from searcher import study as studies
+    from searcher.launch import study_name
     from searcher.storage import open_storage, resolve_url
 
     url = resolve_url(storage)
-    return studies.load(name, open_storage(url, create=False), url=url)
+    return studies.load(study_name(study, name=name, seed=seed), open_storage(url, create=False), url=url)
 
 
 def _quiet_libraries() -> None:

@@ -101,7 +101,9 @@ def confirm_seed(config_seed: int, run: int) -> int:
 def _run_one(config_json: dict[str, Any], seed: int, direction: str, data_dir: str | None, threads: int) -> float:
     os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
     os.environ["TF_NUM_INTEROP_THREADS"] = "1"
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from searcher.devices import import_tensorflow
+
+    import_tensorflow()  # a spawned process: quiet like the parent
     from searcher.data import load_search_data
     from searcher.objective import train
 

@@ -289,19 +289,19 @@ def _check_finite(x: np.ndarray, where: str, *, missing: str, rows_are_lines: bo
     infinite = np.isinf(x)
     if infinite.any():
         row = int(np.argwhere(infinite)[0][0])
-        raise DataError(f"{where}: {int(infinite.sum())} infinite value(s), the first in row {_row_name(row, rows_are_lines)}; "
+        raise DataError(f"{where}: {int(infinite.sum())} infinite value(s), the first in {_row_name(row, rows_are_lines)}; "
                         "replace them (data.missing imputes only missing values)")
     nan = np.isnan(x)
     if nan.any() and missing != "mean":
         first = np.argwhere(nan)[0]
         feature = f", feature {int(first[1])}" if x.ndim > 1 else ""
-        raise DataError(f"{where}: {int(nan.sum())} missing (NaN) value(s), the first in row "
+        raise DataError(f"{where}: {int(nan.sum())} missing (NaN) value(s), the first in "
                         f"{_row_name(int(first[0]), rows_are_lines)}{feature}; set data.missing: mean to impute "
                         "them with the fit split's means, or fill them in")
 
 
 def _row_name(row: int, rows_are_lines: bool) -> str:
-    return f"{row + 2} (line)" if rows_are_lines else str(row)
+    return f"line {row + 2}" if rows_are_lines else f"row {row}"  # a CSV's data starts on line 2
 
 
 def _labels(y: np.ndarray, *, len_x: int, source: str) -> np.ndarray:

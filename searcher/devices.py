@@ -7,12 +7,17 @@ thread pools are fixed once TF's runtime starts; the worker then calls configure
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 from searcher.errors import UserError
@@ -20,6 +25,16 @@ from searcher.errors import UserError
 log = logging.getLogger(__name__)
 
 MAX_DEFAULT_CPU_WORKERS = 4
+DEBUG_ENV = "SEARCHER_DEBUG"  # set by `searcher --debug`; workers and child processes inherit it
+# TensorFlow's C++ start-up lines on a CPU host. They are written to fd 2 before absl's logging
+# starts, so TF_CPP_MIN_LOG_LEVEL does not stop them (TF 2.21); "failed call to cuInit" reads
+# like a failure and only means there is no GPU.
+_STARTUP_NOISE = re.compile(
+    r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"
+    r"|^I\d{4} [\d:.]+ +\d+ (port|cudart_stub|cpu_feature_guard)\.cc:\d+\] "
+    r"|^To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.$"
+)
+_NO_GPU_NOISE = re.compile(r"^E\d{4} [\d:.]+ +\d+ cuda_platform\.cc:\d+\] failed call to cuInit: ")
 _NVIDIA_SMI_TIMEOUT = 10.0  # seconds: a wedged driver can hang nvidia-smi, and launch must not hang too
 
 
@@ -213,6 +228,47 @@ def compute_dtype_policy(options: RuntimeOptions, n_visible_gpus: int) -> str:
     return "mixed_float16" if options.mixed_precision and n_visible_gpus > 0 else "float32"
 
 
+def import_tensorflow() -> ModuleType:
+    """Import TensorFlow and list its GPUs without its C++ start-up lines on stderr.
+
+    Every process that trains calls this before anything imports TensorFlow or Keras. Other
+    stderr output of the import is passed through; with ``searcher --debug`` (DEBUG_ENV)
+    nothing is filtered. On a host with GPUs a failing cuInit is kept: there it is an error.
+    """
+    if "tensorflow" in sys.modules or os.environ.get(DEBUG_ENV):
+        import tensorflow as tf
+
+        return tf
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # INFO and WARNING once absl's logging is up
+    noise = [_STARTUP_NOISE] if detect_gpus() else [_STARTUP_NOISE, _NO_GPU_NOISE]
+    with _filter_stderr(noise):
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")  # CUDA starts here: its cuInit line comes now
+    return tf
+
+
+@contextlib.contextmanager
+def _filter_stderr(patterns: Sequence[re.Pattern[str]]) -> Iterator[None]:
+    """Collect what is written to fd 2 (C++ included), then write back the lines no pattern matches."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            kept = [line for line in lines if not any(p.search(line.rstrip("\n")) for p in patterns)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
 def configure_tensorflow(placement: WorkerPlacement, options: RuntimeOptions, *, tf: Any = None,
                          keras: Any = None) -> str:
     """Set threads, GPU memory growth and the dtype policy; return one log line saying what was done.
@@ -226,7 +282,7 @@ def configure_tensorflow(placement: WorkerPlacement, options: RuntimeOptions, *,
         keras: The ``keras`` module; imported here when None and needed.
     """
     if tf is None:
-        import tensorflow as tf
+        tf = import_tensorflow()
     threads = _set_threads(tf, placement)
     gpus = tf.config.list_physical_devices("GPU")  # lists hardware without starting the runtime
     device = _set_memory_growth(tf, gpus, placement)

@@ -90,10 +90,17 @@ def goal(study: optuna.Study) -> StudyGoal:
 
 def ranked(study: optuna.Study) -> list[FrozenTrial]:
     """Feasible complete trials, best metric first; ties: the cheaper by the second objective (so
-    the first is on the Pareto front), then the earlier trial."""
+    the first is on the Pareto front), then the lower validation loss (many trials reach the same
+    accuracy on a small validation split), then the earlier trial."""
     maximize = goal(study).maximize
     trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)]
-    return sorted(trials, key=lambda t: (*(-v if up else v for v, up in zip(t.values, maximize)), t.number))
+
+    def order(t: FrozenTrial) -> tuple:
+        loss = t.user_attrs.get("val_loss_at_best")
+        return (*(-v if up else v for v, up in zip(t.values, maximize)),
+                loss if isinstance(loss, (int, float)) else float("inf"), t.number)
+
+    return sorted(trials, key=order)
 
 
 def infeasible(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:

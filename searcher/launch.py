@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ from searcher.devices import detect_gpus, plan_warning, plan_workers
 from searcher.monitor import render, take_snapshot
 from searcher.space import describe
 from searcher.data import check_search_data, describe_data
-from searcher.spec import FILE_DATASETS, StudySpec, directions, load_spec, resolve_spec_path
+from searcher.errors import UserError
+from searcher.spec import FILE_DATASETS, NAME_PATTERN, StudySpec, directions, load_spec, resolve_spec_path
 from searcher.storage import DEFAULT_SQLITE, BudgetLock, describe_db_error, mask_url, resolve_url
 from searcher.workers import (
     EXIT_DONE,
@@ -53,6 +55,7 @@ class LaunchRequest:
     timeout: float | None = None
     data_dir: str | None = None
     seed: int | None = None
+    name: str | None = None  # the study's name in the storage; None: see study_name
     gpus: tuple[str, ...] | None = None
     workers_per_gpu: int = 1
     mixed_precision: bool | None = None  # None: as the spec says
@@ -73,23 +76,48 @@ def load_launch_spec(source: str, seed: int | None, *, mixed_precision: bool | N
     return spec, resolve_spec_path(source).resolve()
 
 
+def study_name(base: str, *, name: str | None = None, seed: int | None = None) -> str:
+    """The study's name in its storage: ``--name``, else ``base`` (the spec's name), with
+    ``-seed<N>`` under ``--seed N``, so repeats over seeds sit side by side in one database."""
+    if name is None:
+        return base if seed is None else f"{base}-seed{seed}"
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise UserError(f"--name: must start with a letter or digit and hold only letters, digits, '_', '.' "
+                        f"and '-', got {name!r}")
+    return name
+
+
+def create_study(spec: StudySpec, url: str, *, n_trials: int, name: str | None = None) -> optuna.Study:
+    """Create the study (or continue it with budget ``n_trials``) and enqueue its baselines once.
+
+    Under the study's budget lock: launches and ``searcher create`` running at once make one
+    study and one set of baselines. ``name``: the study's name (default: the spec's).
+    """
+    name = name or spec.name
+    storage = studies.open_study_storage(spec, url)
+    with BudgetLock(url, name):
+        return studies.create_or_continue(spec, storage, n_trials=n_trials, name=name)
+
+
 def launch(request: LaunchRequest, *, console: Console) -> int:
     """Run the search to its budget; return the process exit code (130 when interrupted)."""
     spec, spec_path = load_launch_spec(request.study, request.seed, mixed_precision=request.mixed_precision,
                                        xla=request.xla)
+    name = study_name(spec.name, name=request.name, seed=request.seed)
+    if request.name is None and name != spec.name:
+        console.print(f"study {name}: spec {spec.name} with --seed {request.seed} (--name picks another name)",
+                      highlight=False)
     url = resolve_url(request.storage)
     data_summary = None
     if spec.data.dataset in FILE_DATASETS:  # a user's own file: check it before anything is stored
-        data_summary = check_search_data(spec, split_seed=spec.seed, data_dir=request.data_dir)
+        data_summary = check_search_data(spec, split_seed=spec.split_seed, data_dir=request.data_dir)
         console.print(f"data: {describe_data(data_summary)}", highlight=False)
-    storage = studies.open_study_storage(spec, url)
     n_trials = request.trials or spec.budget.n_trials
-    with BudgetLock(url, spec.name):  # two launches at once: the study and its baselines are made once
-        study = studies.create_or_continue(spec, storage, n_trials=n_trials)
+    study = create_study(spec, url, n_trials=n_trials, name=name)
     if data_summary is not None:
         study.set_user_attr(studies.DATA_ATTR, data_summary)
     if studies.budget_left(study, n_trials) <= 0:
-        console.print(f"{spec.name}: the study already has {n_trials} finished trials; raise --trials to continue.")
+        console.print(f"{name}: the study already has {n_trials} finished trials; raise --trials to continue.")
         print_summary(study, console=console, url=url, default_url=request.storage is None)
         return EXIT_DONE
 
@@ -100,11 +128,11 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
                                cpu_count=os.cpu_count() or 1):
         console.print(f"[yellow]{warning}[/]")
     timeout = request.timeout or spec.budget.timeout
-    plan = LaunchPlan(spec_path=spec_path, url=url, log_dir=request.log_dir / spec.name, seed=request.seed,
+    plan = LaunchPlan(spec_path=spec_path, url=url, log_dir=request.log_dir / name, seed=request.seed, study_name=name,
                       mixed_precision=spec.runtime.mixed_precision, xla=spec.runtime.xla,
                       deadline=time.time() + timeout if timeout else None, data_dir=request.data_dir)
     slots = [WorkerProcess(p) for p in placements]
-    console.print(f"[bold]{spec.name}[/]: {len(slots)} worker(s) on {mask_url(url)}, budget {n_trials} trials; "
+    console.print(f"[bold]{name}[/]: {len(slots)} worker(s) on {mask_url(url)}, budget {n_trials} trials; "
                   f"logs in {plan.log_dir}/")
     for line in _goal_lines(spec):
         console.print(f"  {line}", highlight=False)
@@ -121,7 +149,7 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
         failed = fail_orphaned_trials(study, {pid for s in slots for pid in s.pids})
         console.print(f"stopped; {failed} running trial(s) of stopped workers marked failed, "
                       f"{studies.finished(studies.count_states(study))} finished trials kept. "
-                      f"Run the same launch again to continue.")
+                      f"Run the same launch again to continue; interrupted trials run again first.")
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -236,5 +264,7 @@ def print_summary(study: optuna.Study, *, console: Console, url: str, default_ur
     console.print("\nNext:")
     for command in (f"searcher status {name}{flag}", f"searcher report {name}{flag} -o {name}-report.html",
                     f"searcher dashboard{flag}", f"searcher export {name}{flag} -o {name}-best.yaml",
-                    f"searcher retrain {name}-best.yaml -o {name}-best.keras"):
+                    f"searcher retrain {name}-best.yaml -o {name}-best.keras",
+                    # The URL with its driver (postgresql+psycopg2://): Optuna's own tools cannot guess it.
+                    f"optuna trials --study-name {name} --storage '{mask_url(url)}'"):
         console.print(f"  {command}", highlight=False, markup=False)

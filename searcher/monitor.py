@@ -172,3 +172,55 @@ def _cost_value(name: str, value: float) -> str:
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+@dataclass(frozen=True)
+class StoredStudy:
+    """One study in a storage, as `searcher studies --storage` lists it."""
+
+    name: str
+    spec: str | None  # the name of the spec it was created from; None: not made by searcher
+    seed: int | None
+    split_seed: int | None
+    counts: dict[str, int]  # every name in STATES -> trials
+    best_value: float | None
+    direction: str
+    created: dt.datetime | None  # when its first trial started
+
+
+def list_stored(storage: optuna.storages.BaseStorage) -> list[StoredStudy]:
+    """Every study in the storage, by name, with its trial counts and best value."""
+    rows = []
+    for s in storage.get_all_studies():
+        trials = storage.get_all_trials(s._study_id, deepcopy=False)
+        counts = Counter(t.state.name for t in trials)
+        spec = s.user_attrs.get("spec") if isinstance(s.user_attrs.get("spec"), dict) else {}
+        data = spec.get("data") if isinstance(spec.get("data"), dict) else {}
+        seed = spec.get("seed")
+        values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        maximize = s.directions == [optuna.study.StudyDirection.MAXIMIZE]
+        rows.append(StoredStudy(
+            name=s.study_name, spec=spec.get("name"), seed=seed,
+            split_seed=data["split_seed"] if data.get("split_seed") is not None else seed,
+            counts={state: counts.get(state, 0) for state in STATES},
+            best_value=(max if maximize else min)(values) if values and len(s.directions) == 1 else None,
+            direction="/".join(d.name.lower() for d in s.directions),
+            created=min((t.datetime_start for t in trials if t.datetime_start), default=None),
+        ))
+    return sorted(rows, key=lambda r: r.name)
+
+
+def render_stored(rows: list[StoredStudy]) -> Table:
+    table = Table("study", "spec", "seed", "split seed", "complete", "pruned", "failed", "running", "waiting",
+                  "best", "started", box=None, header_style="bold")
+    for r in rows:
+        c = r.counts
+        table.add_row(r.name, r.spec or "-", _or_dash(r.seed), _or_dash(r.split_seed),
+                      *(str(c[s]) for s in STATES),
+                      "-" if r.best_value is None else f"{r.best_value:.4f} ({r.direction[:3]})",
+                      r.created.strftime("%Y-%m-%d %H:%M") if r.created else "-")
+    return table
+
+
+def _or_dash(v: Any) -> str:
+    return "-" if v is None else str(v)

@@ -67,11 +67,18 @@ class TrainResult:
         return self.curve[self.best_epoch - 1]
 
     def summary(self) -> dict[str, Any]:
-        """The figures stored on every trial and written by ``retrain``."""
+        """The figures stored on every trial and written by ``retrain``.
+
+        ``val_loss_at_best`` breaks ties between trials of equal accuracy: on a small
+        validation split many trials reach the same accuracy, and the lower loss is the
+        surer one.
+        """
+        losses = self.history.get("val_loss") or []
         return {
             "n_params": int(self.model.count_params()),
             "epochs": len(self.curve),
             "best_epoch": self.best_epoch,
+            "val_loss_at_best": float(losses[self.best_epoch - 1]) if len(losses) >= self.best_epoch else None,
             "sec_per_epoch": round(statistics.median(self.epoch_seconds), 4),
             "train_seconds": round(sum(self.epoch_seconds), 3),
         }

@@ -178,12 +178,12 @@ def _read_csv(path: Path, *, field: str = "data.path") -> tuple[list[str], list[
         raise DataError(f"{path}: has a header but no rows")
     for i, row in enumerate(rows):
         if len(row) != len(header):
-            raise DataError(f"{path}: row {_line(i)} has {len(row)} fields, the header {len(header)}")
+            raise DataError(f"{path}: line {_line(i)} has {len(row)} fields, the header {len(header)}")
     return header, rows
 
 
 def _line(row_index: int) -> int:
-    return row_index + 2  # 1-based, after the header: what an editor shows
+    return row_index + 2  # the line an editor shows: 1-based, after the header
 
 
 def _as_number(cell: str) -> float | None:
@@ -215,7 +215,7 @@ def _column_kinds(path: Path, header: list[str], rows: list[list[str]], names: t
             categorical.append(name)
         else:
             i = bad[0]
-            raise DataError(f"{path}: column {name!r}, row {_line(i)}: {rows[i][j].strip()!r} is not a number "
+            raise DataError(f"{path}: column {name!r}, line {_line(i)}: {rows[i][j].strip()!r} is not a number "
                             f"({len(rows) - len(bad)} of its {len(rows)} values are); fix the value, or list the "
                             "column in data.categorical")
     return Table(tuple(numeric), tuple(categorical))
@@ -229,7 +229,7 @@ def _table_columns(path: Path, header: list[str], rows: list[list[str]], table: 
         values = [_as_number(row[j]) for row in rows]
         for i, v in enumerate(values):
             if v is None:
-                raise DataError(f"{path}: column {name!r}, row {_line(i)}: {rows[i][j].strip()!r} is not a number")
+                raise DataError(f"{path}: column {name!r}, line {_line(i)}: {rows[i][j].strip()!r} is not a number")
         columns[name] = np.asarray(values, dtype=np.float32)
     for name in table.categorical:
         j = header.index(name)
@@ -238,7 +238,7 @@ def _table_columns(path: Path, header: list[str], rows: list[list[str]], table: 
     labels = [row[j].strip() for row in rows]
     empty = [i for i, v in enumerate(labels) if v == ""]
     if empty:
-        raise DataError(f"{path}: column {target!r} (the target), row {_line(empty[0])}: empty label")
+        raise DataError(f"{path}: column {target!r} (the target), line {_line(empty[0])}: empty label")
     return columns, np.asarray(labels, dtype=object)
 
 

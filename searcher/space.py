@@ -66,8 +66,8 @@ class TrainingConfig(_Frozen):
 class TrialConfig(_Frozen):
     """A fully resolved trial: what to train, on what, how, with which seeds.
 
-    ``split_seed`` picks the validation split (the study's seed, the same for every trial);
-    ``seed`` sets weights, dropout and shuffling for this trial.
+    ``split_seed`` picks the validation split (``data.split_seed``, else the study's seed; the
+    same for every trial); ``seed`` sets weights, dropout and shuffling for this trial.
     """
 
     data: DataSpec
@@ -158,7 +158,7 @@ def trial_config(spec: StudySpec, values: dict[str, Any], *, seed: int) -> Trial
         metric=spec.training.metric,
         class_weight=spec.training.class_weight,
     )
-    return TrialConfig(data=spec.data, model=model, training=training, seed=seed, split_seed=spec.seed)
+    return TrialConfig(data=spec.data, model=model, training=training, seed=seed, split_seed=spec.split_seed)
 
 
 def baseline_params(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:

@@ -43,6 +43,7 @@ DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "npz", "csv", "images
 FILE_DATASETS = ("npz", "csv", "images")  # a user's own data, read from data.path
 METRICS = {"val_accuracy": "maximize", "val_auc": "maximize", "val_loss": "minimize"}
 SHIPPED_STUDIES = Path(__file__).parent / "studies"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # a study name: also a folder name for its logs
 
 
 class _Frozen(BaseModel):
@@ -300,6 +301,7 @@ class DataSpec(_Frozen):
     preprocess: Literal["auto", "standardize", "rescale", "none"] = "auto"
     missing: Literal["error", "mean"] = "error"
     validation_fraction: float = Field(0.2, gt=0, lt=1)
+    split_seed: int | None = Field(None, ge=0)  # None: the study's seed
 
     @model_validator(mode="after")
     def _fields_fit_dataset(self) -> DataSpec:
@@ -471,7 +473,7 @@ class Baseline(_Frozen):
 
 
 class StudySpec(_Frozen):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     data: DataSpec
     model: ModelSpec
@@ -549,6 +551,14 @@ class StudySpec(_Frozen):
         """
         relevant = {k: v for k, v in self.to_dict().items() if k not in ("budget", "runtime", "description")}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def split_seed(self) -> int:
+        """The seed of the validation split: ``data.split_seed``, else the study's ``seed``.
+
+        Fixing ``data.split_seed`` lets repeats of a study over seeds score on one validation set.
+        """
+        return self.seed if self.data.split_seed is None else self.data.split_seed
 
 
 def max_depth(search: SearchSpec) -> int:

@@ -53,7 +53,7 @@ def normalize_url(url: str) -> str:
     except sqlalchemy.exc.ArgumentError:
         raise StorageError(
             f"--storage: not a database URL: {_mask_text(url)!r} "
-            "(expected sqlite:///file.db or postgresql://user:pass@host/db)"
+            "(expected sqlite:///file.db or postgresql+psycopg2://user:pass@host/db)"
         ) from None
     driver = _SCHEMES.get(parsed.drivername)
     if driver is None:

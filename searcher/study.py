@@ -9,6 +9,8 @@ workers: a FAILED trial is a crash or a retry, not a result.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import Counter
 from typing import Any
 
@@ -20,6 +22,8 @@ from searcher.space import baseline_params, grid_search_space
 from searcher.spec import StudySpec, directions, objective_names, parse_spec
 from searcher.storage import mask_url, open_storage
 
+log = logging.getLogger(__name__)
+
 SPEC_ATTR, HASH_ATTR, BUDGET_ATTR, BASELINES_ATTR = "spec", "spec_hash", "n_trials", "baselines_enqueued"
 DATA_ATTR = "data"  # the data summary (rows, features, classes, preprocessing): data.SearchData.summary
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -29,6 +33,27 @@ def _stale_trial_callback(spec: StudySpec) -> optuna.storages.RetryHeartbeatStal
     return optuna.storages.RetryHeartbeatStaleTrialCallback(
         max_retry=spec.runtime.max_retries, inherit_intermediate_values=True
     )
+
+
+def retry_interrupted(study: optuna.Study, trial_id: int, spec: StudySpec) -> bool:
+    """Queue a trial that a SIGTERM cut short to run again, as a stale trial is retried (same
+    params and seed, up to ``runtime.max_retries``); return whether it was queued.
+
+    A worker stopped on purpose (a Slurm time limit, a Kubernetes eviction, Ctrl-C) then loses
+    no trial. One left RUNNING without being failed is the stale-trial check's to retry.
+    """
+    frozen = study._storage.get_trial(trial_id)
+    if frozen.state != TrialState.FAIL:
+        return False
+
+    def waiting() -> int:
+        return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+    before = waiting()
+    # The retry starts clean: it has not failed (yet).
+    frozen.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k not in ("fail_reason", "fail_detail")}
+    _stale_trial_callback(spec)(study, frozen)
+    return waiting() > before
 
 
 def open_study_storage(spec: StudySpec, url: str) -> optuna.storages.RDBStorage:
@@ -95,13 +120,15 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     raise AssertionError(p.name)
 
 
-def create_or_continue(spec: StudySpec, storage: optuna.storages.BaseStorage, *, n_trials: int) -> optuna.Study:
-    """Create the study (or load it) before any worker starts; enqueue baselines once.
+def create_or_continue(spec: StudySpec, storage: optuna.storages.BaseStorage, *, n_trials: int,
+                       name: str | None = None) -> optuna.Study:
+    """Create the study ``name`` (default: the spec's name) or load it, before any worker
+    starts; enqueue baselines once.
 
     Raises StorageError when a study of that name exists with a different spec.
     """
     study = optuna.create_study(
-        study_name=spec.name,
+        study_name=name or spec.name,
         storage=storage,
         directions=directions(spec),
         load_if_exists=True,
@@ -142,12 +169,45 @@ def load(
         raise StorageError(f"no study {name!r} in {mask_url(url)} ({known}); start it with `searcher launch {name}`") from None
 
 
+def wait_until_ready(url: str, *, seconds: float, name: str | None = None, poll_seconds: float = 5.0) -> None:
+    """Wait up to ``seconds`` for the storage to accept connections and, given ``name``, for
+    that study to be fully created (spec stored, baselines enqueued: the last step of
+    ``create_or_continue``).
+
+    For processes started together with the database and the job that creates the study
+    (Kubernetes, Slurm): they wait instead of failing, and no worker reads a half-made study.
+    Raises the last StorageError when the time is up.
+    """
+    deadline = time.monotonic() + seconds
+    waiting_since = None
+    while True:
+        try:
+            storage = open_storage(url)
+            try:
+                if name is not None and not load(name, storage, url=url).user_attrs.get(BASELINES_ATTR):
+                    raise StorageError(f"study {name!r} in {mask_url(url)} is still being created")
+            finally:
+                storage.engine.dispose()
+        except StorageError as e:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StorageError(f"{e} (waited {seconds:.0f} s)") from None
+            if waiting_since is None:
+                waiting_since = time.monotonic()
+                log.info("waiting up to %.0f s: %s", seconds, e)
+            time.sleep(min(poll_seconds, left))
+            continue
+        if waiting_since is not None:
+            log.info("ready after %.0f s", time.monotonic() - waiting_since)
+        return
+
+
 def check_same_spec(study: optuna.Study, spec: StudySpec) -> None:
     stored = study.user_attrs.get(HASH_ATTR)
     if stored is not None and stored != spec.search_hash():
         raise StorageError(
             f"study {study.study_name!r} was created from a different spec (hash {stored}, yours "
-            f"{spec.search_hash()}); a worker must use the same spec, or launch under another name"
+            f"{spec.search_hash()}); a worker must use the same spec, or launch under another name (--name)"
         )
 
 

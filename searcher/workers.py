@@ -44,29 +44,34 @@ class WorkerOptions:
     parent_pid: int | None = None  # stop when the launching parent is gone
     data_dir: str | None = None
     create: bool = False  # create the study if missing (docker compose workers)
+    study_name: str | None = None  # the study to join; None: the spec's name
 
 
 def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
     """Run trials until the study budget, the deadline, or a recycle point; return the exit code."""
     storage = studies.open_study_storage(spec, url)
-    lock = BudgetLock(url, spec.name)
+    name = options.study_name or spec.name
+    lock = BudgetLock(url, name)
     placement = WorkerPlacement.from_env(options.index, os.environ)
     runtime = RuntimeOptions(mixed_precision=spec.runtime.mixed_precision, xla=spec.runtime.xla)
     line = configure_tensorflow(placement, runtime)
-    log.info("%s; pid %d on %s; study %s", line, os.getpid(), socket.gethostname(), spec.name)
+    log.info("%s; pid %d on %s; study %s", line, os.getpid(), socket.gethostname(), name)
 
     from searcher.data import check_model_kind, load_search_data
     from searcher.objective import Objective
 
     # Data before the study: a worker that creates it must not store a study its data cannot run.
-    data = load_search_data(spec.data, split_seed=spec.seed, data_dir=options.data_dir)
+    data = load_search_data(spec.data, split_seed=spec.split_seed, data_dir=options.data_dir)
     check_model_kind(data, spec.model.kind, source=spec.data.path or spec.data.dataset)
     log.info("data: %s", data.preprocessing.describe())
     if options.create:
         with lock:  # several compose workers start at once: one creates the study and its baselines
-            studies.create_or_continue(spec, storage, n_trials=spec.budget.n_trials)
-    sampler_seed = abs(hash((spec.seed, options.index, os.getpid()))) % (2**31)
-    study = studies.load(spec.name, storage, url=url, sampler=studies.make_sampler(spec, seed=sampler_seed),
+            studies.create_or_continue(spec, storage, n_trials=spec.budget.n_trials, name=name)
+    # Replicas of one container image (Kubernetes pods, compose services) share pid and index,
+    # and equal seeds would sample the same random start-up trials. The host name differs, and
+    # as a str its hash is salted per process.
+    sampler_seed = abs(hash((spec.seed, options.index, socket.gethostname(), os.getpid()))) % (2**31)
+    study = studies.load(name, storage, url=url, sampler=studies.make_sampler(spec, seed=sampler_seed),
                          pruner=studies.make_pruner(spec))
     studies.check_same_spec(study, spec)
     n_trials = int(study.user_attrs.get(studies.BUDGET_ATTR, spec.budget.n_trials))
@@ -74,6 +79,7 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
         study.set_user_attr(studies.DATA_ATTR, data.summary())
     objective = Objective(spec, data, jit_compile=spec.runtime.xla)
     streak = _FailureStreak()
+    runner = _ReleaseFirst(objective, lock)
     ran, settled_mb = 0, None
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     try:
@@ -86,7 +92,7 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
                 if recycle := _recycle_reason(spec, ran, settled_mb):  # checked after the budget: no fresh process to stop
                     log.info("worker %d recycles: %s", options.index, recycle)
                     return EXIT_RECYCLE
-                study.optimize(_ReleaseFirst(objective, lock), n_trials=1, catch=(Exception,), callbacks=[streak])
+                study.optimize(runner, n_trials=1, catch=(Exception,), callbacks=[streak])
             except Exception as e:
                 if (cause := _storage_trouble(e)) is None:
                     raise
@@ -105,7 +111,9 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
                 log.error("worker %d stops: %d trials failed in a row", options.index, streak.count)
                 return EXIT_FAILURES
     except KeyboardInterrupt:
-        log.info("worker %d interrupted; its running trial was marked failed", options.index)
+        retried = runner.trial is not None and studies.retry_interrupted(study, runner.trial._trial_id, spec)
+        log.info("worker %d interrupted; its running trial was marked failed%s", options.index,
+                 " and queued to run again with the same params and seed" if retried else "")
         return EXIT_INTERRUPTED
 
 
@@ -163,8 +171,10 @@ class _ReleaseFirst:
 
     def __init__(self, objective, lock: BudgetLock) -> None:
         self.objective, self.lock = objective, lock
+        self.trial: optuna.Trial | None = None  # the latest trial, for a retry when interrupted
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.trial = trial
         self.lock.release()
         return self.objective(trial)
 
@@ -205,6 +215,7 @@ class LaunchPlan:
     url: str
     log_dir: Path
     seed: int | None = None
+    study_name: str | None = None  # None: the spec's name
     deadline: float | None = None
     data_dir: str | None = None
     mixed_precision: bool = False
@@ -218,6 +229,8 @@ def start_worker(slot: WorkerProcess, plan: LaunchPlan) -> None:
            "--worker-index", str(slot.placement.index), "--parent-pid", str(os.getpid())]
     if plan.seed is not None:
         cmd += ["--seed", str(plan.seed)]
+    if plan.study_name is not None:
+        cmd += ["--name", plan.study_name]
     if plan.deadline is not None:
         cmd += ["--deadline", f"{plan.deadline:.3f}"]
     if plan.data_dir:

@@ -106,3 +106,106 @@ def test_the_installed_command_prints_one_line_and_exits_1(tmp_path):
     assert out.stderr.strip().splitlines() == [
         f"Error: {tmp_path}/typo.yaml: search.learning_rate.low: must be > 0, got -0.1"
     ]
+
+
+# ---------------------------------------------------------------- study names: --name, --seed, studies --storage
+
+
+def _stored_studies(tmp_path: Path) -> str:
+    """digits-mlp twice in one file, as `launch digits-mlp` and `launch digits-mlp --seed 1` leave it."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from searcher import study as studies
+    from searcher.spec import load_spec
+    from searcher.storage import open_storage
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    storage = open_storage(url)
+    spec = load_spec("digits-mlp")
+    for seed, value in ((None, 0.91), (1, 0.93)):
+        seeded = spec if seed is None else spec.model_copy(update={"seed": seed})
+        name = "digits-mlp" if seed is None else "digits-mlp-seed1"
+        study = studies.create_or_continue(seeded, storage, n_trials=3, name=name)
+        study.add_trial(optuna.trial.create_trial(value=value, params={"lr": 0.01},
+                                                  distributions={"lr": FloatDistribution(1e-4, 1.0, log=True)}))
+    return url
+
+
+def test_read_commands_open_the_study_launch_named(tmp_path):
+    import json
+
+    url = _stored_studies(tmp_path)
+    for args in (["digits-mlp", "--seed", "1"], ["digits-mlp", "--name", "digits-mlp-seed1"], ["digits-mlp-seed1"]):
+        result = runner.invoke(app, ["status", *args, "--storage", url, "--json"])
+        assert result.exit_code == 0, result.output
+        snap = json.loads(result.output)
+        assert (snap["study"], snap["best_value"]) == ("digits-mlp-seed1", 0.93)
+    line = _one_line_error(runner.invoke(app, ["status", "digits-mlp", "--seed", "2", "--storage", url]))
+    assert line == (f"Error: no study 'digits-mlp-seed2' in {url} (studies there: digits-mlp, digits-mlp-seed1); "
+                    "start it with `searcher launch digits-mlp-seed2`")
+
+
+def test_studies_with_a_storage_lists_what_is_stored(tmp_path):
+    url = _stored_studies(tmp_path)
+    result = runner.invoke(app, ["studies", "--storage", url], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "cifar-cnn" in result.output  # the shipped specs, as without --storage
+    rows = result.output.split(f"2 studies in {url}:")[1].splitlines()[2:]
+    assert [r.split()[:5] for r in rows] == [["digits-mlp", "digits-mlp", "0", "0", "1"],
+                                             ["digits-mlp-seed1", "digits-mlp", "1", "1", "1"]]
+    assert "0.9100 (max)" in rows[0] and "0.9300 (max)" in rows[1]
+
+
+def test_a_bad_study_name_names_the_flag():
+    line = _one_line_error(runner.invoke(app, ["launch", "digits-mlp", "--name", "my study"]))
+    assert line == "Error: --name: must start with a letter or digit and hold only letters, digits, '_', '.' and '-', got 'my study'"
+
+
+def test_study_names_derive_from_the_seed_unless_named():
+    from searcher.launch import study_name
+
+    assert study_name("my") == "my"
+    assert study_name("my", seed=1) == "my-seed1"
+    assert study_name("my", seed=1, name="mine") == "mine"
+
+
+# ---------------------------------------------------------------- quiet TensorFlow
+
+TF_STARTUP_LINES = ("absl::InitializeLog", "cudart_stub", "cuInit", "cpu_feature_guard", "oneDNN custom operations")
+
+
+def _export_file(tmp_path: Path) -> Path:
+    """What `searcher export` writes, for the tutorial MLP (every knob fixed) on digits."""
+    from optuna.trial import FixedTrial
+
+    from searcher.space import suggest_values, trial_config
+    from searcher.spec import parse_spec
+
+    spec = parse_spec({"name": "fixed", "data": {"dataset": "digits"}, "model": {"kind": "mlp"},
+                       "search": {"units": [50, 20]}, "training": {"max_epochs": 1}}, source="fixed")
+    config = trial_config(spec, suggest_values(FixedTrial({}), spec), seed=0).to_dict()
+    path = tmp_path / "best.yaml"
+    path.write_text(yaml.safe_dump({"source": {"study": "fixed", "trial": 0}, "config": config}))
+    return path
+
+
+def test_retrain_prints_its_result_and_no_tensorflow_start_up_lines(tmp_path):
+    """The real command in a fresh process: TensorFlow's C++ lines go to fd 2 before Python's logging."""
+    import os
+
+    from searcher.devices import DEBUG_ENV
+
+    export = _export_file(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in (DEBUG_ENV, "TF_CPP_MIN_LOG_LEVEL")}
+    out = subprocess.run([sys.executable, "-m", "searcher", "retrain", str(export), "-o", str(tmp_path / "m.keras")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stderr == ""
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("test accuracy ") and lines[1].startswith("wrote ")
+    # --debug shows them: proof that TensorFlow prints them here, so the check above means something.
+    debug = subprocess.run([sys.executable, "-m", "searcher", "--debug", "retrain", str(export), "-o",
+                            str(tmp_path / "m.keras")], capture_output=True, text=True, timeout=300, env=env)
+    assert debug.returncode == 0, debug.stdout + debug.stderr
+    assert [s for s in TF_STARTUP_LINES if s in debug.stderr], debug.stderr

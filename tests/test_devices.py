@@ -315,3 +315,16 @@ def test_claim_gpu_spreads_workers_over_gpus_and_frees_on_exit(tmp_path):
         claim_gpu("7", gpus=["0", "1"], lock_dir=tmp_path)
     with pytest.raises(UserError, match=r"--gpu: no GPU is visible"):
         claim_gpu("auto", gpus=[], lock_dir=tmp_path)
+
+
+def test_the_start_up_filter_drops_only_the_known_lines_written_to_fd_2(capfd):
+    """Written with os.write, as TensorFlow's C++ does, below Python's sys.stderr."""
+    from searcher.devices import _STARTUP_NOISE, _filter_stderr
+
+    noise = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+             "I0000 00:00:1796187918.369860    1839 cudart_stub.cc:31] Could not find cuda drivers on your machine, "
+             "GPU will not be used.\n")
+    with _filter_stderr([_STARTUP_NOISE]):
+        os.write(2, noise.encode())
+        os.write(2, b"E0000 00:00:1.0 1 some_op.cc:1] a real error\n")
+    assert capfd.readouterr().err == "E0000 00:00:1.0 1 some_op.cc:1] a real error\n"

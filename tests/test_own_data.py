@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -188,14 +189,18 @@ def _npz(tmp_path: Path, **arrays) -> str:
         (lambda p: DataSpec(dataset="csv", path=str(write_csv(p / "b.csv", ["age", "y"],
                                                               [[str(i), i % 2] for i in range(9)] + [["4O", 1]])),
                             target="y"),
-         r"b\.csv: column 'age', row 11: '4O' is not a number \(9 of its 10 values are\)"),
+         r"b\.csv: column 'age', line 11: '4O' is not a number \(9 of its 10 values are\)"),
+        (lambda p: DataSpec(dataset="csv", path=str(write_csv(p / "b.csv", ["age", "y"],
+                                                              [[i, i % 2] for i in range(9)] + [["", 1]])),
+                            target="y"),
+         r"b\.csv: column 'age': 1 missing \(NaN\) value\(s\), the first in line 11; set data\.missing: mean"),
         (lambda p: DataSpec(dataset="csv", path=str(write_csv(p / "b.csv", ["age", "y"], [[1, 0]])), target="label"),
          r"data\.target: .*b\.csv has no column 'label' \(columns: age, y\)"),
         (lambda p: DataSpec(dataset="images", path=str((p / "empty").mkdir() or p / "empty")),
          r"data\.path: .*empty has no class subfolders"),
     ],
-    ids=["nan", "inf", "test-shape", "unseen-test-class", "tiny-class", "one-class", "non-numeric", "no-target",
-         "empty-folder"],
+    ids=["nan", "inf", "test-shape", "unseen-test-class", "tiny-class", "one-class", "non-numeric", "csv-gap",
+         "no-target", "empty-folder"],
 )
 def test_bad_data_is_one_line_naming_the_place(tmp_path, make, message):
     with pytest.raises(DataError, match=message) as error:
@@ -265,6 +270,41 @@ def test_bad_data_stores_nothing(tmp_path):
     out = searcher("launch", "broken.yaml", "--storage", f"sqlite:///{tmp_path}/s.db", cwd=tmp_path, ok=False)
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == [
-        "Error: broken.csv: column 'x', row 12: 'oops' is not a number (10 of its 11 values are); "
+        "Error: broken.csv: column 'x', line 12: 'oops' is not a number (10 of its 11 values are); "
         "fix the value, or list the column in data.categorical"]
     assert not (tmp_path / "s.db").exists()
+
+
+def test_init_writes_a_cnn_spec_for_an_image_folder(tmp_path, monkeypatch):
+    from searcher.scaffold import init_spec
+    from searcher.spec import load_spec
+
+    monkeypatch.setenv("SEARCHER_CACHE_DIR", str(tmp_path / "cache"))
+    root = digits_png_folder(tmp_path, per_class=12)
+    made = init_spec(str(root), output=tmp_path / "pngs.yaml", workers=2, minutes=5)
+    spec = load_spec(made.path)
+    assert spec.model.kind == "cnn" and spec.data.dataset == "images"
+    assert (spec.data.color_mode, spec.data.image_size, spec.data.test_fraction) == ("grayscale", (8, 8), 0.2)
+    assert 12 <= spec.budget.n_trials <= 300 and spec.baselines[0].name == "plain-adam"
+    text = made.path.read_text()
+    assert "uint8 inputs 8x8x1, rescaled to [0, 1] (divided by 255)" in text
+    assert "about 5 minutes with 2 worker(s)" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["wine.csv"], r"Error: --target: which column holds the class\? wine\.csv has columns alcohol, malic_acid"),
+        (["wine.csv", "--target", "kind"], r"Error: --target: wine\.csv has no column 'kind'"),
+        (["nothing.csv"], r"Error: nothing\.csv: no such file or folder"),
+        (["wine.csv", "--target", "cultivar", "-o", "wine.yaml"], r"Error: -o: wine\.yaml exists; pass --force"),
+    ],
+)
+def test_init_mistakes_are_one_line(tmp_path, args, message):
+    wine_csv(tmp_path)
+    (tmp_path / "wine.yaml").write_text("keep me\n")
+    out = searcher("init", *args, cwd=tmp_path, ok=False)
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert re.search(message, out.stderr)
+    assert (tmp_path / "wine.yaml").read_text() == "keep me\n"
+

@@ -93,7 +93,21 @@ def _with(path: str, value):
         (_with("baselines", [{"name": "b", "params": {"activaton": "relu"}}]), r"baselines\[0\]\.params\.activaton: unknown knob"),
         (_with("baselines", [{"name": "b", "params": {"learning_rate": 5.0}}]), r"baselines\[0\]\.params\.learning_rate: 5\.0 is outside search\.learning_rate"),
         (_with("baselines", [{"name": "b", "params": {"activation": "elu"}}]), r"baselines\[0\]\.params\.activation: search\.activation is fixed to 'relu'"),
-        (_with("data.path", "x.npz"), r"data\.path: is only used with dataset npz"),
+        (_with("data.path", "x.npz"), r"data\.path: is only used with dataset npz, csv, images, not digits"),
+        (_with("data", {"dataset": "csv", "path": "d.csv"}), r"x\.yaml: data\.target: is required for dataset csv"),
+        (_with("data", {"dataset": "images"}), r"data\.path: is required for dataset images \(a folder with one "),
+        (_with("data.target", "y"), r"data\.target: is only used with dataset csv, not digits"),
+        (_with("data", {"dataset": "csv", "path": "d.csv", "target": "y", "test_path": "t.csv", "test_fraction": 0.1}),
+         r"data\.test_fraction: cannot be combined with test_path"),
+        (_with("data", {"dataset": "images", "path": "p", "image_size": [0, 32]}), r"data\.image_size: must be two sizes >= 1"),
+        (_with("data", {"dataset": "csv", "path": "d.csv", "target": "y", "features": ["a"], "categorical": ["b"]}),
+         r"data\.categorical: 'b' is not in data\.features"),
+        (_with("data.preprocess", "normalise"), r"data\.preprocess: input should be 'auto', 'standardize', 'rescale' or 'none'"),
+        (_with("data.missing", "mean"), r"data\.missing: mean imputation is for tables \(npz, csv\), not digits"),
+        ({**_with("data", {"dataset": "csv", "path": "d.csv", "target": "y"}), "model": {"kind": "cnn"}},
+         r"model\.kind: cnn needs images; dataset csv gives a table of features: use mlp"),
+        (_with("training.metric", "val_f1"), r"training\.metric: input should be 'val_accuracy', 'val_auc' or 'val_loss'"),
+        (_with("training.class_weight", "auto"), r"training\.class_weight: input should be 'none' or 'balanced'"),
     ],
 )
 def test_bad_input_names_file_and_field(raw, message):
@@ -119,3 +133,18 @@ def test_a_study_in_the_working_directory_is_found(tmp_path, monkeypatch):
     (tmp_path / "studies" / "mine.yaml").write_text(yaml.safe_dump(MINIMAL | {"name": "mine"}))
     monkeypatch.chdir(tmp_path)
     assert load_spec("mine").name == "mine"
+
+
+def test_split_seed_defaults_to_the_study_seed_and_reaches_the_trial_config():
+    from optuna.trial import FixedTrial
+
+    from searcher.space import suggest_values, trial_config
+
+    spec = parse_spec({**MINIMAL, "seed": 3}, source="t.yaml")
+    assert spec.data.split_seed is None and spec.split_seed == 3
+    fixed = parse_spec({**MINIMAL, "seed": 3, "data": {"dataset": "digits", "split_seed": 0}}, source="t.yaml")
+    assert fixed.split_seed == 0
+    config = trial_config(fixed, suggest_values(FixedTrial({"lr": 0.01}), fixed), seed=7)
+    assert (config.seed, config.split_seed) == (7, 0)
+    with pytest.raises(SpecError, match=r"^t.yaml: data.split_seed: input should be greater than or equal to 0, got -1$"):
+        parse_spec({**MINIMAL, "data": {"dataset": "digits", "split_seed": -1}}, source="t.yaml")

@@ -88,6 +88,9 @@ class ReportData:
     data: Mapping[str, Any] | None = None  # rows, features, classes and preprocessing (data.SearchData.summary)
     tradeoff: tradeoff.Tradeoff | None = None  # metric against cost: the Pareto front and the cheap picks
     objectives: tuple[str, ...] = ()  # the metric, then the cost in a two-objective study
+    spec_name: str | None = None  # the spec the study was created from (its name can differ: --name, --seed)
+    seed: int | None = None
+    split_seed: int | None = None  # the validation split's seed
 
     @property
     def complete(self) -> tuple[TrialRow, ...]:
@@ -109,11 +112,12 @@ def gather(study: optuna.Study, *, top_k: int = TOP_K) -> ReportData:
         seen = ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s]) or "no trials"
         raise UserError(f"study '{name}' has no complete trials yet ({seen}); run searcher launch {name} first")
     maximize = study.directions[0] == StudyDirection.MAXIMIZE
-    top = tuple(sorted(complete, key=lambda r: (-r.value if maximize else r.value, r.number))[:top_k])
+    place = {t.number: i for i, t in enumerate(front.ranked(study))}  # the one ranking export and status use
+    top = tuple(sorted(complete, key=lambda r: place.get(r.number, len(place)))[:top_k])
     best, kinds, budget = top[0], _param_kinds(trials), study.user_attrs.get("n_trials")
     importances, importance_note = _importances(study, complete, kinds)
     return ReportData(
-        study_name=str(spec.get("name") or name),
+        study_name=name,
         dataset=str(_get(spec, "data", "dataset") or _get(best.config, "data", "dataset") or "?"),
         model_kind=str(_get(spec, "model", "kind") or best.knob("kind") or "?"),
         metric=str(_get(spec, "training", "metric") or _get(best.config, "training", "metric") or "value"),
@@ -137,6 +141,9 @@ def gather(study: optuna.Study, *, top_k: int = TOP_K) -> ReportData:
         data=study.user_attrs.get("data"),
         tradeoff=tradeoff.collect(study),
         objectives=front.goal(study).names,
+        spec_name=str(spec["name"]) if spec.get("name") else None,
+        seed=spec.get("seed") if isinstance(spec.get("seed"), int) else None,
+        split_seed=next((s for s in (_get(spec, "data", "split_seed"), spec.get("seed")) if isinstance(s, int)), None),
     )
 
 

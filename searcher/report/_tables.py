@@ -20,6 +20,8 @@ def summary(d: ReportData) -> str:
          + (f" <small>+{c['waiting']} waiting</small>" if c["waiting"] else "")),
         ("total training time", fmt_s(d.total_train_s)),
         ("spec hash", f"<code>{esc(d.spec_hash)}</code>"),
+        *((("spec / seed / split seed", f"{esc(d.spec_name)} <small>seed {esc(d.seed)}, split {esc(d.split_seed)}"
+            "</small>"),) if d.spec_name else ()),
     )
     out = ['<div class="cards">', *(f'<div class="card"><span>{k}</span><b>{v}</b></div>' for k, v in cards), "</div>"]
     if d.fail_reasons:
