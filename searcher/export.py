@@ -165,7 +165,7 @@ def score_test(model: Any, test: Any, class_names: tuple[str, ...]) -> dict[str,
     from searcher.objective import roc_auc
 
     batches = to_tf_dataset(test, batch_size=256)
-    test_loss, _ = model.evaluate(batches, verbose=0)  # the training loss, with its L2 terms
+    test_loss = model.evaluate(batches, verbose=0, return_dict=True)["crossentropy"]  # without the L2 penalty
     probabilities = model.predict(batches, verbose=0)
     predicted = probabilities.argmax(axis=1)
     labels = np.arange(len(class_names))

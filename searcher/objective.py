@@ -121,6 +121,18 @@ def roc_auc(y: np.ndarray, probabilities: np.ndarray) -> float:
                                labels=np.arange(probabilities.shape[1])))
 
 
+class _DataLoss(keras.callbacks.Callback):
+    """Makes ``val_loss`` the validation cross-entropy alone.
+
+    Keras' ``val_loss`` adds the L2 penalty, so comparing trials by it would rank a strongly
+    regularized model lower for its penalty rather than its predictions.
+    """
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        if logs is not None and "val_crossentropy" in logs:
+            logs["val_loss"] = logs["val_crossentropy"]
+
+
 class _ValidationAUC(keras.callbacks.Callback):
     """Adds ``val_auc`` to each epoch's logs, before early stopping and pruning read them.
 
@@ -159,7 +171,7 @@ def train(
                         jit_compile=jit_compile)
     clock = _EpochClock()
     val_batch = max(training.batch_size, 256)
-    cbs: list[keras.callbacks.Callback] = [_FailOnNaN(), clock]
+    cbs: list[keras.callbacks.Callback] = [_DataLoss(), _FailOnNaN(), clock]
     if training.metric == "val_auc":
         cbs.insert(0, _ValidationAUC(data.val, batch_size=val_batch))
     if training.patience:

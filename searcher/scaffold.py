@@ -26,6 +26,7 @@ from searcher.spec import DataSpec, StudySpec, load_spec, parse_spec
 _EPOCH_SHARE = 0.55
 _PER_TRIAL_OVERHEAD_S = 1.0  # storage, clearing the session, sampling
 _MAX_IMAGE_SIDE = 96  # larger images are resized for the default budget
+_FINE_VALIDATION = 1_000  # below this many validation rows, accuracy is too coarse to rank trials
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,11 @@ def _spec_dict(data: DataSpec, search_data: SearchData, kind: str, notes: list[s
     else:
         training.update(max_epochs=15, patience=3)
     training["metric"] = "val_accuracy"
+    n_val = len(search_data.val)
+    if n_val < _FINE_VALIDATION:
+        training["metric"] = "val_loss"
+        notes.append(f"metric: the validation split has {n_val} rows, so accuracy moves in steps of "
+                     f"{100 / n_val:.1f} points and many trials tie; the validation loss (cross-entropy) ranks finer")
     if imbalance > 3:
         training["class_weight"] = "balanced"
         if search_data.n_classes == 2:
@@ -174,11 +180,13 @@ def _spec_dict(data: DataSpec, search_data: SearchData, kind: str, notes: list[s
         "batch_size": {"choices": batches},
     }
     model: dict[str, Any] = {"kind": kind}
+    common = {"activation": "relu", "initializer": "he_normal", "optimizer": "adam", "dropout": 0.0,
+              "batch_norm": False, "batch_size": 32 if 32 in batches else batches[0]}
     if kind == "mlp":
         features = int(np.prod(search_data.input_shape)) + sum(
             len(v) + 1 for _, v in search_data.preprocessing.vocabularies)
         high = int(min(512, max(64, 2 ** math.ceil(math.log2(4 * features)))))
-        search.update(depth={"low": 1, "high": 3}, units={"low": 16, "high": high, "log": True})
+        search.update(depth={"low": 0, "high": 3}, units={"low": 16, "high": high, "log": True})
         baseline = {"depth": 2, "units": [64, 64]}
     else:
         side = min(search_data.input_shape[:2])
@@ -195,9 +203,10 @@ def _spec_dict(data: DataSpec, search_data: SearchData, kind: str, notes: list[s
         "pruner": {"name": "median", "n_startup_trials": 5, "n_warmup_steps": 3},
         "budget": {"n_trials": 40}, "seed": 0,
         "baselines": [{"name": "plain-adam", "note": "a common first try by hand",
-                       "params": {"activation": "relu", "initializer": "he_normal", "optimizer": "adam",
-                                  "learning_rate": 1.0e-3, "dropout": 0.0, "l2": 0, "batch_norm": False,
-                                  "batch_size": 32 if 32 in batches else batches[0], **baseline}}],
+                       "params": {**common, "learning_rate": 1.0e-3, "l2": 0, **baseline}}]
+                     + ([{"name": "linear", "note": "no hidden layer: logistic regression on the preprocessed inputs",
+                          "params": {**common, "learning_rate": 1.0e-2, "l2": 1.0e-3, "depth": 0}}]
+                        if kind == "mlp" else []),
     }
 
 
@@ -257,6 +266,8 @@ def _render(raw: dict[str, Any], *, data_path: str, search_data: SearchData, not
         *_section("model", raw["model"], {}),
         "",
         *_section("search", raw["search"], {"momentum": "sampled only for the momentum and nesterov optimizers",
+                                             "depth": "hidden layers; 0 is a linear model" if raw["model"]["kind"] == "mlp"
+                                             else "conv stages",
                                              "l2": "off: an explicit 'no L2' choice",
                                              "units": "one value per hidden layer",
                                              "filters": "one value per conv stage"}),

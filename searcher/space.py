@@ -214,7 +214,7 @@ def describe(config: dict[str, Any]) -> str:
     """A one-line summary of a stored trial config, with only the knobs that apply."""
     m, t = config["model"], config["training"]
     layers = f"conv {m['conv_filters']} x{m['convs_per_stage']} -> dense {m['hidden_units']}" if m["kind"] == "cnn" \
-        else f"dense {m['hidden_units']}"
+        else f"dense {m['hidden_units']}" if m["hidden_units"] else "linear (no hidden layer)"
     optimizer = f"{m['optimizer']} lr={m['learning_rate']:.3g}"
     if m["optimizer"] in MOMENTUM_OPTIMIZERS:
         optimizer += f" momentum={m['momentum']:.3g}"

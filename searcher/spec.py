@@ -223,7 +223,7 @@ KNOBS: dict[str, _Domain] = {
     "l2": _Domain(float, low=0, off_ok=True),
     "batch_norm": _Domain(bool),
     "batch_size": _Domain(int, low=1),
-    "depth": _Domain(int, low=1),
+    "depth": _Domain(int, low=0),  # mlp 0: a linear (softmax-regression) model on the preprocessed inputs
     "units": _Domain(int, low=1, per_layer=True, model_kinds=("mlp",)),
     "filters": _Domain(int, low=1, per_layer=True, model_kinds=("cnn",)),
     "dense_units": _Domain(int, low=1, model_kinds=("cnn",)),
@@ -517,6 +517,8 @@ class StudySpec(_Frozen):
     def _knobs_fit_model(self) -> StudySpec:
         if self.model.kind == "cnn" and self.data.dataset == "csv":
             raise FieldError("model.kind", "cnn needs images; dataset csv gives a table of features: use mlp")
+        if self.model.kind == "cnn" and min_depth(self.search) < 1:
+            raise FieldError("search.depth", f"a cnn needs at least 1 conv stage, got {min_depth(self.search)}")
         for name in KNOBS:
             knob = getattr(self.search, name)
             if self.model.kind not in KNOBS[name].model_kinds and name in self.search.model_fields_set:
@@ -559,6 +561,16 @@ class StudySpec(_Frozen):
         Fixing ``data.split_seed`` lets repeats of a study over seeds score on one validation set.
         """
         return self.seed if self.data.split_seed is None else self.data.split_seed
+
+
+def min_depth(search: SearchSpec) -> int:
+    """The fewest layers (mlp) or stages (cnn) ``search.depth`` allows."""
+    depth = search.depth
+    if isinstance(depth, Fixed):
+        return int(depth.value)
+    if isinstance(depth, Choice):
+        return int(min(depth.choices))
+    return int(depth.low)
 
 
 def max_depth(search: SearchSpec) -> int:

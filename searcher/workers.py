@@ -52,6 +52,20 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
     storage = studies.open_study_storage(spec, url)
     name = options.study_name or spec.name
     lock = BudgetLock(url, name)
+
+    def join() -> optuna.Study:
+        # Replicas of one container image (Kubernetes pods, compose services) share pid and index,
+        # and equal seeds would sample the same random start-up trials. The host name differs, and
+        # as a str its hash is salted per process.
+        sampler_seed = abs(hash((spec.seed, options.index, socket.gethostname(), os.getpid()))) % (2**31)
+        joined = studies.load(name, storage, url=url, sampler=studies.make_sampler(spec, seed=sampler_seed),
+                              pruner=studies.make_pruner(spec))
+        studies.check_same_spec(joined, spec)
+        return joined
+
+    # A joining worker is refused (no such study, another spec) before it loads anything; one that
+    # creates the study loads the data first, so it never stores a study its data cannot run.
+    study = None if options.create else join()
     placement = WorkerPlacement.from_env(options.index, os.environ)
     runtime = RuntimeOptions(mixed_precision=spec.runtime.mixed_precision, xla=spec.runtime.xla)
     line = configure_tensorflow(placement, runtime)
@@ -60,20 +74,13 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
     from searcher.data import check_model_kind, load_search_data
     from searcher.objective import Objective
 
-    # Data before the study: a worker that creates it must not store a study its data cannot run.
     data = load_search_data(spec.data, split_seed=spec.split_seed, data_dir=options.data_dir)
     check_model_kind(data, spec.model.kind, source=spec.data.path or spec.data.dataset)
     log.info("data: %s", data.preprocessing.describe())
-    if options.create:
+    if study is None:
         with lock:  # several compose workers start at once: one creates the study and its baselines
             studies.create_or_continue(spec, storage, n_trials=spec.budget.n_trials, name=name)
-    # Replicas of one container image (Kubernetes pods, compose services) share pid and index,
-    # and equal seeds would sample the same random start-up trials. The host name differs, and
-    # as a str its hash is salted per process.
-    sampler_seed = abs(hash((spec.seed, options.index, socket.gethostname(), os.getpid()))) % (2**31)
-    study = studies.load(name, storage, url=url, sampler=studies.make_sampler(spec, seed=sampler_seed),
-                         pruner=studies.make_pruner(spec))
-    studies.check_same_spec(study, spec)
+        study = join()
     n_trials = int(study.user_attrs.get(studies.BUDGET_ATTR, spec.budget.n_trials))
     if studies.DATA_ATTR not in study.user_attrs:
         study.set_user_attr(studies.DATA_ATTR, data.summary())

@@ -17,6 +17,10 @@ from searcher.objective import train  # noqa: E402
 from searcher.space import baseline_params, suggest_values, trial_config  # noqa: E402
 
 
+_FIXED_PARAMS = {"activation": "relu", "initializer": "he_normal", "optimizer": "adam", "lr": 0.01, "dropout": 0.0,
+                 "use_l2": False, "batch_norm": False, "batch_size": 32}
+
+
 def _baseline_config(study: str, name: str):
     spec = load_spec(study)
     baseline = next(b for b in spec.baselines if b.name == name)
@@ -47,6 +51,15 @@ def test_batch_norm_and_l2_reach_every_block():
     model = build_model(l2.model, preprocessing=Preprocessing.identity((32, 32, 3)), n_classes=10)
     kernels = [layer for layer in model.layers if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))]
     assert all(layer.kernel_regularizer is not None for layer in kernels)
+
+
+def test_an_mlp_of_depth_0_is_logistic_regression():
+    spec = load_spec("digits-mlp").model_copy(update={"search": load_spec("digits-mlp").search.model_copy(
+        update={"depth": load_spec("digits-mlp").search.depth.model_copy(update={"low": 0})})})
+    values = suggest_values(optuna.trial.FixedTrial({**_FIXED_PARAMS, "depth": 0}), spec)
+    config = trial_config(spec, values, seed=0)
+    model = build_model(config.model, preprocessing=Preprocessing.identity((8, 8, 1)), n_classes=10)
+    assert config.model.hidden_units == () and model.count_params() == (64 + 1) * 10
 
 
 def test_output_layer_stays_float32_for_mixed_precision():

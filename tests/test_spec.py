@@ -106,6 +106,8 @@ def _with(path: str, value):
         (_with("data.missing", "mean"), r"data\.missing: mean imputation is for tables \(npz, csv\), not digits"),
         ({**_with("data", {"dataset": "csv", "path": "d.csv", "target": "y"}), "model": {"kind": "cnn"}},
          r"model\.kind: cnn needs images; dataset csv gives a table of features: use mlp"),
+        ({**_with("search.depth", {"low": 0, "high": 2}), "model": {"kind": "cnn"}},
+         r"search\.depth: a cnn needs at least 1 conv stage, got 0"),
         (_with("training.metric", "val_f1"), r"training\.metric: input should be 'val_accuracy', 'val_auc' or 'val_loss'"),
         (_with("training.class_weight", "auto"), r"training\.class_weight: input should be 'none' or 'balanced'"),
     ],
