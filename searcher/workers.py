@@ -76,7 +76,7 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions,
     objective = (make_objective or training_objective)(spec, options)
     if study is None:
         with lock:  # several compose workers start at once: one creates the study and its baselines
-            studies.create_or_continue(spec, storage, n_trials=spec.budget.n_trials, name=name)
+            studies.create_or_continue(spec, storage, n_trials=None, name=name)
         study = join()
     n_trials = int(study.user_attrs.get(studies.BUDGET_ATTR, spec.budget.n_trials))
     data = getattr(objective, "data", None)  # the stand-in of the tests has none
