@@ -102,3 +102,28 @@ def test_a_cnn_trains_on_digits():
     config = _baseline_config("digits-cnn", "small-cnn")
     result = train(config, data, direction="maximize", max_epochs=2)
     assert len(result.curve) == 2 and result.curve[-1] > 0.5
+
+
+def test_adam_knobs_are_sampled_only_for_adam_and_reach_the_optimizer():
+    from searcher.spec import parse_spec
+
+    spec = parse_spec({"name": "adam", "data": {"dataset": "digits"}, "model": {"kind": "mlp"}, "search": {
+        "optimizer": {"choices": ["adamw", "sgd"]}, "beta_1": {"low": 0.8, "high": 0.95},
+        "beta_2": {"low": 0.99, "high": 0.9999}, "epsilon": {"low": 1e-8, "high": 1e-5, "log": True}}},
+        source="adam.yaml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = {}
+    for _ in range(12):
+        trial = study.ask()
+        config = trial_config(spec, suggest_values(trial, spec), seed=0).model
+        seen.setdefault(config.optimizer, (trial.params, config))
+        study.tell(trial, 0.5)
+    (adam_params, adam), (sgd_params, sgd) = seen["adamw"], seen["sgd"]
+    assert {"beta_1", "beta_2", "epsilon"} <= set(adam_params)
+    assert not {"beta_1", "beta_2", "epsilon"} & set(sgd_params)
+    assert (sgd.beta_1, sgd.beta_2, sgd.epsilon) == (0.9, 0.999, 1e-7)  # Keras' defaults, unused by SGD
+    optimizer = build_model(adam, input_shape=(64,), n_classes=10).optimizer
+    assert isinstance(optimizer, keras.optimizers.AdamW)
+    assert (float(optimizer.beta_1), float(optimizer.beta_2), float(optimizer.epsilon)) == pytest.approx(
+        (adam.beta_1, adam.beta_2, adam.epsilon))
+    assert 0.8 <= adam.beta_1 <= 0.95 and 1e-8 <= adam.epsilon <= 1e-5

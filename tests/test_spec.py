@@ -94,6 +94,9 @@ def _with(path: str, value):
         (_with("baselines", [{"name": "b", "params": {"learning_rate": 5.0}}]), r"baselines\[0\]\.params\.learning_rate: 5\.0 is outside search\.learning_rate"),
         (_with("baselines", [{"name": "b", "params": {"activation": "elu"}}]), r"baselines\[0\]\.params\.activation: search\.activation is fixed to 'relu'"),
         (_with("data.path", "x.npz"), r"data\.path: is only used with dataset npz"),
+        (_with("search.beta_1", {"low": 0.0, "high": 0.9}), r"x\.yaml: search\.beta_1\.low: must be > 0, got 0\.0"),
+        (_with("search.beta_2", 1.0), r"x\.yaml: search\.beta_2: must be < 1, got 1\.0"),
+        (_with("search.epsilon", {"low": 0, "high": 1e-4, "log": True}), r"search\.epsilon\.low: must be > 0, got 0"),
     ],
 )
 def test_bad_input_names_file_and_field(raw, message):
