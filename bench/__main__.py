@@ -22,13 +22,13 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import gpu, overhead, quality, scaling, startup, storage
+from bench import gpu, nan_check, overhead, quality, scaling, startup, storage
 from bench._common import REPO, Plan, Section, not_run_section
 
 log = logging.getLogger("bench")
-SECTIONS = ("overhead", "scaling", "storage", "startup", "quality", "gpu")
+SECTIONS = ("overhead", "scaling", "storage", "startup", "quality", "gpu", "nan_check")
 TITLES = {"overhead": overhead.TITLE, "scaling": scaling.TITLE, "storage": storage.TITLE,
-          "startup": startup.TITLE, "quality": quality.TITLE, "gpu": gpu.TITLE}
+          "startup": startup.TITLE, "quality": quality.TITLE, "gpu": gpu.TITLE, "nan_check": nan_check.TITLE}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +128,8 @@ def _run_sections(plan: Plan, workdir: Path, only: list[str]) -> dict[str, Secti
                 results[key] = _failed(key, "the overhead run it builds on failed")
     for key, fn in (("scaling", lambda: scaling.run(plan, workdir, cpu_count)),
                     ("quality", lambda: quality.run(plan, workdir)),
-                    ("gpu", lambda: gpu.run(plan, workdir))):
+                    ("gpu", lambda: gpu.run(plan, workdir)),
+                    ("nan_check", lambda: nan_check.run(plan, workdir))):
         if key in only:
             value = attempt(key, fn)
             if value:

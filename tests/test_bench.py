@@ -29,6 +29,7 @@ HEADINGS = {
     "startup": "## 4. Start-up: cold launch to the first finished trial",
     "quality": "## 5. Search quality at an equal epoch budget (digits-mlp)",
     "gpu": "## 6. GPU: CIFAR-10 CNN seconds per epoch",
+    "nan_check": "## 7. NaN check: seconds per epoch with and without it",
 }
 QUALITY = ("best_val_accuracy", "test_accuracy", "epochs", "trials")
 
@@ -45,6 +46,7 @@ def expected_figures(*, postgres: bool, keras_tuner: bool, gpu: bool) -> dict[st
         "quality": [f"{m}.{figure}" for m in methods for figure in QUALITY],
         "gpu": [f"{variant}_{side}" for variant in ("float32", "mixed", "xla", "mixed_xla")
                 for side in ("searcher", "bare")] if gpu else [],
+        "nan_check": [f"s_per_epoch_{v}.{b}" for v in ("none", "per_batch", "searcher") for b in (32, 128)],
     }
 
 
