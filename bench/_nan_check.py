@@ -15,7 +15,6 @@ import argparse
 import json
 import math
 import statistics
-import time
 from pathlib import Path
 
 
@@ -47,17 +46,6 @@ def main() -> None:
             if loss is not None and not math.isfinite(float(loss)):
                 raise RuntimeError("nan")
 
-    class Clock(keras.callbacks.Callback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.seconds: list[float] = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._t = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds.append(time.perf_counter() - self._t)
-
     variants = {"none": list, "per_batch": lambda: [PerBatch()], "searcher": lambda: [objective._FailOnNaN()]}
     rows = []
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
@@ -75,7 +63,7 @@ def main() -> None:
                 keras.utils.set_random_seed(0)
                 model = build_model(config.model, input_shape=data.input_shape, n_classes=data.n_classes,
                                     jit_compile=False)
-                clock = Clock()
+                clock = objective._EpochClock()  # searcher's own per-epoch timer
                 model.fit(to_tf_dataset(data.train, batch_size=batch_size, shuffle_seed=0), epochs=args.epochs,
                           callbacks=[*variants[name](), clock], verbose=0, shuffle=False)
                 seconds[name].append(statistics.median(clock.seconds[1:] or clock.seconds))
