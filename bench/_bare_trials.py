@@ -49,7 +49,8 @@ def main() -> None:
     for i in range(args.trials):
         start = time.time()
         keras.backend.clear_session()
-        model = build_model(config.model, input_shape=data.input_shape, n_classes=data.n_classes, jit_compile=False)
+        model = build_model(config.model, preprocessing=data.preprocessing, n_classes=data.n_classes,
+                            jit_compile=False)
         model.fit(to_tf_dataset(data.train, batch_size=config.training.batch_size, shuffle_seed=i),
                   validation_data=to_tf_dataset(data.val, batch_size=256), epochs=config.training.max_epochs,
                   verbose=0)

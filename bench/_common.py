@@ -223,7 +223,7 @@ def launch(
     db = cwd / "study.db"
     url = f"sqlite:///{db}"
     cmd = [sys.executable, "-m", "searcher", "launch", str(spec), "--workers", str(workers),
-           "--trials", str(trials), "--storage", url, "--name", study]  # --seed alone would add -seedN
+           "--trials", str(trials), "--storage", url, "--name", study]  # --seed alone would rename it
     if seed is not None:
         cmd += ["--seed", str(seed)]
     out_path = cwd / f"launch-{int(time.time() * 1000)}.out"

@@ -35,7 +35,7 @@ def main(spec_path: str, out_path: str) -> None:
     data = load_search_data(spec.data, split_seed=spec.split_seed)
     # Every knob is fixed in the bench's spec: the values a searcher trial of it would train.
     config = trial_config(spec, suggest_values(optuna.trial.FixedTrial({}), spec), seed=0)
-    model = build_model(config.model, input_shape=data.input_shape, n_classes=data.n_classes,
+    model = build_model(config.model, preprocessing=data.preprocessing, n_classes=data.n_classes,
                         jit_compile=bool(spec.runtime.xla))
 
     class Clock(keras.callbacks.Callback):

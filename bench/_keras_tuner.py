@@ -86,7 +86,7 @@ def main() -> None:
 
     class SearcherHyperModel(kt.HyperModel):
         def build(self, hp):
-            return build_model(config_of(hp).model, input_shape=data.input_shape, n_classes=data.n_classes,
+            return build_model(config_of(hp).model, preprocessing=data.preprocessing, n_classes=data.n_classes,
                                jit_compile=False)
 
         def fit(self, hp, model, *fit_args, **kwargs):

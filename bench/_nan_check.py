@@ -61,7 +61,7 @@ def main() -> None:
             for name in names:
                 keras.backend.clear_session()
                 keras.utils.set_random_seed(0)
-                model = build_model(config.model, input_shape=data.input_shape, n_classes=data.n_classes,
+                model = build_model(config.model, preprocessing=data.preprocessing, n_classes=data.n_classes,
                                     jit_compile=False)
                 clock = objective._EpochClock()  # searcher's own per-epoch timer
                 model.fit(to_tf_dataset(data.train, batch_size=batch_size, shuffle_seed=0), epochs=args.epochs,

@@ -55,7 +55,7 @@ def main(job_path: str, out_path: str) -> None:
 
 def _bare(config, data, epochs: int, build_model) -> dict:
     t0 = time.perf_counter()
-    model = build_model(config.model, input_shape=data.input_shape, n_classes=data.n_classes, jit_compile=False)
+    model = build_model(config.model, preprocessing=data.preprocessing, n_classes=data.n_classes, jit_compile=False)
     t1 = time.perf_counter()
     model.fit(data.train.x, data.train.y, batch_size=config.training.batch_size, epochs=epochs,
               validation_data=(data.val.x, data.val.y), verbose=0)

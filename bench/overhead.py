@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from searcher.cost import COST_SECONDS
+
 from bench._common import (
     FINISHED,
     LaunchRun,
@@ -107,7 +109,9 @@ def run(plan: Plan, workdir: Path) -> tuple[Section, LaunchRun]:
         f"The launch parent spent {m['parent_storage_s']:.1f} s on storage polling and the worker's heartbeat "
         f"thread {m['heartbeat_s']:.1f} s, both beside the training. "
         f"Worker: {'; '.join(first['thread_lines']) or 'not logged'}; the bare loop ran with the same environment. "
-        f"TensorFlow import: {', '.join(f'{t:.2f}' for t in import_times)} s.\n"
+        f"TensorFlow import: {', '.join(f'{t:.2f}' for t in import_times)} s. "
+        f"Measuring the cost figures takes {m['median_cost_s']:.2f} s per trial (median), "
+        f"**{m['median_cost_s'] / m['median_trial_s']:.1%} of a digits trial** ({m['median_trial_s']:.1f} s).\n"
     )
     figures = {
         "overhead_ratio": round(m["ratio"], 4),
@@ -118,6 +122,7 @@ def run(plan: Plan, workdir: Path) -> tuple[Section, LaunchRun]:
         "bare_loop_s": round(bare, 3),
         "tf_import_s": round(tf_import, 3),
         "data_loading_s": round(m["data_s"], 3),
+        "cost_share_of_trial": round(m["median_cost_s"] / m["median_trial_s"], 4),
     }
     details: dict[str, Any] = {
         **{k: round(v, 4) for k, v in m.items()},
@@ -178,6 +183,8 @@ def _measure(plan: Plan, folder: Path, tf_import: float) -> dict[str, Any]:
         "storage calls (worker, during the trials: create, params, user attrs, reports, budget checks)":
             worker.get("storage", 0.0),
         "pruning checks (`should_prune` after each epoch, with its storage reads)": worker.get("pruning", 0.0),
+        "cost figures (model file size, batch-1 and batch-256 latency: `searcher.cost`, timed by the worker)":
+            sum(t.user_attrs.get(COST_SECONDS, 0.0) for t in done),
         "sampler (TPE, with its storage reads)": worker.get("sampler", 0.0),
     }
     parts["other (remainder: Optuna between calls, Python between trials, noise)"] = (
@@ -195,6 +202,7 @@ def _measure(plan: Plan, folder: Path, tf_import: float) -> dict[str, Any]:
         "failed": len(trials) - len(done),
         "epochs": sum(epochs_trained(t) for t in done),
         "median_trial_s": median(trial_seconds(t) for t in done),
+        "median_cost_s": median(t.user_attrs.get(COST_SECONDS, 0.0) for t in done),
         "median_trial_epochs": median(epochs_trained(t) for t in done),
         "both_s": sum(r["searcher_build_s"] + r["searcher_first_epoch_s"] - r["searcher_steady_epoch_s"]
                       for r in by_trial),

@@ -131,7 +131,7 @@ def measure(plan: Plan, workdir: Path) -> StorageCosts:
     import optuna
 
     from searcher.storage import normalize_url
-    from searcher.workers import open_study_storage
+    from searcher.study import open_study_storage
 
     costs = StorageCosts(trials=plan.storage_trials)
     folder = workdir / "storage"

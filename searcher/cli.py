@@ -53,6 +53,12 @@ DataDirOpt = Annotated[
     typer.Option("--data-dir", envvar="SEARCHER_DATA_DIR", show_envvar=True,
                  help="Folder with downloaded data set files, for machines without internet."),
 ]
+WaitOpt = Annotated[
+    Optional[float],
+    typer.Option("--wait", min=0, metavar="SECONDS",
+                 help="Wait up to this long for the storage to accept connections (and, for a worker, "
+                      "for the study to be created) instead of failing at once."),
+]
 
 
 NameOpt = Annotated[
@@ -129,6 +135,7 @@ def worker(
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="auto: lock a free GPU (for containers that see all GPUs); or a GPU index.")] = None,
     mixed_precision: MixedPrecisionOpt = None,
     xla: XlaOpt = None,
+    wait: WaitOpt = None,
     worker_index: Annotated[int, typer.Option("--worker-index", hidden=True)] = 0,
     parent_pid: Annotated[Optional[int], typer.Option("--parent-pid", hidden=True)] = None,
     deadline: Annotated[Optional[float], typer.Option("--deadline", hidden=True)] = None,
@@ -150,6 +157,10 @@ def worker(
 
     optuna.logging.set_verbosity(optuna.logging.INFO)  # a worker's log lists its trials
     spec, _ = load_launch_spec(study, seed, mixed_precision=mixed_precision, xla=xla)
+    if wait:
+        from searcher.study import wait_until_ready
+
+        wait_until_ready(resolve_url(storage), seconds=wait, name=None if create else spec.name)
     gpu_lock = None
     if gpu is not None:
         # Before TensorFlow is imported: the visible devices are fixed when its runtime starts.
@@ -164,6 +175,60 @@ def worker(
     if gpu_lock is not None:
         gpu_lock.close()
     raise typer.Exit(code=code)
+
+
+@app.command()
+def init(
+    data: Annotated[str, typer.Argument(help="A CSV file, a folder with one subfolder of images per class, or a .npz.")],
+    target: Annotated[Optional[str], typer.Option("--target", help="The CSV column holding the class.")] = None,
+    test: Annotated[Optional[str], typer.Option("--test", help="A held-out test file or folder like DATA (default: carve 20 %).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Spec file to write (default: DATA's name .yaml).")] = None,
+    minutes: Annotated[float, typer.Option("--minutes", min=1, help="Search time the budget is sized for.")] = 10.0,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Workers the budget is sized for (default: as launch).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing spec file.")] = False,
+) -> None:
+    """Look at your data and write a ready study spec: model, search space, preprocessing, budget.
+
+    Example: searcher init patients.csv --target diagnosis -o patients.yaml
+    """
+    from searcher.data import describe_data
+    from searcher.scaffold import init_spec
+
+    made = init_spec(data, output=output, target=target, test_path=test, minutes=minutes, workers=workers, force=force)
+    console.print(f"wrote {made.path}: {made.spec.model.kind} on {describe_data(made.summary)}", highlight=False)
+    console.print(f"budget {made.spec.budget.n_trials} trials (~{made.trial_seconds:.1f} s each, {made.workers} "
+                  f"worker(s), about {minutes:g} min); next: searcher launch {made.path}", highlight=False)
+
+
+@app.command()
+def create(
+    study: Annotated[str, typer.Argument(help="A study in studies/ (e.g. digits-mlp) or a path to a spec YAML.")],
+    trials: Annotated[Optional[int], typer.Option("--trials", "-n", min=1, help="Study-wide budget of finished trials (default: the spec's budget.n_trials).")] = None,
+    storage: StorageOpt = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Override the spec's seed (then the study is STUDY-seedN).")] = None,
+    name: NameOpt = None,
+    wait: WaitOpt = None,
+) -> None:
+    """Create the study (or set the budget of an existing one), enqueue its baselines, and exit.
+
+    For clusters, where workers start as separate jobs: run it once, then start `searcher worker`.
+
+    Example: searcher create cifar-cnn --trials 200 --storage postgresql://searcher@db-host/searcher
+    """
+    from searcher import study as studies
+    from searcher.launch import create_study, load_launch_spec, study_name
+    from searcher.storage import mask_url, resolve_url
+
+    spec, _ = load_launch_spec(study, seed)
+    stored_name = study_name(spec.name, name=name, seed=seed)
+    url = resolve_url(storage)
+    if wait:
+        studies.wait_until_ready(url, seconds=wait)
+    n_trials = trials or spec.budget.n_trials
+    states = studies.count_states(create_study(spec, url, n_trials=n_trials, name=stored_name))
+    console.print(f"study {stored_name} in {mask_url(url)}: budget {n_trials} trials, {studies.finished(states)} "
+                  f"finished, {states['WAITING']} waiting to run; start workers with `searcher worker {study}`",
+                  highlight=False, markup=False)
 
 
 @app.command("studies")
@@ -246,18 +311,27 @@ def export(
     name: NameOpt = None,
     seed: ReadSeedOpt = None,
     rank: Annotated[Optional[int], typer.Option("--rank", help="Export the K-th best trial instead of the winner.")] = None,
+    smallest_within: Annotated[Optional[float], typer.Option(
+        "--smallest-within", help="The smallest trial (parameters) at most this many points (0.01) of the metric "
+                                  "below the best.")] = None,
+    max_params: Annotated[Optional[int], typer.Option("--max-params", help="Only trials with at most N parameters.")] = None,
+    max_latency_ms: Annotated[Optional[float], typer.Option(
+        "--max-latency-ms", help="Only trials at most X ms per example at batch 1.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="yaml or json.")] = "yaml",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default: print).")] = None,
 ) -> None:
-    """Write the best (or K-th best) trial as a self-contained config that `retrain` takes.
+    """Write the best (or K-th best, or smallest good enough) feasible trial as a config `retrain` takes.
 
-    Example: searcher export digits-mlp -o best.yaml
+    Example: searcher export digits-mlp --smallest-within 0.5 -o small.yaml
     """
     from searcher.export import export_config, write_export
+    from searcher.front import Pick
 
     if fmt not in ("yaml", "json"):
         raise UserError(f"--format: must be yaml or json, got {fmt!r}")
-    text = write_export(export_config(_load_study(study, storage, name=name, seed=seed), rank=rank), output, fmt=fmt)
+    pick = Pick(smallest_within=smallest_within, max_params=max_params, max_latency_ms=max_latency_ms)
+    text = write_export(export_config(_load_study(study, storage, name=name, seed=seed), rank=rank, pick=pick), output,
+                        fmt=fmt)
     if output is None:
         typer.echo(text, nl=False)
     else:
@@ -286,6 +360,8 @@ def retrain(
     console.print(f"test accuracy {metrics['test_accuracy']:.4f} (loss {metrics['test_loss']:.4f}) on "
                   f"{metrics['test_examples']} held-out examples; {metrics['epochs']} epochs, "
                   f"{metrics['n_params']:,} parameters", highlight=False)
+    console.print(f"cost here: {metrics['model_bytes'] / 1e6:.3g} MB file, {metrics['latency_ms_b1']:.3g} ms per "
+                  f"example at batch 1, {metrics['latency_ms_b256']:.3g} at batch 256", highlight=False)
     console.print(f"wrote {model_path} and {metrics_path(model_path)}", highlight=False)
 
 
@@ -353,7 +429,8 @@ def replay(
 @app.command()
 def confirm(
     study: Annotated[str, typer.Argument(help="The study name.")],
-    top: Annotated[int, typer.Option("--top", min=1, help="How many of the best trials to retrain.")] = 3,
+    top: Annotated[Optional[int], typer.Option("--top", min=1, help="How many of the best trials to retrain "
+                                                                  "(default 3; two objectives: the whole Pareto front).")] = None,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Fresh seeds per trial.")] = 3,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Processes running retrains at once.")] = 1,
     storage: StorageOpt = None,
@@ -361,7 +438,7 @@ def confirm(
     seed: ReadSeedOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Retrain the top trials with fresh seeds (validation only) and rank them by mean score.
+    """Retrain the top trials (two objectives: the Pareto front) with fresh seeds (validation only); rank by mean.
 
     Runs are stored with the study, so a second call continues instead of starting over;
     `export` then takes the confirmed winner.
@@ -376,11 +453,11 @@ def confirm(
     loaded = _load_study(study, storage, name=name, seed=seed)
     import_tensorflow()  # the seeds come from searcher.objective, which imports Keras
     ranking, added = run_confirm(loaded, top=top, seeds=seeds, workers=workers, data_dir=data_dir)
-    table = Table("rank", "trial", "mean", "spread (sd)", "runs", "single-run value", "single-run rank", box=None,
-                  header_style="bold")
+    table = Table("rank", "trial", "mean", "spread (sd)", "runs", "single-run value", "single-run rank", "params",
+                  box=None, header_style="bold")
     for rank, c in enumerate(ranking, start=1):
         table.add_row(str(rank), str(c.trial), f"{c.mean:.4f}", f"{c.spread:.4f}", str(len(c.values)),
-                      f"{c.single_run:.4f}", str(c.single_rank))
+                      f"{c.single_run:.4f}", str(c.single_rank), f"{c.n_params:,}" if c.n_params else "-")
     console.print(table)
     single_best = next(c for c in ranking if c.single_rank == 1)
     console.print(f"{added} new run(s); confirmed winner: trial {ranking[0].trial}"

@@ -19,6 +19,7 @@ import multiprocessing
 import optuna
 from optuna.trial import TrialState
 
+from searcher import front
 from searcher.errors import UserError
 from searcher.export import CONFIRMED_ATTR, ranked_trials
 from searcher.space import TrialConfig
@@ -54,12 +55,14 @@ def replay_trial(study: optuna.Study, number: int, *, data_dir: str | None = Non
     if number not in trials:
         raise UserError(f"TRIAL: study {study.study_name!r} has no trial {number} (it has 0..{len(trials) - 1})")
     trial = trials[number]
-    stored = [trial.intermediate_values[k] for k in sorted(trial.intermediate_values)]
+    # A two-objective study cannot report intermediate values: its curve is a user attr.
+    stored = [trial.intermediate_values[k] for k in sorted(trial.intermediate_values)] or \
+        list(trial.user_attrs.get("curve", ()))
     if not stored:
         raise UserError(f"trial {number} ({trial.state.name.lower()}) reported no epochs; nothing to compare")
     config = stored_config(trial)
     data = load_search_data(config.data, split_seed=config.split_seed, data_dir=data_dir)
-    result = train(config, data, direction=study.direction.name.lower(), max_epochs=len(stored))
+    result = train(config, data, direction=_metric_direction(study), max_epochs=len(stored))
     return Replay(trial=number, stored=stored, replayed=result.curve[: len(stored)])
 
 
@@ -72,6 +75,7 @@ class ConfirmedConfig:
     single_run: float
     single_rank: int  # its rank by the one search run
     values: tuple[float, ...]
+    n_params: int | None = None
 
     @property
     def mean(self) -> float:
@@ -83,6 +87,7 @@ class ConfirmedConfig:
 
     def to_json(self) -> dict[str, Any]:
         return {"trial": self.trial, "single_run": self.single_run, "single_rank": self.single_rank, "mean": self.mean, "spread": self.spread,
+                "n_params": self.n_params,
                 "runs": len(self.values), "values": list(self.values)}
 
 
@@ -107,24 +112,38 @@ def _run_one(config_json: dict[str, Any], seed: int, direction: str, data_dir: s
     return train(config, data, direction=direction).best_value
 
 
+def _metric_direction(study: optuna.Study) -> str:
+    return "maximize" if front.goal(study).maximize[0] else "minimize"
+
+
+def candidates(study: optuna.Study, top: int | None) -> list[optuna.trial.FrozenTrial]:
+    """What to confirm: in a two-objective study the Pareto front (best metric first), else the
+    top trials; ``top`` caps either (default: the whole front, or 3). Feasible trials only."""
+    goal, ranked = front.goal(study), ranked_trials(study)
+    if goal.multi:
+        on_front = front.front(ranked, cost=goal.cost, maximize=goal.maximize[0])[::-1]  # best metric first
+        return on_front[:top] if top else on_front
+    return ranked[:top or 3]
+
+
 def confirm(
     study: optuna.Study,
     *,
-    top: int,
+    top: int | None,
     seeds: int,
     workers: int = 1,
     data_dir: str | None = None,
 ) -> tuple[list[ConfirmedConfig], int]:
-    """Run the missing (trial, seed) pairs for the top ``top`` trials; return the ranking and runs added."""
-    ranked = ranked_trials(study)[:top]
+    """Run the missing (trial, seed) pairs for the candidates (``candidates``); return the ranking and runs added."""
+    ranked = candidates(study, top)
     if not ranked:
-        raise UserError(f"study {study.study_name!r} has no complete trials to confirm")
+        raise UserError(front.no_feasible_message(study))
+    direction = _metric_direction(study)
     runs_study = optuna.create_study(study_name=study.study_name + CONFIRM_SUFFIX, storage=study._storage,
-                                     direction=study.direction, load_if_exists=True)
+                                     direction=direction, load_if_exists=True)
     done = {(t.user_attrs["of_trial"], t.user_attrs["run"]): t.value
             for t in runs_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     todo = [(t, run) for t in ranked for run in range(seeds) if (t.number, run) not in done]
-    direction = study.direction.name.lower()
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     if todo:
         # spawn, not fork: TensorFlow must not be inherited half-initialised.
@@ -141,7 +160,8 @@ def confirm(
                                              "seed": confirm_seed(t.user_attrs["seed"], run)}))
                 done[(t.number, run)] = value
                 log.info("trial %d run %d: %.4f", t.number, run, value)
-    ranking = [ConfirmedConfig(trial=t.number, single_run=t.value, single_rank=rank,
+    ranking = [ConfirmedConfig(trial=t.number, single_run=front.metric_value(t), single_rank=rank,
+                               n_params=t.user_attrs.get("n_params"),
                                values=tuple(done[(t.number, run)] for run in range(seeds)))
                for rank, t in enumerate(ranked, start=1)]
     ranking.sort(key=lambda c: c.mean, reverse=direction == "maximize")

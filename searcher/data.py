@@ -1,224 +1,405 @@
-"""Data sets: load once per process, carve a validation split, keep the test split apart.
+"""Data for a search: labels encoded, bad data refused, a validation split carved, the
+preprocessing fitted on the fit split, and the test split kept apart.
 
-A search sees only ``load_search_data`` (train and validation). The test split is
-returned by ``load_test_split`` alone, which only ``retrain`` calls: searcher selects
-on validation and scores the test set once, at the end.
+A search sees only ``load_search_data`` (the fit and validation splits). The test split
+is returned by ``load_test_split`` alone, which only ``retrain`` calls: searcher selects on
+validation and scores the test set once, at the end.
 
-Downloads go through ``keras.datasets``. On an air-gapped machine, put the standard
-files in a folder and pass ``--data-dir`` (or set ``SEARCHER_DATA_DIR``):
-
-- mnist: ``mnist.npz``
-- fashion_mnist: ``train-images-idx3-ubyte.gz``, ``train-labels-idx1-ubyte.gz``,
-  ``t10k-images-idx3-ubyte.gz``, ``t10k-labels-idx1-ubyte.gz``
-- cifar10: ``cifar-10-python.tar.gz`` or the ``cifar-10-batches-py/`` folder inside it
+Inputs stay raw (uint8 images stay uint8). What turns them into network inputs —
+rescaling, per-feature standardization, imputation, one-hot categories — is fitted here on
+the fit split only and described by ``Preprocessing``; ``models.build_model`` makes it the
+model's first layers, so a saved model takes the same raw inputs a user has.
 """
 
 from __future__ import annotations
 
-import gzip
-import os
-import pickle
-import tarfile
+import functools
+import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
+from searcher import sources
 from searcher.errors import DataError
+from searcher.sources import DATA_DIR_ENV, Features, RawData, Table  # noqa: F401  (DATA_DIR_ENV: CLI help)
 from searcher.spec import DataSpec
 
-DATA_DIR_ENV = "SEARCHER_DATA_DIR"
-# digits has no official test split; one fixed split keeps every study's test set the same.
-_DIGITS_TEST_FRACTION, _DIGITS_TEST_SEED = 0.2, 20260101
-
-_FILES = {
-    "mnist": ["mnist.npz"],
-    "fashion_mnist": [
-        "train-images-idx3-ubyte.gz",
-        "train-labels-idx1-ubyte.gz",
-        "t10k-images-idx3-ubyte.gz",
-        "t10k-labels-idx1-ubyte.gz",
-    ],
-    "cifar10": ["cifar-10-python.tar.gz (or its cifar-10-batches-py/ folder)"],
-}
+DEFAULT_TEST_FRACTION = 0.2
+# One fixed seed for carving a test split: every study on the same file scores the same test set.
+_TEST_SEED = 20260101
 
 
 @dataclass(frozen=True)
 class Split:
-    x: np.ndarray
-    y: np.ndarray
+    x: Features
+    y: np.ndarray  # class indices 0..K-1
 
     def __len__(self) -> int:
         return len(self.y)
 
+    def take(self, index: np.ndarray) -> Split:
+        if isinstance(self.x, dict):
+            return Split({name: column[index] for name, column in self.x.items()}, self.y[index])
+        return Split(self.x[index], self.y[index])
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The model's first layers, fitted on the fit split.
+
+    ``mode`` applies to the array, or to a table's numeric columns: ``rescale`` divides by
+    ``scale`` (arrays) or maps each column's fit-split range to [0, 1] (tables, through
+    ``mean``/``variance``), ``standardize`` subtracts ``mean`` and divides by the standard
+    deviation per feature (per channel for images). ``fill`` replaces NaN per feature
+    (``data.missing: mean``). A table's categorical columns are one-hot encoded over the
+    values of the fit split; a value never seen there gets its own "other" slot.
+    """
+
+    kind: Literal["array", "table"]
+    shape: tuple[int, ...]  # one example's shape; a table: (number of numeric columns,)
+    dtype: str
+    mode: Literal["rescale", "standardize", "none"]
+    scale: float = 1.0
+    mean: tuple[float, ...] = ()
+    variance: tuple[float, ...] = ()
+    fill: tuple[float, ...] = ()
+    numeric: tuple[str, ...] = ()
+    vocabularies: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @classmethod
+    def identity(cls, shape: tuple[int, ...]) -> Preprocessing:
+        """Inputs of ``shape`` fed to the network as they are (for models built without data)."""
+        return cls(kind="array", shape=tuple(shape), dtype="float32", mode="none")
+
+    def describe(self) -> str:
+        """One line for logs, the report and ``init``'s comments."""
+        if self.kind == "table":
+            parts = []
+            if self.numeric:
+                how = {"standardize": "standardized (fit-split mean and variance)",
+                       "rescale": "rescaled to [0, 1] (fit-split min and max)", "none": "as they are"}[self.mode]
+                parts.append(f"{len(self.numeric)} numeric column(s) {how}")
+            if self.vocabularies:
+                sizes = ", ".join(f"{name} ({len(values)})" for name, values in self.vocabularies)
+                parts.append(f"{len(self.vocabularies)} categorical column(s) one-hot: {sizes}")
+            if self.fill:
+                parts.append("missing values imputed with fit-split means")
+            return "; ".join(parts)
+        shape = "x".join(map(str, self.shape))
+        how = {"rescale": f"rescaled to [0, 1] (divided by {self.scale:g})",
+               "standardize": f"standardized per {'channel' if len(self.shape) == 3 else 'feature'} "
+                              "(fit-split mean and variance)",
+               "none": "fed as they are"}[self.mode]
+        fill = "; missing values imputed with fit-split means" if self.fill else ""
+        return f"{self.dtype} inputs {shape}, {how}{fill}"
+
 
 @dataclass(frozen=True)
 class SearchData:
-    """What a search may see: training and validation splits, never the test split."""
+    """What a search may see: the fit and validation splits, never the test split."""
 
     name: str
-    train: Split
+    train: Split  # the fit split
     val: Split
-    input_shape: tuple[int, ...]
-    n_classes: int
+    preprocessing: Preprocessing
+    class_names: tuple[str, ...]
+    test_rows: int = 0
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.preprocessing.shape
+
+    def summary(self) -> dict[str, Any]:
+        """Rows, features, classes with their counts and the preprocessing: for the report."""
+        p = self.preprocessing
+        fit, val = np.bincount(self.train.y, minlength=self.n_classes), np.bincount(self.val.y, minlength=self.n_classes)
+        features: dict[str, Any] = {"shape": list(p.shape), "dtype": p.dtype}
+        if p.kind == "table":
+            features = {"numeric": list(p.numeric), "categorical": [name for name, _ in p.vocabularies]}
+        return {
+            "dataset": self.name,
+            "rows": {"fit": len(self.train), "validation": len(self.val), "test": self.test_rows},
+            "features": features,
+            "classes": [{"name": n, "fit": int(a), "validation": int(b)}
+                        for n, a, b in zip(self.class_names, fit, val)],
+            "preprocessing": p.describe(),
+        }
 
 
 def load_search_data(spec: DataSpec, *, split_seed: int, data_dir: str | Path | None = None) -> SearchData:
-    """Load the training data and carve a stratified, seeded validation split from it."""
-    train, _ = _load_scaled(spec, data_dir)
-    fit, val = split_validation(train, fraction=spec.validation_fraction, seed=split_seed)
-    return SearchData(
-        name=spec.dataset,
-        train=fit,
-        val=val,
-        input_shape=tuple(train.x.shape[1:]),
-        n_classes=int(train.y.max()) + 1,
-    )
+    """Load the training data, carve a stratified, seeded validation split, fit the preprocessing."""
+    train, test, class_names, table = _prepared(spec, data_dir)
+    fit, val = split_validation(train, fraction=spec.validation_fraction, seed=split_seed,
+                                class_names=class_names, source=_train_source(spec))
+    return SearchData(name=spec.dataset, train=fit, val=val, preprocessing=fit_preprocessing(spec, fit, table),
+                      class_names=class_names, test_rows=len(test))
 
 
 def load_test_split(spec: DataSpec, *, data_dir: str | Path | None = None) -> Split:
-    """The held-out test split, for the final evaluation only."""
-    return _load_scaled(spec, data_dir)[1]
+    """The held-out test split, labels encoded as in training, for the final evaluation only."""
+    return _prepared(spec, data_dir)[1]
 
 
-def split_validation(train: Split, *, fraction: float, seed: int) -> tuple[Split, Split]:
+def split_validation(train: Split, *, fraction: float, seed: int, class_names: tuple[str, ...] = (),
+                     source: str = "training data") -> tuple[Split, Split]:
     """Split ``train`` into (fit, validation), stratified by class and seeded."""
-    from sklearn.model_selection import train_test_split
-
-    x_fit, x_val, y_fit, y_val = train_test_split(
-        train.x, train.y, test_size=fraction, random_state=seed, stratify=train.y
-    )
-    return Split(x_fit, y_fit), Split(x_val, y_val)
+    return _stratified(train, fraction=fraction, seed=seed, what="validation", class_names=class_names,
+                       source=source, fix="raise data.validation_fraction, or add examples")
 
 
-def to_tf_dataset(split: Split, *, batch_size: int, shuffle_seed: int | None = None):
-    """A batched, prefetched ``tf.data.Dataset``; shuffled when a seed is given."""
+def class_weights(split: Split, n_classes: int) -> np.ndarray:
+    """Per-class loss weights that make every class count as much ("balanced", as in scikit-learn)."""
+    counts = np.bincount(split.y, minlength=n_classes).astype("float64")
+    return np.where(counts > 0, len(split) / (n_classes * np.maximum(counts, 1)), 0.0).astype("float32")
+
+
+def to_tf_dataset(split: Split, *, batch_size: int, shuffle_seed: int | None = None,
+                  weights: np.ndarray | None = None):
+    """A batched, prefetched ``tf.data.Dataset``; shuffled when a seed is given; with
+    per-example weights (``weights[class]``) when given."""
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((split.x, split.y))
+    x = {input_name(name): _column_input(column) for name, column in split.x.items()} if isinstance(split.x, dict) \
+        else split.x
+    parts = (x, split.y) if weights is None else (x, split.y, weights[split.y])
+    ds = tf.data.Dataset.from_tensor_slices(parts)
     if shuffle_seed is not None:
         ds = ds.shuffle(len(split), seed=shuffle_seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def _load_scaled(spec: DataSpec, data_dir: str | Path | None) -> tuple[Split, Split]:
-    data_dir = data_dir or os.environ.get(DATA_DIR_ENV) or None
-    x_train, y_train, x_test, y_test = _load_raw(spec, Path(data_dir) if data_dir else None)
-    # Scale by the training maximum so inputs are in [0, 1] (uint8 images: 255, digits: 16).
-    scale = float(x_train.max()) if x_train.max() > 1 else 1.0
-    return (
-        Split(_as_images(x_train) / np.float32(scale), y_train.reshape(-1).astype("int32")),
-        Split(_as_images(x_test) / np.float32(scale), y_test.reshape(-1).astype("int32")),
-    )
+def check_search_data(spec: Any, *, split_seed: int, data_dir: str | Path | None = None) -> dict[str, Any]:
+    """Load and check a study's data as its workers will (``spec``: a StudySpec); its summary.
+
+    The launcher calls it before it stores anything, so bad data fails in one line with
+    an empty storage.
+    """
+    data = load_search_data(spec.data, split_seed=split_seed, data_dir=data_dir)
+    check_model_kind(data, spec.model.kind, source=_train_source(spec.data))
+    return data.summary()
 
 
-def _as_images(x: np.ndarray) -> np.ndarray:
-    x = x.astype("float32")
-    return x[..., None] if x.ndim == 3 else x
+def describe_data(summary: dict[str, Any]) -> str:
+    """A ``SearchData.summary`` in one line, e.g. for the launch log."""
+    rows = summary["rows"]
+    classes = summary["classes"]
+    counts = ", ".join(f"{c['name']} {c['fit'] + c['validation']}" for c in classes[:6])
+    more = f", ... ({len(classes) - 6} more)" if len(classes) > 6 else ""
+    return (f"{rows['fit']} fit / {rows['validation']} validation / {rows['test']} test rows; "
+            f"{summary['preprocessing']}; {len(classes)} classes ({counts}{more})")
 
 
-def _load_raw(spec: DataSpec, data_dir: Path | None) -> tuple[np.ndarray, ...]:
-    if spec.dataset == "digits":
-        return _load_digits()
-    if spec.dataset == "npz":
-        return _load_npz(Path(spec.path))
-    if data_dir is not None:
-        return _load_from_dir(spec.dataset, data_dir)
-    return _download(spec.dataset)
+def check_model_kind(data: SearchData, kind: str, *, source: str) -> None:
+    """A CNN needs images: (rows, height, width[, channels]) arrays."""
+    if kind == "cnn" and (data.preprocessing.kind == "table" or len(data.input_shape) != 3):
+        what = "a table" if data.preprocessing.kind == "table" else f"examples of shape {data.input_shape}"
+        raise DataError(f"model.kind: cnn needs images (rows, height, width[, channels]); {source} has {what}: use mlp")
 
 
-def _load_digits() -> tuple[np.ndarray, ...]:
-    from sklearn.datasets import load_digits
+def input_name(column: str) -> str:
+    """The model input a table column feeds: its name, where Keras allows it (no "/")."""
+    return column.replace("/", "_")
+
+
+def _column_input(column: np.ndarray) -> np.ndarray:
+    """One table column as a model input: (rows, 1), strings as str (tf.string)."""
+    return (column.astype(str) if column.dtype == object else column).reshape(-1, 1)
+
+
+# --- reading, checking, encoding -----------------------------------------------------------
+
+
+def _train_source(spec: DataSpec) -> str:
+    return spec.path or spec.dataset
+
+
+def _prepared(spec: DataSpec, data_dir: str | Path | None) -> tuple[Split, Split, tuple[str, ...], Table | None]:
+    return _prepared_cached(spec, str(data_dir) if data_dir else None)
+
+
+@functools.lru_cache(maxsize=4)
+def _prepared_cached(spec: DataSpec, data_dir: str | None) -> tuple[Split, Split, tuple[str, ...], Table | None]:
+    # Once per process: retrain reads the search split and then the test split of one file.
+    return _prepare(spec, sources.read(spec, data_dir=data_dir))
+
+
+def _prepare(spec: DataSpec, raw: RawData) -> tuple[Split, Split, tuple[str, ...], Table | None]:
+    x_train = _check_features(raw.x_train, raw.train_source, missing=spec.missing, table=raw.table)
+    y_train = _labels(raw.y_train, len_x=_rows(x_train), source=raw.train_source)
+    if raw.x_test is None:
+        class_names, codes = _encode(y_train, source=raw.train_source)
+        fraction = spec.test_fraction or DEFAULT_TEST_FRACTION
+        rest, test = _stratified(Split(x_train, codes), fraction=fraction, seed=_TEST_SEED, what="test",
+                                 class_names=class_names, source=raw.train_source,
+                                 fix="lower data.test_fraction, give data.test_path, or add examples")
+        return rest, test, class_names, raw.table
+    if spec.test_fraction:
+        raise DataError(f"data.test_fraction: {raw.test_source} already holds a test split; drop test_fraction")
+    x_test = _check_features(raw.x_test, raw.test_source, missing=spec.missing, table=raw.table)
+    if raw.table is None and x_test.shape[1:] != x_train.shape[1:]:
+        raise DataError(f"{raw.test_source}: examples have shape {x_test.shape[1:]}, but {raw.train_source} "
+                        f"has {x_train.shape[1:]}; train and test need the same features")
+    y_test = _labels(raw.y_test, len_x=_rows(x_test), source=raw.test_source)
+    class_names, codes = _encode(y_train, source=raw.train_source)
+    unseen = Counter(str(v) for v in _names(y_test) if str(v) not in set(class_names))
+    if unseen:
+        name, count = unseen.most_common(1)[0]
+        more = f" (and {len(unseen) - 1} more)" if len(unseen) > 1 else ""
+        raise DataError(f"{raw.test_source}: class {name!r} ({count} example(s)){more} never occurs in "
+                        f"{raw.train_source}; a model cannot predict a class it was not trained on")
+    lookup = {name: i for i, name in enumerate(class_names)}
+    test_codes = np.asarray([lookup[str(v)] for v in _names(y_test)], dtype="int32")
+    return Split(x_train, codes), Split(x_test, test_codes), class_names, raw.table
+
+
+def _rows(x: Features) -> int:
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+
+
+def _check_features(x: Features, source: str, *, missing: str, table: Table | None) -> Features:
+    """Refuse what would silently train on garbage; images get a channel axis; float64 -> float32."""
+    if isinstance(x, dict):
+        for name in table.numeric:
+            _check_finite(x[name], f"{source}: column {name!r}", missing=missing, rows_are_lines=True)
+        if not _rows(x):
+            raise DataError(f"{source}: has no rows")
+        return x
+    if not isinstance(x, np.ndarray) or x.dtype.kind not in "biuf":
+        kind = getattr(x, "dtype", type(x).__name__)
+        raise DataError(f"{source}: features must be numbers (an integer or float array), got {kind}")
+    if x.ndim < 2 or len(x) == 0:
+        raise DataError(f"{source}: expected an array of examples (rows, features...), got shape {x.shape}")
+    if x.dtype.kind == "f":
+        _check_finite(x, source, missing=missing, rows_are_lines=False)
+    if x.ndim == 3:  # (rows, height, width): grayscale images get their channel axis
+        x = x[..., None]
+    if x.dtype == np.uint8:
+        return x  # images stay compact; the model rescales them
+    return x.astype("float32")
+
+
+def _check_finite(x: np.ndarray, where: str, *, missing: str, rows_are_lines: bool) -> None:
+    infinite = np.isinf(x)
+    if infinite.any():
+        row = int(np.argwhere(infinite)[0][0])
+        raise DataError(f"{where}: {int(infinite.sum())} infinite value(s), the first in {_row_name(row, rows_are_lines)}; "
+                        "replace them (data.missing imputes only missing values)")
+    nan = np.isnan(x)
+    if nan.any() and missing != "mean":
+        first = np.argwhere(nan)[0]
+        feature = f", feature {int(first[1])}" if x.ndim > 1 else ""
+        raise DataError(f"{where}: {int(nan.sum())} missing (NaN) value(s), the first in "
+                        f"{_row_name(int(first[0]), rows_are_lines)}{feature}; set data.missing: mean to impute "
+                        "them with the fit split's means, or fill them in")
+
+
+def _row_name(row: int, rows_are_lines: bool) -> str:
+    return f"line {row + 2}" if rows_are_lines else f"row {row}"  # a CSV's data starts on line 2
+
+
+def _labels(y: np.ndarray, *, len_x: int, source: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.reshape(-1)
+    if y.ndim != 1:
+        raise DataError(f"{source}: labels must be one class per example (shape (rows,)), got shape {y.shape}")
+    if len(y) != len_x:
+        raise DataError(f"{source}: {len_x} examples but {len(y)} labels")
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all() or (y != np.round(y)).any():
+            bad = y[~np.isfinite(y) | (y != np.round(y))][0]
+            raise DataError(f"{source}: labels must be classes (integers or strings), got {bad}")
+        y = y.astype("int64")
+    return y
+
+
+def _names(y: np.ndarray) -> list[str]:
+    return [str(v) for v in y]
+
+
+def _encode(y: np.ndarray, *, source: str) -> tuple[tuple[str, ...], np.ndarray]:
+    """Class names in a stable order (numbers numerically) and each label's index 0..K-1."""
+    names = _names(y)
+    distinct = set(names)
+    try:
+        ordered = sorted(distinct, key=lambda v: (0, float(v)))
+    except ValueError:
+        ordered = sorted(distinct)
+    if len(ordered) < 2:
+        raise DataError(f"{source}: all labels are {ordered[0]!r}; a classifier needs at least 2 classes")
+    lookup = {name: i for i, name in enumerate(ordered)}
+    return tuple(ordered), np.asarray([lookup[v] for v in names], dtype="int32")
+
+
+def _stratified(split: Split, *, fraction: float, seed: int, what: str, class_names: tuple[str, ...], source: str,
+                fix: str) -> tuple[Split, Split]:
     from sklearn.model_selection import train_test_split
 
-    digits = load_digits()
-    return tuple(
-        train_test_split(
-            digits.images,
-            digits.target,
-            test_size=_DIGITS_TEST_FRACTION,
-            random_state=_DIGITS_TEST_SEED,
-            stratify=digits.target,
-        )[i]
-        for i in (0, 2, 1, 3)
-    )
+    counts = np.bincount(split.y, minlength=len(class_names) or None)
+    if counts.min() < 2:
+        k = int(np.argmin(counts))
+        name = class_names[k] if class_names else str(k)
+        raise DataError(f"{source}: class {name!r} has {int(counts[k])} example(s); a stratified {what} split "
+                        f"needs at least 2 of every class ({fix})")
+    n_small = math.ceil(fraction * len(split))
+    if n_small < len(counts) or len(split) - n_small < len(counts):
+        raise DataError(f"{source}: a {what} split of {fraction:g} of {len(split)} examples cannot hold one "
+                        f"example of each of the {len(counts)} classes ({fix})")
+    keep, held = train_test_split(np.arange(len(split)), test_size=fraction, random_state=seed, stratify=split.y)
+    return split.take(keep), split.take(held)
 
 
-def _load_npz(path: Path) -> tuple[np.ndarray, ...]:
-    if not path.is_file():
-        raise DataError(f"data.path: {path} not found (a .npz with x_train, y_train, x_test, y_test)")
-    with np.load(path) as arrays:
-        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
-        if missing:
-            raise DataError(f"{path}: missing array(s) {', '.join(missing)}")
-        return tuple(arrays[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+# --- preprocessing, fitted on the fit split -------------------------------------------------
 
 
-def _download(name: str) -> tuple[np.ndarray, ...]:
-    import keras
-
-    loader = {"mnist": keras.datasets.mnist, "fashion_mnist": keras.datasets.fashion_mnist, "cifar10": keras.datasets.cifar10}[name]
-    try:
-        (x_train, y_train), (x_test, y_test) = loader.load_data()
-    except Exception as e:  # keras raises a bare Exception on "URL fetch failure"
-        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise DataError(
-            f"could not download {name} ({reason}); on a machine without internet, put "
-            f"{', '.join(_FILES[name])} in a folder and pass --data-dir FOLDER "
-            f"(or set {DATA_DIR_ENV})"
-        ) from e
-    return x_train, y_train, x_test, y_test
-
-
-def _load_from_dir(name: str, folder: Path) -> tuple[np.ndarray, ...]:
-    if not folder.is_dir():
-        raise DataError(f"--data-dir: {folder} is not a folder")
-    try:
-        if name == "mnist":
-            return _load_npz(_need(folder, "mnist.npz"))
-        if name == "fashion_mnist":
-            images = [_read_idx(_need(folder, f), offset=16) for f in _FILES[name][0::2]]
-            labels = [_read_idx(_need(folder, f), offset=8) for f in _FILES[name][1::2]]
-            return images[0].reshape(-1, 28, 28), labels[0], images[1].reshape(-1, 28, 28), labels[1]
-        return _read_cifar10(folder)
-    except (OSError, ValueError, KeyError, pickle.UnpicklingError, tarfile.TarError) as e:
-        raise DataError(f"{folder}: cannot read {name} files ({e})") from e
+def fit_preprocessing(spec: DataSpec, fit: Split, table: Table | None) -> Preprocessing:
+    """The first layers' settings, from the fit split alone (never validation or test)."""
+    if table is not None:
+        return _fit_table(spec, fit, table)
+    x = fit.x
+    mode = spec.preprocess
+    if mode == "auto":
+        mode = "rescale" if x.ndim >= 4 or x.dtype == np.uint8 else "standardize"
+    # Fitted whenever imputation is asked for: a NaN may first appear in validation, test or at prediction.
+    fill = tuple(_per_feature(np.nanmean, x)) if spec.missing == "mean" else ()
+    common = {"kind": "array", "shape": tuple(x.shape[1:]), "dtype": str(x.dtype), "mode": mode, "fill": fill}
+    if mode == "rescale":
+        largest = 255.0 if x.dtype == np.uint8 else float(np.nanmax(np.abs(x)))
+        return Preprocessing(**common, scale=largest if largest > 0 else 1.0)
+    if mode == "standardize":
+        return Preprocessing(**common, mean=tuple(_per_feature(np.nanmean, x)),
+                             variance=tuple(_per_feature(np.nanvar, x)))
+    return Preprocessing(**common)
 
 
-def _need(folder: Path, filename: str) -> Path:
-    path = folder / filename
-    if not path.is_file():
-        raise DataError(f"{path} not found; --data-dir must hold {filename}")
-    return path
+def _per_feature(stat, x: np.ndarray) -> list[float]:
+    """``stat`` over every axis but the last: per feature, or per channel of images."""
+    values = stat(x.reshape(-1, x.shape[-1]).astype("float64"), axis=0)
+    return [float(v) if np.isfinite(v) else 0.0 for v in values]
 
 
-def _read_idx(path: Path, *, offset: int) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        return np.frombuffer(f.read(), np.uint8, offset=offset)
-
-
-def _read_cifar10(folder: Path) -> tuple[np.ndarray, ...]:
-    # Read the batches straight from the archive: the data folder may be read-only and
-    # shared by several workers, so nothing is unpacked into it.
-    batches = folder / "cifar-10-batches-py"
-    archive = folder / "cifar-10-python.tar.gz"
-    if batches.is_dir():
-        def open_batch(filename: str):
-            return open(batches / filename, "rb")
-    elif archive.is_file():
-        tar = tarfile.open(archive)
-
-        def open_batch(filename: str):
-            return tar.extractfile(f"cifar-10-batches-py/{filename}")
-    else:
-        raise DataError(f"{archive} not found; --data-dir must hold cifar-10-python.tar.gz or cifar-10-batches-py/")
-
-    def read(filename: str) -> tuple[np.ndarray, np.ndarray]:
-        with open_batch(filename) as f:
-            batch = pickle.load(f, encoding="bytes")
-        x = np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        return x, np.asarray(batch[b"labels"], np.uint8)
-
-    train = [read(f"data_batch_{i}") for i in range(1, 6)]
-    x_test, y_test = read("test_batch")
-    return np.concatenate([b[0] for b in train]), np.concatenate([b[1] for b in train]), x_test, y_test
+def _fit_table(spec: DataSpec, fit: Split, table: Table) -> Preprocessing:
+    numeric = np.stack([fit.x[name] for name in table.numeric], axis=1) if table.numeric else np.zeros((len(fit), 0))
+    mode = "standardize" if spec.preprocess == "auto" else spec.preprocess
+    fill = tuple(_per_feature(np.nanmean, numeric)) if table.numeric and spec.missing == "mean" else ()
+    mean, variance = (), ()
+    if table.numeric and mode == "standardize":
+        mean, variance = tuple(_per_feature(np.nanmean, numeric)), tuple(_per_feature(np.nanvar, numeric))
+    elif table.numeric and mode == "rescale":
+        low, high = _per_feature(np.nanmin, numeric), _per_feature(np.nanmax, numeric)
+        mean, variance = tuple(low), tuple((h - lo) ** 2 for lo, h in zip(low, high))
+    vocabularies = tuple((name, tuple(sorted(set(fit.x[name].astype(str))))) for name in table.categorical)
+    names = [input_name(c) for c in table.columns]
+    if len(set(names)) < len(names):
+        clash = next(c for c in table.columns if names.count(input_name(c)) > 1)
+        raise DataError(f"data.features: columns {clash!r} and another both become model input {input_name(clash)!r} "
+                        "(Keras input names cannot hold '/'); rename one")
+    return Preprocessing(kind="table", shape=(len(table.numeric),), dtype="float32", mode=mode, mean=mean,
+                         variance=variance, fill=fill, numeric=table.numeric, vocabularies=vocabularies)

@@ -16,43 +16,53 @@ from typing import Any, Literal
 
 import optuna
 import yaml
-from optuna.trial import TrialState
 
+from searcher import front
+from searcher.cost import LATENCY_LARGE
+from searcher.monitor import format_cost
 from searcher.errors import SpecError, UserError
 from searcher.space import TrialConfig
-from searcher.spec import validate_model
+from searcher.spec import METRICS, validate_model
 
 FORMAT_VERSION = 1
 CONFIRMED_ATTR = "confirmed_ranking"
 
 
 def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Complete trials, best first."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    return sorted(trials, key=lambda t: (t.value, -t.number), reverse=reverse)
+    """Feasible complete trials, best metric first (``front.ranked``)."""
+    return front.ranked(study)
 
 
-def pick_trial(study: optuna.Study, *, rank: int | None = None) -> tuple[optuna.trial.FrozenTrial, str]:
-    """The trial to export and why: the K-th best by value, else the confirmed winner, else the best."""
+def pick_trial(study: optuna.Study, *, rank: int | None = None,
+               pick: front.Pick = front.Pick()) -> tuple[optuna.trial.FrozenTrial, str]:
+    """The trial to export and why: picked by cost (``pick``), or the K-th best by value, else
+    the confirmed winner, else the best. Only feasible trials are candidates."""
     ranked = ranked_trials(study)
     if not ranked:
-        raise UserError(f"study {study.study_name!r} has no complete trials yet; run `searcher launch {study.study_name}`")
+        raise UserError(front.no_feasible_message(study))
+    feasible = " feasible" if front.infeasible(study.get_trials(deepcopy=False)) else ""
+    if pick.any:
+        if rank is not None:
+            raise UserError("--rank cannot be combined with --smallest-within, --max-params or --max-latency-ms")
+        return front.pick_by_cost(study, pick)
     if rank is not None:
         if not 1 <= rank <= len(ranked):
-            raise UserError(f"--rank: must be between 1 and {len(ranked)} (complete trials), got {rank}")
+            raise UserError(f"--rank: must be between 1 and {len(ranked)} ({feasible.strip() or 'complete'} "
+                            f"trials), got {rank}")
         return ranked[rank - 1], f"rank {rank} by validation value"
     confirmed = study.user_attrs.get(CONFIRMED_ATTR)
     if confirmed:
         number = confirmed[0]["trial"]
         trial = next(t for t in ranked if t.number == number)
         return trial, f"confirmed best over {confirmed[0]['runs']} seeded runs"
-    return ranked[0], "best validation value"
+    if front.goal(study).multi:
+        return ranked[0], f"best{feasible} {front.goal(study).metric} on the Pareto front ({front.goal(study).describe()})"
+    return ranked[0], f"best{feasible} validation value"
 
 
-def export_config(study: optuna.Study, *, rank: int | None = None) -> dict[str, Any]:
+def export_config(study: optuna.Study, *, rank: int | None = None, pick: front.Pick = front.Pick()) -> dict[str, Any]:
     """The exported document: ``source`` (provenance) and ``config`` (what retrain trains)."""
-    trial, why = pick_trial(study, rank=rank)
+    trial, why = pick_trial(study, rank=rank, pick=pick)
     if "config" not in trial.user_attrs:
         raise UserError(f"trial {trial.number} of {study.study_name!r} has no stored config (not run by searcher)")
     source = {
@@ -60,9 +70,10 @@ def export_config(study: optuna.Study, *, rank: int | None = None) -> dict[str, 
         "trial": trial.number,
         "picked": why,
         "metric": trial.user_attrs["config"]["training"]["metric"],
-        "direction": study.direction.name.lower(),
-        "value": trial.value,
+        "direction": "maximize" if front.goal(study).maximize[0] else "minimize",
+        "value": front.metric_value(trial),
         "n_params": trial.user_attrs.get("n_params"),
+        "cost": {**front.figures_of(trial), LATENCY_LARGE: trial.user_attrs.get(LATENCY_LARGE)},
         "baseline": trial.user_attrs.get("baseline"),
         "spec_hash": study.user_attrs.get("spec_hash"),
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -77,6 +88,8 @@ def write_export(document: dict[str, Any], path: Path | None, *, fmt: Literal["y
     else:
         s = document["source"]
         header = f"# searcher export: study {s['study']}, trial {s['trial']} ({s['picked']}), {s['metric']} {s['value']:.4f}\n"
+        if cost := format_cost(s.get("cost") or {}):
+            header += f"# cost: {cost}\n"
         header += f"# retrain it with: searcher retrain {path.name if path else 'THIS_FILE'}\n"
         text = header + yaml.safe_dump(document, sort_keys=False)
     if path is not None:
@@ -110,32 +123,72 @@ def retrain(
 
     Writes the ``.keras`` model and ``<model>.metrics.json``; returns the metrics.
     """
-    from searcher.data import load_search_data, load_test_split, to_tf_dataset
+    from searcher.cost import measure_cost
+    from searcher.data import load_search_data, load_test_split
     from searcher.objective import train
 
     if model_path.suffix != ".keras":
         raise UserError(f"-o: the model file must end in .keras, got {model_path.name}")
     started = time.perf_counter()
     data = load_search_data(config.data, split_seed=config.split_seed, data_dir=data_dir)
-    direction = source.get("direction") or ("maximize" if config.training.metric == "val_accuracy" else "minimize")
+    direction = source.get("direction") or METRICS[config.training.metric]
     result = train(config, data, direction=direction, max_epochs=epochs)
     # The only evaluation on test data in searcher, after every choice has been made.
     test = load_test_split(config.data, data_dir=data_dir)
-    test_loss, test_accuracy = result.model.evaluate(to_tf_dataset(test, batch_size=256), verbose=0)
+    scores = score_test(result.model, test, data.class_names)
     model_path.parent.mkdir(parents=True, exist_ok=True)
     result.model.save(model_path)
     metrics = {
-        "test_accuracy": float(test_accuracy),
-        "test_loss": float(test_loss),
-        "test_examples": len(test),
+        **scores,
         f"best_{config.training.metric}": result.best_value,
+        "data": data.summary(),
+        "inputs": _input_dtypes(result.model),
         **result.summary(),
+        **measure_cost(result.model, data.val),  # on this machine: compare with the trial's stored figures
         "seconds": round(time.perf_counter() - started, 2),
         "model": str(model_path),
         "source": source,
     }
     metrics_path(model_path).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def score_test(model: Any, test: Any, class_names: tuple[str, ...]) -> dict[str, Any]:
+    """Accuracy, loss, AUC, per-class precision/recall and the confusion matrix on the test split.
+
+    The predicted class of row i is ``class_names[argmax(model.predict(x)[i])]``.
+    """
+    import numpy as np
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    from searcher.data import to_tf_dataset
+    from searcher.objective import roc_auc
+
+    batches = to_tf_dataset(test, batch_size=256)
+    test_loss = model.evaluate(batches, verbose=0, return_dict=True)["crossentropy"]  # without the L2 penalty
+    probabilities = model.predict(batches, verbose=0)
+    predicted = probabilities.argmax(axis=1)
+    labels = np.arange(len(class_names))
+    precision, recall, f1, support = precision_recall_fscore_support(test.y, predicted, labels=labels, zero_division=0)
+    return {
+        "test_accuracy": float((predicted == test.y).mean()),
+        "test_loss": float(test_loss),
+        "test_auc": roc_auc(test.y, probabilities),
+        "test_examples": len(test),
+        "class_names": list(class_names),
+        "per_class": {name: {"precision": round(float(p), 4), "recall": round(float(r), 4), "f1": round(float(f), 4),
+                             "support": int(n)}
+                      for name, p, r, f, n in zip(class_names, precision, recall, f1, support)},
+        # rows: the true class, columns: the predicted class, both in class_names order
+        "confusion_matrix": confusion_matrix(test.y, predicted, labels=labels).tolist(),
+    }
+
+
+def _input_dtypes(model: Any) -> dict[str, str] | str:
+    """What the saved model takes: {column: dtype} for tables, one array's shape and dtype otherwise."""
+    if isinstance(model.input, dict):
+        return {name: str(tensor.dtype) for name, tensor in model.input.items()}
+    return f"{model.input.dtype} array of shape {tuple(model.input.shape)}"
 
 
 def metrics_path(model_path: Path) -> Path:

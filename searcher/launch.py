@@ -21,12 +21,14 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from searcher import front
 from searcher import study as studies
 from searcher.devices import detect_gpus, plan_warning, plan_workers
 from searcher.monitor import render, take_snapshot
 from searcher.space import describe
+from searcher.data import check_search_data, describe_data
 from searcher.errors import UserError
-from searcher.spec import NAME_PATTERN, StudySpec, load_spec, resolve_spec_path
+from searcher.spec import FILE_DATASETS, NAME_PATTERN, StudySpec, directions, load_spec, resolve_spec_path
 from searcher.storage import DEFAULT_SQLITE, BudgetLock, describe_db_error, mask_url, resolve_url
 from searcher.workers import (
     EXIT_DONE,
@@ -35,7 +37,6 @@ from searcher.workers import (
     raise_keyboard_interrupt,
     WorkerProcess,
     fail_orphaned_trials,
-    open_study_storage,
     start_worker,
     stop_workers,
     supervise,
@@ -86,6 +87,18 @@ def study_name(base: str, *, name: str | None = None, seed: int | None = None) -
     return name
 
 
+def create_study(spec: StudySpec, url: str, *, n_trials: int, name: str | None = None) -> optuna.Study:
+    """Create the study (or continue it with budget ``n_trials``) and enqueue its baselines once.
+
+    Under the study's budget lock: launches and ``searcher create`` running at once make one
+    study and one set of baselines. ``name``: the study's name (default: the spec's).
+    """
+    name = name or spec.name
+    storage = studies.open_study_storage(spec, url)
+    with BudgetLock(url, name):
+        return studies.create_or_continue(spec, storage, n_trials=n_trials, name=name)
+
+
 def launch(request: LaunchRequest, *, console: Console) -> int:
     """Run the search to its budget; return the process exit code (130 when interrupted)."""
     spec, spec_path = load_launch_spec(request.study, request.seed, mixed_precision=request.mixed_precision,
@@ -95,10 +108,14 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
         console.print(f"study {name}: spec {spec.name} with --seed {request.seed} (--name picks another name)",
                       highlight=False)
     url = resolve_url(request.storage)
-    storage = open_study_storage(spec, url)
+    data_summary = None
+    if spec.data.dataset in FILE_DATASETS:  # a user's own file: check it before anything is stored
+        data_summary = check_search_data(spec, split_seed=spec.split_seed, data_dir=request.data_dir)
+        console.print(f"data: {describe_data(data_summary)}", highlight=False)
     n_trials = request.trials or spec.budget.n_trials
-    with BudgetLock(url, name):  # two launches at once: the study and its baselines are made once
-        study = studies.create_or_continue(spec, storage, n_trials=n_trials, name=name)
+    study = create_study(spec, url, n_trials=n_trials, name=name)
+    if data_summary is not None:
+        study.set_user_attr(studies.DATA_ATTR, data_summary)
     if studies.budget_left(study, n_trials) <= 0:
         console.print(f"{name}: the study already has {n_trials} finished trials; raise --trials to continue.")
         print_summary(study, console=console, url=url, default_url=request.storage is None)
@@ -117,6 +134,8 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
     slots = [WorkerProcess(p) for p in placements]
     console.print(f"[bold]{name}[/]: {len(slots)} worker(s) on {mask_url(url)}, budget {n_trials} trials; "
                   f"logs in {plan.log_dir}/")
+    for line in _goal_lines(spec):
+        console.print(f"  {line}", highlight=False)
     for slot in slots:
         console.print(f"  worker {slot.placement.index}: {slot.placement.describe()}")
         start_worker(slot, plan)
@@ -130,7 +149,7 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
         failed = fail_orphaned_trials(study, {pid for s in slots for pid in s.pids})
         console.print(f"stopped; {failed} running trial(s) of stopped workers marked failed, "
                       f"{studies.finished(studies.count_states(study))} finished trials kept. "
-                      f"Run the same launch again to continue.")
+                      f"Run the same launch again to continue; interrupted trials run again first.")
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -140,6 +159,22 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
         console.print(f"[red]worker {slot.placement.index} ended with exit code {slot.last_exit}; "
                       f"see {plan.log_dir}/worker-{slot.placement.index}.log[/]")
     return 1 if len(crashed) == len(slots) else EXIT_DONE
+
+
+def _goal_lines(spec: StudySpec) -> list[str]:
+    """What the search optimizes, under which constraints, and whether it prunes."""
+    lines = []
+    if spec.objectives and len(spec.objectives) > 1:
+        lines.append("objectives: " + ", ".join(f"{n} ({d})" for n, d in zip(spec.objectives, directions(spec)))
+                     + f"; sampler {spec.sampler.name}")
+    if spec.constraints:
+        limits = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:g}"
+                           for k, v in spec.constraints.limits().items())
+        check = "; max_params checked before training" if spec.constraints.max_params else ""
+        lines.append(f"constraints: {limits}{check}")
+    if reason := studies.pruning_off_reason(spec):
+        lines.append(reason)
+    return lines
 
 
 def _watch(study: optuna.Study, slots: list[WorkerProcess], plan: LaunchPlan, *, console: Console) -> None:
@@ -184,7 +219,9 @@ def _log_finished(study: optuna.Study, reported: set[int], console: Console) -> 
     for t in study.get_trials(deepcopy=False):
         if t.state.is_finished() and t.number not in reported:
             reported.add(t.number)
-            value = f"{t.value:.4f}" if t.value is not None else "-"
+            value = "/".join(f"{v:.4g}" for v in t.values) if t.values else "-"
+            if t.user_attrs.get("infeasible"):
+                value += f" (infeasible: {t.user_attrs['infeasible']})"
             console.print(f"trial {t.number} {t.state.name.lower()} {value} "
                           f"epochs={t.user_attrs.get('epochs', '?')} pid={t.user_attrs.get('worker_pid', '?')}")
 
@@ -208,12 +245,18 @@ def print_summary(study: optuna.Study, *, console: Console, url: str, default_ur
     """The best trial, the baselines against it, and the commands to run next."""
     snap = take_snapshot(study)
     console.print(render(snap))
-    if snap.best_trial is not None:
-        best = study.best_trial
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            if "baseline" in t.user_attrs:
-                console.print(f"  baseline {t.user_attrs['baseline']}: {t.value:.4f} "
-                              f"({best.value - t.value:+.4f} for the best)")
+    ranked = front.ranked(study)
+    if ranked:
+        best = ranked[0]
+        for t in study.get_trials(deepcopy=False):
+            if "baseline" not in t.user_attrs:
+                continue
+            if t.state == optuna.trial.TrialState.COMPLETE:
+                over = "" if front.is_feasible(t) else ", infeasible"
+                console.print(f"  baseline {t.user_attrs['baseline']}: {front.metric_value(t):.4f} "
+                              f"({front.metric_value(best) - front.metric_value(t):+.4f} for the best{over})")
+            elif t.user_attrs.get("infeasible"):
+                console.print(f"  baseline {t.user_attrs['baseline']}: infeasible ({t.user_attrs['infeasible']})")
         if "config" in best.user_attrs:
             console.print(f"  best config: {describe(best.user_attrs['config'])}", highlight=False)
     name = study.study_name

@@ -1,14 +1,18 @@
 """Build a compiled Keras model from a ``ModelConfig``.
 
-MLP and CNN share one block: layer -> optional batch norm -> activation -> optional
-dropout, with the initializer and L2 on every kernel. Import this module only in worker
-processes and retrain: it imports TensorFlow.
+The first layers are the data's preprocessing, fitted on the fit split (``data.Preprocessing``):
+rescaling, per-feature standardization, imputation and one-hot categories, so the model
+takes raw inputs and a saved ``.keras`` file needs nothing else. Then MLP and CNN share one
+block: layer -> optional batch norm -> activation -> optional dropout, with the initializer
+and L2 on every kernel. Import this module only in worker processes and retrain: it
+imports TensorFlow.
 """
 
 from __future__ import annotations
 
 import keras
 
+from searcher.data import Preprocessing, input_name
 from searcher.space import ModelConfig
 
 # Keras names an activation layer where a string is not enough.
@@ -21,21 +25,21 @@ _ACTIVATION_LAYERS = {
 def build_model(
     config: ModelConfig,
     *,
-    input_shape: tuple[int, ...],
+    preprocessing: Preprocessing,
     n_classes: int,
     jit_compile: bool | str = "auto",
 ) -> keras.Model:
-    """Return the compiled network ``config`` describes, for inputs of ``input_shape``.
+    """Return the compiled network ``config`` describes, on raw inputs as ``preprocessing`` says.
 
     Args:
         config: structure and hyperparameters (the same object a trial stores and
             ``retrain`` reads).
-        input_shape: one example's shape, e.g. ``(28, 28, 1)``.
+        preprocessing: the raw inputs' layout and the first layers fitted on the fit split
+            (``Preprocessing.identity((28, 28, 1))`` for inputs fed as they are).
         n_classes: width of the softmax output.
         jit_compile: passed to ``model.compile``; True turns XLA on.
     """
-    inputs = keras.Input(shape=input_shape)
-    x = inputs
+    inputs, x = _input_layers(preprocessing)
     if config.kind == "cnn":
         for filters in config.conv_filters:
             for i in range(config.convs_per_stage):
@@ -55,10 +59,59 @@ def build_model(
     model.compile(
         optimizer=make_optimizer(config),
         loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        # The plain cross-entropy, without the L2 penalty Keras adds to "loss": searcher's val_loss.
+        metrics=["accuracy", keras.metrics.SparseCategoricalCrossentropy(name="crossentropy")],
         jit_compile=jit_compile,
     )
     return model
+
+
+@keras.saving.register_keras_serializable(package="searcher")
+class FillMissing(keras.layers.Layer):
+    """Replaces NaN with per-feature values fitted on the fit split (``data.missing: mean``).
+
+    Keras has no imputation layer; a saved model that uses this one loads once
+    ``searcher.models`` is imported.
+    """
+
+    def __init__(self, values: list[float], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.values = [float(v) for v in values]
+
+    def call(self, x):
+        return keras.ops.where(keras.ops.isnan(x), keras.ops.convert_to_tensor(self.values, dtype=x.dtype), x)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "values": self.values}
+
+
+def _input_layers(pre: Preprocessing):
+    """The raw inputs (one array, or one named input per table column) and the preprocessed tensor."""
+    if pre.kind == "array":
+        raw = keras.Input(shape=pre.shape, name="inputs")
+        return raw, _scaled(raw, pre)
+    # Inputs are named as the columns, so a model takes {column: values} straight from a CSV reader.
+    raw = {name: keras.Input(shape=(1,), name=input_name(name)) for name in pre.numeric}
+    raw |= {name: keras.Input(shape=(1,), dtype="string", name=input_name(name)) for name, _ in pre.vocabularies}
+    parts = []
+    if pre.numeric:
+        columns = [raw[name] for name in pre.numeric]
+        parts.append(_scaled(keras.layers.Concatenate(name="numeric")(columns) if len(columns) > 1 else columns[0], pre))
+    for name, vocabulary in pre.vocabularies:
+        parts.append(keras.layers.StringLookup(vocabulary=list(vocabulary), output_mode="one_hot",
+                                               name=f"onehot_{input_name(name)}")(raw[name]))
+    inputs = {input_name(name): tensor for name, tensor in raw.items()}
+    return inputs, keras.layers.Concatenate(name="features")(parts) if len(parts) > 1 else parts[0]
+
+
+def _scaled(x, pre: Preprocessing):
+    if pre.fill:
+        x = FillMissing(list(pre.fill), name="fill_missing")(x)
+    if pre.mode == "rescale" and pre.kind == "array":
+        return keras.layers.Rescaling(1.0 / pre.scale, name="rescale")(x)
+    if pre.mean:  # standardize; a table's rescale is a min-max map, the same layer with (min, range**2)
+        return keras.layers.Normalization(mean=list(pre.mean), variance=list(pre.variance), name="normalize")(x)
+    return x
 
 
 def _kernel_args(config: ModelConfig) -> dict:

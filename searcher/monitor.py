@@ -16,6 +16,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from searcher import front
 from searcher.study import finished
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
@@ -39,11 +40,16 @@ class Snapshot:
     n_trials: int | None
     counts: dict[str, int]
     fail_reasons: dict[str, int]
-    best_value: float | None
+    best_value: float | None  # the best feasible trial's metric
     best_trial: int | None
     best_params: dict[str, Any]
     running: list[RunningTrial] = field(default_factory=list)
     train_seconds: float = 0.0
+    objectives: list[str] = field(default_factory=list)  # the metric first; a cost second in a two-objective study
+    best_cost: dict[str, Any] = field(default_factory=dict)  # the best trial's cost figures (front.COSTS)
+    infeasible: int = 0  # finished trials over a constraint (never best)
+    no_feasible: str | None = None  # why there is no best although trials completed
+    front: list[dict[str, Any]] = field(default_factory=list)  # two objectives: the Pareto front, cheapest first
 
     @property
     def finished(self) -> int:
@@ -69,28 +75,32 @@ def take_snapshot(study: optuna.Study) -> Snapshot:
             worker_pid=t.user_attrs.get("worker_pid"),
             worker_host=t.user_attrs.get("worker_host"),
             elapsed_s=round((now - t.datetime_start).total_seconds(), 1) if t.datetime_start else 0.0,
-            epochs_reported=len(t.intermediate_values),
+            epochs_reported=len(t.intermediate_values) or len(t.user_attrs.get("curve", ())),
         )
         for t in trials
         if t.state == TrialState.RUNNING
     ]
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = None
-    if complete:
-        pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
-        best = pick(complete, key=lambda t: t.value)
+    goal, ranked = front.goal(study), front.ranked(study)
+    best = ranked[0] if ranked else None
+    on_front = front.front(ranked, cost=goal.cost, maximize=goal.maximize[0]) if goal.multi else []
     seconds = sum(t.duration.total_seconds() for t in trials if t.duration and t.state.is_finished())
+    complete = any(t.state == TrialState.COMPLETE for t in trials)
     return Snapshot(
         study=study.study_name,
-        direction=study.direction.name.lower(),
+        direction=", ".join("maximize" if m else "minimize" for m in goal.maximize),
         n_trials=study.user_attrs.get("n_trials"),
         counts={s: counts.get(s, 0) for s in STATES},
         fail_reasons=dict(reasons),
-        best_value=best.value if best else None,
+        best_value=front.metric_value(best) if best else None,
         best_trial=best.number if best else None,
         best_params=dict(best.params) if best else {},
         running=sorted(running, key=lambda r: r.number),
         train_seconds=round(seconds, 1),
+        objectives=list(goal.names),
+        best_cost=front.figures_of(best) if best else {},
+        infeasible=len(front.infeasible(trials)),
+        no_feasible=front.no_feasible_message(study) if complete and best is None else None,
+        front=[{"trial": t.number, "values": list(t.values), **front.figures_of(t)} for t in on_front],
     )
 
 
@@ -118,8 +128,21 @@ def render(snapshot: Snapshot, *, elapsed_s: float | None = None, eta_s: float |
         head.append(f"  remaining ~{_duration(eta_s)}")
     parts: list[Any] = [head]
     if snapshot.best_value is not None:
-        parts.append(Text.assemble(("best ", "bold"), f"{snapshot.best_value:.4f} (trial {snapshot.best_trial}): ",
+        label = "best feasible " if snapshot.infeasible else "best "
+        parts.append(Text.assemble((label, "bold"), f"{snapshot.objectives[0] if snapshot.objectives else ''} "
+                                   f"{snapshot.best_value:.4f} (trial {snapshot.best_trial}): ",
                                    (format_params(snapshot.best_params), "dim")))
+        if cost := format_cost(snapshot.best_cost):
+            parts.append(Text(f"  cost: {cost}", "dim"))
+    elif snapshot.no_feasible:
+        parts.append(Text(f"no best trial: {snapshot.no_feasible}", "red"))
+    if snapshot.infeasible:
+        parts.append(Text(f"infeasible (over a constraint, never best): {snapshot.infeasible}", "yellow"))
+    if snapshot.front:
+        names = snapshot.objectives
+        rows = ", ".join(f"#{p['trial']} {p['values'][0]:.4f}/{_cost_value(names[1], p['values'][1])}"
+                         for p in snapshot.front)
+        parts.append(Text(f"Pareto front ({names[0]}/{names[1]}), cheapest first: {rows}"))
     if snapshot.fail_reasons:
         parts.append(Text("failures: " + ", ".join(f"{k} {v}" for k, v in snapshot.fail_reasons.items()), "red"))
     if workers is not None:
@@ -130,6 +153,20 @@ def render(snapshot: Snapshot, *, elapsed_s: float | None = None, eta_s: float |
             table.add_row(str(r.number), f"{r.worker_host}:{r.worker_pid}", _duration(r.elapsed_s), str(r.epochs_reported))
         parts.append(table)
     return Group(*parts)
+
+
+def format_cost(figures: dict[str, Any]) -> str:
+    """``4,480 params, 0.049 MB, 0.36 ms/example (batch 1), 0.31 s/epoch`` from ``front.figures_of``."""
+    parts = []
+    for name, text in (("n_params", "{:,.0f} params"), ("model_mb", "{:.3g} MB"),
+                       ("latency_ms", "{:.3g} ms/example (batch 1)"), ("sec_per_epoch", "{:.3g} s/epoch")):
+        if figures.get(name) is not None:
+            parts.append(text.format(figures[name]))
+    return ", ".join(parts)
+
+
+def _cost_value(name: str, value: float) -> str:
+    return f"{value:,.0f}" if name == "n_params" else f"{value:.3g}"
 
 
 def _duration(seconds: float) -> str:

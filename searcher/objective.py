@@ -18,11 +18,13 @@ import keras
 import numpy as np
 import optuna
 
-from searcher.data import SearchData, to_tf_dataset
+from searcher.cost import measure_cost
+from searcher.data import SearchData, Split, class_weights, to_tf_dataset
+from searcher.front import cost_of, violations
 from searcher.memory import MemoryGuard
 from searcher.models import build_model
 from searcher.space import TrialConfig, suggest_values, trial_config
-from searcher.spec import StudySpec
+from searcher.spec import COST_OBJECTIVES, StudySpec, objective_names
 
 
 class TrialFailed(Exception):
@@ -65,11 +67,18 @@ class TrainResult:
         return self.curve[self.best_epoch - 1]
 
     def summary(self) -> dict[str, Any]:
-        """The figures stored on every trial and written by ``retrain``."""
+        """The figures stored on every trial and written by ``retrain``.
+
+        ``val_loss_at_best`` breaks ties between trials of equal accuracy: on a small
+        validation split many trials reach the same accuracy, and the lower loss is the
+        surer one.
+        """
+        losses = self.history.get("val_loss") or []
         return {
             "n_params": int(self.model.count_params()),
             "epochs": len(self.curve),
             "best_epoch": self.best_epoch,
+            "val_loss_at_best": float(losses[self.best_epoch - 1]) if len(losses) >= self.best_epoch else None,
             "sec_per_epoch": round(statistics.median(self.epoch_seconds), 4),
             "train_seconds": round(sum(self.epoch_seconds), 3),
         }
@@ -102,6 +111,48 @@ class _FailOnNaN(keras.callbacks.Callback):
             raise TrialFailed("nan", f"loss became {float(loss)} in epoch {epoch + 1}")
 
 
+def roc_auc(y: np.ndarray, probabilities: np.ndarray) -> float:
+    """ROC AUC: of the positive class for 2 classes, else the macro one-vs-rest mean; NaN when
+    the network produced NaN (the NaN check fails the trial)."""
+    from sklearn.metrics import roc_auc_score
+
+    if not np.isfinite(probabilities).all():
+        return math.nan
+    if probabilities.shape[1] == 2:
+        return float(roc_auc_score(y, probabilities[:, 1]))
+    return float(roc_auc_score(y, probabilities, multi_class="ovr", average="macro",
+                               labels=np.arange(probabilities.shape[1])))
+
+
+class _DataLoss(keras.callbacks.Callback):
+    """Makes ``val_loss`` the validation cross-entropy alone.
+
+    Keras' ``val_loss`` adds the L2 penalty, so comparing trials by it would rank a strongly
+    regularized model lower for its penalty rather than its predictions.
+    """
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        if logs is not None and "val_crossentropy" in logs:
+            logs["val_loss"] = logs["val_crossentropy"]
+
+
+class _ValidationAUC(keras.callbacks.Callback):
+    """Adds ``val_auc`` to each epoch's logs, before early stopping and pruning read them.
+
+    Computed with scikit-learn on the whole validation split (a batch-wise Keras AUC
+    approximates it with thresholds), and kept out of the compiled model, so a saved model
+    needs no custom metric to load.
+    """
+
+    def __init__(self, val: Split, *, batch_size: int) -> None:
+        super().__init__()
+        self.val, self.dataset = val, to_tf_dataset(val, batch_size=batch_size)
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        if logs is not None:
+            logs["val_auc"] = roc_auc(self.val.y, self.model.predict(self.dataset, verbose=0))
+
+
 def train(
     config: TrialConfig,
     data: SearchData,
@@ -119,9 +170,13 @@ def train(
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed)
     training = config.training
-    model = build_model(config.model, input_shape=data.input_shape, n_classes=data.n_classes, jit_compile=jit_compile)
+    model = build_model(config.model, preprocessing=data.preprocessing, n_classes=data.n_classes,
+                        jit_compile=jit_compile)
     clock = _EpochClock()
-    cbs: list[keras.callbacks.Callback] = [_FailOnNaN(), clock]
+    val_batch = max(training.batch_size, 256)
+    cbs: list[keras.callbacks.Callback] = [_DataLoss(), _FailOnNaN(), clock]
+    if training.metric == "val_auc":
+        cbs.insert(0, _ValidationAUC(data.val, batch_size=val_batch))
     if training.patience:
         cbs.append(
             keras.callbacks.EarlyStopping(
@@ -132,10 +187,11 @@ def train(
             )
         )
     cbs.extend(callbacks)
+    weights = class_weights(data.train, data.n_classes) if training.class_weight == "balanced" else None
     try:
         history = model.fit(
-            to_tf_dataset(data.train, batch_size=training.batch_size, shuffle_seed=config.seed),
-            validation_data=to_tf_dataset(data.val, batch_size=max(training.batch_size, 256)),
+            to_tf_dataset(data.train, batch_size=training.batch_size, shuffle_seed=config.seed, weights=weights),
+            validation_data=to_tf_dataset(data.val, batch_size=val_batch),
             epochs=max_epochs or training.max_epochs,
             callbacks=cbs,
             shuffle=False,  # tf.data already shuffles, seeded
@@ -172,6 +228,32 @@ class _ReportAndPrune(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class _RecordCurve(keras.callbacks.Callback):
+    """Store the validation curve as the ``curve`` user attr after each epoch.
+
+    A multi-objective study has no ``Trial.report`` (Optuna raises NotImplementedError), so
+    the learning curve that intermediate values would hold goes here instead.
+    """
+
+    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+        super().__init__()
+        self.trial, self.metric, self.curve = trial, metric, []
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        value = (logs or {}).get(self.metric)
+        if value is not None:
+            self.curve.append(float(value))
+            self.trial.set_user_attr("curve", self.curve)
+
+
+def count_params(config: TrialConfig, data: SearchData, *, jit_compile: bool | str = "auto") -> int:
+    """The parameter count of ``config``'s network, built as ``train`` builds it, untrained."""
+    keras.backend.clear_session()
+    model = build_model(config.model, preprocessing=data.preprocessing, n_classes=data.n_classes,
+                        jit_compile=jit_compile)
+    return int(model.count_params())
+
+
 class Objective:
     """The Optuna objective of a study: one call is one trial.
 
@@ -191,14 +273,20 @@ class Objective:
         seed = trial.user_attrs.get("seed", trial_seed(self.spec.seed, trial.number))
         return trial_config(self.spec, values, seed=seed)
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         trial.set_user_attr("worker_pid", os.getpid())
         trial.set_user_attr("worker_host", self._host)
         config = self.config_for(trial)
         trial.set_user_attr("config", config.to_dict())
         trial.set_user_attr("seed", config.seed)
         trial.set_user_attr("threads", os.environ.get("TF_NUM_INTRAOP_THREADS"))
+        limits = self.spec.constraints.limits() if self.spec.constraints else {}
+        if "max_params" in limits:
+            self._reject_if_too_big(trial, config, limits["max_params"])
+        objectives = objective_names(self.spec)
         pruning = _ReportAndPrune(trial, config.training.metric)
+        # Optuna's pruners need Trial.report, which multi-objective studies lack: record the curve only.
+        watch = _RecordCurve(trial, config.training.metric) if len(objectives) > 1 else pruning
         guard = MemoryGuard(self.spec.runtime.max_worker_memory_mb)
         try:
             with guard:
@@ -206,7 +294,7 @@ class Objective:
                     config,
                     self.data,
                     direction=self.spec.training.direction,
-                    callbacks=[pruning],
+                    callbacks=[watch],
                     jit_compile=self.jit_compile,
                 )
         except KeyboardInterrupt:
@@ -229,6 +317,31 @@ class Objective:
             trial.set_user_attr("peak_rss_mb", round(guard.peak_mb))
         for key, value in result.summary().items():
             trial.set_user_attr(key, value)
+        for key, value in measure_cost(result.model, self.data.val).items():
+            trial.set_user_attr(key, value)
+        figures = {name: cost_of(trial, name) for name in COST_OBJECTIVES}
+        for key, value in violations(limits, figures).items():
+            trial.set_constraint(key, value)
         if pruning.pruned_at is not None:
             raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at}")
+        if len(objectives) > 1:
+            return result.best_value, figures[objectives[1]]
         return result.best_value
+
+    def _reject_if_too_big(self, trial: optuna.Trial, config: TrialConfig, max_params: int) -> None:
+        """Build and count the network; over ``constraints.max_params`` it ends now, untrained.
+
+        It ends PRUNED (no value to make up) with its constraint violation stored, so TPE and
+        NSGA-II learn where the feasible region is; it counts against the budget like any
+        finished trial, and is never "best".
+        """
+        n_params = count_params(config, self.data, jit_compile=self.jit_compile)
+        trial.set_user_attr("n_params", n_params)
+        if n_params <= max_params:
+            return
+        for key, value in violations({"max_params": max_params}, {"n_params": n_params}).items():
+            trial.set_constraint(key, value)
+        reason = f"{n_params:,} parameters > constraints.max_params {max_params:,}; not trained"
+        trial.set_user_attr("infeasible", reason)
+        trial.set_user_attr("epochs", 0)
+        raise optuna.TrialPruned(reason)

@@ -64,7 +64,8 @@ class TrainingConfig(_Frozen):
     batch_size: int = Field(ge=1)
     max_epochs: int = Field(ge=1)
     patience: int | None
-    metric: Literal["val_accuracy", "val_loss"]
+    metric: Literal["val_accuracy", "val_auc", "val_loss"]
+    class_weight: Literal["none", "balanced"] = "none"
 
 
 class TrialConfig(_Frozen):
@@ -165,6 +166,7 @@ def trial_config(spec: StudySpec, values: dict[str, Any], *, seed: int) -> Trial
         max_epochs=spec.training.max_epochs,
         patience=spec.training.patience,
         metric=spec.training.metric,
+        class_weight=spec.training.class_weight,
     )
     return TrialConfig(data=spec.data, model=model, training=training, seed=seed, split_seed=spec.split_seed)
 
@@ -222,7 +224,7 @@ def describe(config: dict[str, Any]) -> str:
     """A one-line summary of a stored trial config, with only the knobs that apply."""
     m, t = config["model"], config["training"]
     layers = f"conv {m['conv_filters']} x{m['convs_per_stage']} -> dense {m['hidden_units']}" if m["kind"] == "cnn" \
-        else f"dense {m['hidden_units']}"
+        else f"dense {m['hidden_units']}" if m["hidden_units"] else "linear (no hidden layer)"
     optimizer = f"{m['optimizer']} lr={m['learning_rate']:.3g}"
     if m["optimizer"] in MOMENTUM_OPTIMIZERS:
         optimizer += f" momentum={m['momentum']:.3g}"

@@ -41,7 +41,9 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "nadam"
 MOMENTUM_OPTIMIZERS = ("momentum", "nesterov")
 ADAM_OPTIMIZERS = ("adam", "adamw", "nadam")  # the ones beta_1, beta_2 and epsilon apply to
 ADAM_KNOBS = ("beta_1", "beta_2", "epsilon")
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "npz")
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "npz", "csv", "images")
+FILE_DATASETS = ("npz", "csv", "images")  # a user's own data, read from data.path
+METRICS = {"val_accuracy": "maximize", "val_auc": "maximize", "val_loss": "minimize"}
 SHIPPED_STUDIES = Path(__file__).parent / "studies"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # a study name: also a folder name for its logs
 
@@ -226,7 +228,7 @@ KNOBS: dict[str, _Domain] = {
     "l2": _Domain(float, low=0, off_ok=True),
     "batch_norm": _Domain(bool),
     "batch_size": _Domain(int, low=1),
-    "depth": _Domain(int, low=1),
+    "depth": _Domain(int, low=0),  # mlp 0: a linear (softmax-regression) model on the preprocessed inputs
     "units": _Domain(int, low=1, per_layer=True, model_kinds=("mlp",)),
     "filters": _Domain(int, low=1, per_layer=True, model_kinds=("cnn",)),
     "dense_units": _Domain(int, low=1, model_kinds=("cnn",)),
@@ -290,17 +292,62 @@ class SearchSpec(_Frozen):
 
 
 class DataSpec(_Frozen):
-    dataset: Literal["digits", "mnist", "fashion_mnist", "cifar10", "npz"]
+    """Which data, how it is split, and how the model's first layers preprocess it.
+
+    ``preprocess`` is fitted on the fit split only and lives inside the model, so a saved
+    model takes raw inputs. ``auto``: images (integer arrays, or anything with a
+    height/width/channel shape) are rescaled to [0, 1]; 2-D features are standardized per
+    feature; CSV tables standardize numeric columns and one-hot encode categorical ones.
+    """
+
+    dataset: Literal["digits", "mnist", "fashion_mnist", "cifar10", "npz", "csv", "images"]
     path: str | None = None
+    test_path: str | None = None
+    test_fraction: float | None = Field(None, gt=0, lt=1)
+    target: str | None = None
+    features: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+    image_size: tuple[int, int] | None = None
+    color_mode: Literal["rgb", "grayscale"] = "rgb"
+    preprocess: Literal["auto", "standardize", "rescale", "none"] = "auto"
+    missing: Literal["error", "mean"] = "error"
     validation_fraction: float = Field(0.2, gt=0, lt=1)
     split_seed: int | None = Field(None, ge=0)  # None: the study's seed
 
     @model_validator(mode="after")
-    def _path_for_npz(self) -> DataSpec:
-        if self.dataset == "npz" and not self.path:
-            raise FieldError("path", "is required for dataset npz (a file with x_train, y_train, x_test, y_test)")
-        if self.dataset != "npz" and self.path:
-            raise FieldError("path", f"is only used with dataset npz, not {self.dataset}")
+    def _fields_fit_dataset(self) -> DataSpec:
+        own = self.dataset in FILE_DATASETS
+        if own and not self.path:
+            what = {"npz": "a .npz with x_train, y_train (and x_test, y_test)", "csv": "a CSV file with a header row",
+                    "images": "a folder with one subfolder of images per class"}[self.dataset]
+            raise FieldError("path", f"is required for dataset {self.dataset} ({what})")
+        if not own:
+            for name in ("path", "test_path", "test_fraction"):
+                if getattr(self, name) is not None:
+                    raise FieldError(name, f"is only used with dataset {', '.join(FILE_DATASETS)}, not {self.dataset}")
+        if self.dataset == "npz" and self.test_path:
+            raise FieldError("test_path", "is not used with npz: put x_test, y_test in the file, or set test_fraction")
+        if self.test_path and self.test_fraction:
+            raise FieldError("test_fraction", "cannot be combined with test_path: the test split comes from one of them")
+        if self.dataset == "csv" and not self.target:
+            raise FieldError("target", "is required for dataset csv (the column holding the class)")
+        # Compared with the defaults, not "was it set": a stored spec lists every field.
+        for name in ("target", "features", "categorical"):
+            if self.dataset != "csv" and getattr(self, name):
+                raise FieldError(name, f"is only used with dataset csv, not {self.dataset}")
+        for name, default in (("image_size", None), ("color_mode", "rgb")):
+            if self.dataset != "images" and getattr(self, name) != default:
+                raise FieldError(name, f"is only used with dataset images, not {self.dataset}")
+        if self.image_size is not None and min(self.image_size) < 1:
+            raise FieldError("image_size", f"must be two sizes >= 1 (height, width), got {list(self.image_size)}")
+        for name in ("features", "categorical"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise FieldError(name, f"must not repeat a column, got {list(values)}")
+        if self.features and (extra := [c for c in self.categorical if c not in self.features]):
+            raise FieldError("categorical", f"{extra[0]!r} is not in data.features")
+        if self.missing == "mean" and self.dataset not in ("npz", "csv"):
+            raise FieldError("missing", f"mean imputation is for tables (npz, csv), not {self.dataset}")
         return self
 
 
@@ -339,12 +386,13 @@ class ModelSpec(_Frozen):
 class TrainingSpec(_Frozen):
     max_epochs: int = Field(20, ge=1)
     patience: int | None = Field(3, ge=1)
-    metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    metric: Literal["val_accuracy", "val_auc", "val_loss"] = "val_accuracy"
     direction: Literal["maximize", "minimize"] | None = None
+    class_weight: Literal["none", "balanced"] = "none"  # balanced: each class weighs as much in the loss
 
     @model_validator(mode="after")
     def _direction_fits_metric(self) -> TrainingSpec:
-        natural = "maximize" if self.metric == "val_accuracy" else "minimize"
+        natural = METRICS[self.metric]
         if self.direction is None:
             object.__setattr__(self, "direction", natural)
         elif self.direction != natural:
@@ -353,8 +401,8 @@ class TrainingSpec(_Frozen):
 
 
 class SamplerSpec(_Frozen):
-    name: Literal["tpe", "random", "cmaes", "gp", "grid"] = "tpe"
-    n_startup_trials: int = Field(8, ge=0)
+    name: Literal["tpe", "random", "cmaes", "gp", "grid", "nsgaii"] = "tpe"
+    n_startup_trials: int = Field(8, ge=0)  # nsgaii: its population size (the first generation is random)
 
 
 class PrunerSpec(_Frozen):
@@ -366,6 +414,42 @@ class PrunerSpec(_Frozen):
 class BudgetSpec(_Frozen):
     n_trials: int = Field(20, ge=1)
     timeout: float | None = Field(None, gt=0)
+
+
+# --- deployment: constraints on what a model costs, and cost as a second objective -------
+
+COST_OBJECTIVES = ("n_params", "latency_ms", "sec_per_epoch", "model_mb")
+CONSTRAINTS = ("max_params", "max_latency_ms", "max_model_mb")
+MULTI_OBJECTIVE_SAMPLERS = ("tpe", "nsgaii", "gp", "random")
+# Samplers that learn where the feasible region is; random and grid learn from no result at all.
+CONSTRAINED_SAMPLERS = ("tpe", "nsgaii", "gp", "random", "grid")
+
+
+class ConstraintsSpec(_Frozen):
+    """Limits a deployable model must meet; a trial over one is infeasible, never "best".
+
+    ``max_params`` is checked on the built model before any training; latency (per example,
+    batch 1) and model size are measured after training.
+    """
+
+    max_params: int | None = Field(None, ge=1)
+    max_latency_ms: float | None = Field(None, gt=0)
+    max_model_mb: float | None = Field(None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_names(cls, raw: Any) -> Any:
+        if isinstance(raw, dict):
+            for key in raw:
+                if key not in CONSTRAINTS:
+                    raise FieldError(str(key), f"unknown constraint; constraints are {', '.join(CONSTRAINTS)}")
+            if not any(v is not None for v in raw.values()):
+                raise FieldError("", f"set at least one of {', '.join(CONSTRAINTS)}")
+        return raw
+
+    def limits(self) -> dict[str, float]:
+        """The constraints that are set, by name."""
+        return {name: getattr(self, name) for name in CONSTRAINTS if getattr(self, name) is not None}
 
 
 class RuntimeSpec(_Frozen):
@@ -412,9 +496,40 @@ class StudySpec(_Frozen):
     runtime: RuntimeSpec = RuntimeSpec()
     seed: int = 0
     baselines: tuple[Baseline, ...] = ()
+    constraints: ConstraintsSpec | None = None
+    objectives: tuple[str, ...] | None = None  # [metric] or [metric, cost]; None: the metric alone
+
+    @model_validator(mode="after")
+    def _objectives_and_constraints(self) -> StudySpec:
+        if self.objectives is not None:
+            listed = list(self.objectives)
+            if not 1 <= len(listed) <= 2:
+                raise FieldError("objectives", f"must list the metric and at most one cost, e.g. "
+                                               f"[{self.training.metric}, n_params], got {listed}")
+            if listed[0] != self.training.metric:
+                raise FieldError("objectives[0]", f"must be training.metric ({self.training.metric}), "
+                                                  f"got {listed[0]!r}")
+            if len(listed) == 2 and listed[1] not in COST_OBJECTIVES:
+                raise FieldError("objectives[1]", f"unknown objective; the second objective is one of "
+                                                  f"{', '.join(COST_OBJECTIVES)}, got {listed[1]!r}")
+            if len(listed) == 2 and self.sampler.name not in MULTI_OBJECTIVE_SAMPLERS:
+                raise FieldError("sampler.name", f"{self.sampler.name} cannot search two objectives "
+                                                 f"(objectives: {listed}); use {', '.join(MULTI_OBJECTIVE_SAMPLERS)}")
+        if self.constraints is not None and self.sampler.name not in CONSTRAINED_SAMPLERS:
+            raise FieldError("sampler.name", f"{self.sampler.name} would ignore constraints "
+                                             f"({', '.join(self.constraints.limits())}); use tpe, nsgaii or gp, "
+                                             f"which learn where the feasible region is")
+        if self.sampler.name == "nsgaii" and self.sampler.n_startup_trials < 2:
+            raise FieldError("sampler.n_startup_trials", f"is nsgaii's population size and must be >= 2, "
+                                                         f"got {self.sampler.n_startup_trials}")
+        return self
 
     @model_validator(mode="after")
     def _knobs_fit_model(self) -> StudySpec:
+        if self.model.kind == "cnn" and self.data.dataset == "csv":
+            raise FieldError("model.kind", "cnn needs images; dataset csv gives a table of features: use mlp")
+        if self.model.kind == "cnn" and min_depth(self.search) < 1:
+            raise FieldError("search.depth", f"a cnn needs at least 1 conv stage, got {min_depth(self.search)}")
         for name in KNOBS:
             knob = getattr(self.search, name)
             if self.model.kind not in KNOBS[name].model_kinds and name in self.search.model_fields_set:
@@ -435,6 +550,11 @@ class StudySpec(_Frozen):
         for name, domain in KNOBS.items():
             if self.model.kind not in domain.model_kinds:
                 del raw["search"][name]
+        for key in ("constraints", "objectives"):  # absent when unset: older studies keep their hash
+            if raw[key] is None:
+                del raw[key]
+        if "constraints" in raw:
+            raw["constraints"] = {k: v for k, v in raw["constraints"].items() if v is not None}
         return raw
 
     def search_hash(self) -> str:
@@ -454,6 +574,16 @@ class StudySpec(_Frozen):
         return self.seed if self.data.split_seed is None else self.data.split_seed
 
 
+def min_depth(search: SearchSpec) -> int:
+    """The fewest layers (mlp) or stages (cnn) ``search.depth`` allows."""
+    depth = search.depth
+    if isinstance(depth, Fixed):
+        return int(depth.value)
+    if isinstance(depth, Choice):
+        return int(min(depth.choices))
+    return int(depth.low)
+
+
 def max_depth(search: SearchSpec) -> int:
     """The most layers (mlp) or stages (cnn) ``search.depth`` allows."""
     depth = search.depth
@@ -462,6 +592,16 @@ def max_depth(search: SearchSpec) -> int:
     if isinstance(depth, Choice):
         return int(max(depth.choices))
     return int(depth.high)
+
+
+def objective_names(spec: StudySpec) -> tuple[str, ...]:
+    """What the study optimizes: the metric, then the cost objective if there is one."""
+    return spec.objectives or (spec.training.metric,)
+
+
+def directions(spec: StudySpec) -> list[str]:
+    """Optuna directions of ``objective_names``: the metric's, then minimize (every cost)."""
+    return [spec.training.direction] + ["minimize"] * (len(objective_names(spec)) - 1)
 
 
 def _check_layer_list(search: SearchSpec, name: str, length: int, path: str) -> None:

@@ -1,4 +1,5 @@
-"""A study in its storage: created once from a spec, joined by workers, counted against a budget.
+"""A study in its storage: opened with heartbeats, created once from a spec, joined by workers,
+counted against a budget.
 
 The study stores its spec (``spec``) and the spec's search hash (``spec_hash``); a worker
 whose spec hashes differently refuses to join, so two search spaces never mix. The
@@ -8,6 +9,8 @@ workers: a FAILED trial is a crash or a retry, not a result.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import Counter
 from typing import Any
 
@@ -16,16 +19,60 @@ from optuna.trial import TrialState
 
 from searcher.errors import StorageError
 from searcher.space import baseline_params, grid_search_space
-from searcher.spec import StudySpec, parse_spec
-from searcher.storage import mask_url
+from searcher.spec import StudySpec, directions, objective_names, parse_spec
+from searcher.storage import mask_url, open_storage
+
+log = logging.getLogger(__name__)
 
 SPEC_ATTR, HASH_ATTR, BUDGET_ATTR, BASELINES_ATTR = "spec", "spec_hash", "n_trials", "baselines_enqueued"
+DATA_ATTR = "data"  # the data summary (rows, features, classes, preprocessing): data.SearchData.summary
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def _stale_trial_callback(spec: StudySpec) -> optuna.storages.RetryHeartbeatStaleTrialCallback:
+    return optuna.storages.RetryHeartbeatStaleTrialCallback(
+        max_retry=spec.runtime.max_retries, inherit_intermediate_values=True
+    )
+
+
+def retry_interrupted(study: optuna.Study, trial_id: int, spec: StudySpec) -> bool:
+    """Queue a trial that a SIGTERM cut short to run again, as a stale trial is retried (same
+    params and seed, up to ``runtime.max_retries``); return whether it was queued.
+
+    A worker stopped on purpose (a Slurm time limit, a Kubernetes eviction, Ctrl-C) then loses
+    no trial. One left RUNNING without being failed is the stale-trial check's to retry.
+    """
+    frozen = study._storage.get_trial(trial_id)
+    if frozen.state != TrialState.FAIL:
+        return False
+
+    def waiting() -> int:
+        return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+    before = waiting()
+    # The retry starts clean: it has not failed (yet).
+    frozen.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k not in ("fail_reason", "fail_detail")}
+    _stale_trial_callback(spec)(study, frozen)
+    return waiting() > before
+
+
+def open_study_storage(spec: StudySpec, url: str) -> optuna.storages.RDBStorage:
+    """The study's storage with heartbeats on, so a killed worker's trial is failed and retried."""
+    return open_storage(
+        url,
+        heartbeat_interval=spec.runtime.heartbeat_interval,
+        grace_period=spec.runtime.grace_period,
+        stale_trial_callback=_stale_trial_callback(spec),
+    )
 
 
 def make_sampler(spec: StudySpec, *, seed: int | None) -> optuna.samplers.BaseSampler:
     """The spec's sampler. TPE is multivariate with a constant liar, so parallel workers
-    treat each other's running trials as bad results and do not sample the same point."""
+    treat each other's running trials as bad results and do not sample the same point.
+
+    Constraints reach TPE, NSGA-II and GP through each trial's ``trial.constraints``, which
+    the objective sets (Optuna 5 deprecates ``constraints_func`` for ``Trial.set_constraint``).
+    """
     s = spec.sampler
     match s.name:
         case "tpe":
@@ -44,11 +91,23 @@ def make_sampler(spec: StudySpec, *, seed: int | None) -> optuna.samplers.BaseSa
             return optuna.samplers.GPSampler(n_startup_trials=s.n_startup_trials, seed=seed)
         case "grid":
             return optuna.samplers.GridSampler(grid_search_space(spec), seed=seed)
+        case "nsgaii":
+            return optuna.samplers.NSGAIISampler(population_size=s.n_startup_trials, seed=seed)
     raise AssertionError(s.name)
+
+
+def pruning_off_reason(spec: StudySpec) -> str | None:
+    """Why the spec's pruner does not run, if it does not: Optuna's pruners need one objective."""
+    if len(objective_names(spec)) > 1 and spec.pruner.name != "none":
+        return (f"pruning off: {len(objective_names(spec))} objectives, and Optuna's pruners (and Trial.report) "
+                f"need one; early stopping on {spec.training.metric} stays")
+    return None
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     p, max_epochs = spec.pruner, spec.training.max_epochs
+    if pruning_off_reason(spec):
+        return optuna.pruners.NopPruner()
     match p.name:
         case "median":
             return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
@@ -71,12 +130,12 @@ def create_or_continue(spec: StudySpec, storage: optuna.storages.BaseStorage, *,
     study = optuna.create_study(
         study_name=name or spec.name,
         storage=storage,
-        direction=spec.training.direction,
+        directions=directions(spec),
         load_if_exists=True,
     )
     stored_hash = study.user_attrs.get(HASH_ATTR)
     if stored_hash is None:
-        study.set_metric_names([spec.training.metric])  # shown by optuna-dashboard and plots
+        study.set_metric_names(list(objective_names(spec)))  # shown by optuna-dashboard and plots
         study.set_user_attr(SPEC_ATTR, spec.to_dict())
         study.set_user_attr(HASH_ATTR, spec.search_hash())
     else:
@@ -108,6 +167,39 @@ def load(
         names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
         known = f"studies there: {', '.join(names)}" if names else "it holds no studies"
         raise StorageError(f"no study {name!r} in {mask_url(url)} ({known}); start it with `searcher launch {name}`") from None
+
+
+def wait_until_ready(url: str, *, seconds: float, name: str | None = None, poll_seconds: float = 5.0) -> None:
+    """Wait up to ``seconds`` for the storage to accept connections and, given ``name``, for
+    that study to be fully created (spec stored, baselines enqueued: the last step of
+    ``create_or_continue``).
+
+    For processes started together with the database and the job that creates the study
+    (Kubernetes, Slurm): they wait instead of failing, and no worker reads a half-made study.
+    Raises the last StorageError when the time is up.
+    """
+    deadline = time.monotonic() + seconds
+    waiting_since = None
+    while True:
+        try:
+            storage = open_storage(url)
+            try:
+                if name is not None and not load(name, storage, url=url).user_attrs.get(BASELINES_ATTR):
+                    raise StorageError(f"study {name!r} in {mask_url(url)} is still being created")
+            finally:
+                storage.engine.dispose()
+        except StorageError as e:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StorageError(f"{e} (waited {seconds:.0f} s)") from None
+            if waiting_since is None:
+                waiting_since = time.monotonic()
+                log.info("waiting up to %.0f s: %s", seconds, e)
+            time.sleep(min(poll_seconds, left))
+            continue
+        if waiting_since is not None:
+            log.info("ready after %.0f s", time.monotonic() - waiting_since)
+        return
 
 
 def check_same_spec(study: optuna.Study, spec: StudySpec) -> None:

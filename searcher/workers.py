@@ -26,7 +26,7 @@ from searcher import study as studies
 from searcher.devices import RuntimeOptions, WorkerPlacement, configure_tensorflow
 from searcher.memory import rss_mb
 from searcher.spec import StudySpec
-from searcher.storage import STORAGE_ENV, BudgetLock, describe_db_error, open_storage
+from searcher.storage import STORAGE_ENV, BudgetLock, describe_db_error
 
 log = logging.getLogger(__name__)
 
@@ -47,47 +47,46 @@ class WorkerOptions:
     study_name: str | None = None  # the study to join; None: the spec's name
 
 
-def _stale_trial_callback(spec: StudySpec) -> optuna.storages.RetryHeartbeatStaleTrialCallback:
-    return optuna.storages.RetryHeartbeatStaleTrialCallback(
-        max_retry=spec.runtime.max_retries, inherit_intermediate_values=True
-    )
-
-
-def open_study_storage(spec: StudySpec, url: str) -> optuna.storages.RDBStorage:
-    """The storage with heartbeats on, so a killed worker's trial is failed and retried."""
-    return open_storage(
-        url,
-        heartbeat_interval=spec.runtime.heartbeat_interval,
-        grace_period=spec.runtime.grace_period,
-        stale_trial_callback=_stale_trial_callback(spec),
-    )
-
-
 def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
     """Run trials until the study budget, the deadline, or a recycle point; return the exit code."""
-    storage = open_study_storage(spec, url)
+    storage = studies.open_study_storage(spec, url)
     name = options.study_name or spec.name
     lock = BudgetLock(url, name)
-    if options.create:
-        with lock:  # several compose workers start at once: one creates the study and its baselines
-            studies.create_or_continue(spec, storage, n_trials=spec.budget.n_trials, name=name)
-    sampler_seed = abs(hash((spec.seed, options.index, os.getpid()))) % (2**31)
-    study = studies.load(name, storage, url=url, sampler=studies.make_sampler(spec, seed=sampler_seed),
-                         pruner=studies.make_pruner(spec))
-    studies.check_same_spec(study, spec)
-    n_trials = int(study.user_attrs.get(studies.BUDGET_ATTR, spec.budget.n_trials))
 
+    def join() -> optuna.Study:
+        # Replicas of one container image (Kubernetes pods, compose services) share pid and index,
+        # and equal seeds would sample the same random start-up trials. The host name differs, and
+        # as a str its hash is salted per process.
+        sampler_seed = abs(hash((spec.seed, options.index, socket.gethostname(), os.getpid()))) % (2**31)
+        joined = studies.load(name, storage, url=url, sampler=studies.make_sampler(spec, seed=sampler_seed),
+                              pruner=studies.make_pruner(spec))
+        studies.check_same_spec(joined, spec)
+        return joined
+
+    # A joining worker is refused (no such study, another spec) before it loads anything; one that
+    # creates the study loads the data first, so it never stores a study its data cannot run.
+    study = None if options.create else join()
     placement = WorkerPlacement.from_env(options.index, os.environ)
     runtime = RuntimeOptions(mixed_precision=spec.runtime.mixed_precision, xla=spec.runtime.xla)
     line = configure_tensorflow(placement, runtime)
     log.info("%s; pid %d on %s; study %s", line, os.getpid(), socket.gethostname(), name)
 
-    from searcher.data import load_search_data
+    from searcher.data import check_model_kind, load_search_data
     from searcher.objective import Objective
 
     data = load_search_data(spec.data, split_seed=spec.split_seed, data_dir=options.data_dir)
+    check_model_kind(data, spec.model.kind, source=spec.data.path or spec.data.dataset)
+    log.info("data: %s", data.preprocessing.describe())
+    if study is None:
+        with lock:  # several compose workers start at once: one creates the study and its baselines
+            studies.create_or_continue(spec, storage, n_trials=spec.budget.n_trials, name=name)
+        study = join()
+    n_trials = int(study.user_attrs.get(studies.BUDGET_ATTR, spec.budget.n_trials))
+    if studies.DATA_ATTR not in study.user_attrs:
+        study.set_user_attr(studies.DATA_ATTR, data.summary())
     objective = Objective(spec, data, jit_compile=spec.runtime.xla)
     streak = _FailureStreak()
+    runner = _ReleaseFirst(objective, lock)
     ran, settled_mb = 0, None
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     try:
@@ -100,7 +99,7 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
                 if recycle := _recycle_reason(spec, ran, settled_mb):  # checked after the budget: no fresh process to stop
                     log.info("worker %d recycles: %s", options.index, recycle)
                     return EXIT_RECYCLE
-                study.optimize(_ReleaseFirst(objective, lock), n_trials=1, catch=(Exception,), callbacks=[streak])
+                study.optimize(runner, n_trials=1, catch=(Exception,), callbacks=[streak])
             except Exception as e:
                 if (cause := _storage_trouble(e)) is None:
                     raise
@@ -119,7 +118,9 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
                 log.error("worker %d stops: %d trials failed in a row", options.index, streak.count)
                 return EXIT_FAILURES
     except KeyboardInterrupt:
-        log.info("worker %d interrupted; its running trial was marked failed", options.index)
+        retried = runner.trial is not None and studies.retry_interrupted(study, runner.trial._trial_id, spec)
+        log.info("worker %d interrupted; its running trial was marked failed%s", options.index,
+                 " and queued to run again with the same params and seed" if retried else "")
         return EXIT_INTERRUPTED
 
 
@@ -177,8 +178,10 @@ class _ReleaseFirst:
 
     def __init__(self, objective, lock: BudgetLock) -> None:
         self.objective, self.lock = objective, lock
+        self.trial: optuna.Trial | None = None  # the latest trial, for a retry when interrupted
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.trial = trial
         self.lock.release()
         return self.objective(trial)
 

@@ -39,7 +39,7 @@ def expected_figures(*, postgres: bool, keras_tuner: bool, gpu: bool) -> dict[st
     methods = ["tpe_median", "random_none"] + (["keras_tuner_hyperband"] if keras_tuner else [])
     return {
         "overhead": ["overhead_ratio", "overhead_ratio_same_loop", "overhead_ratio_projected", "startup_share",
-                     "searcher_wall_s", "bare_loop_s", "tf_import_s", "data_loading_s"],
+                     "searcher_wall_s", "bare_loop_s", "tf_import_s", "data_loading_s", "cost_share_of_trial"],
         "scaling": ["scaling_ratio", "scaling_ratio_wall", "ceiling_ratio", "scaling_vs_ceiling", "trials_per_min.1",
                     "trials_per_min.2"],
         "storage": [f"{figure}.{b}" for figure in ("storage_ms_per_trial", "storage_share_of_trial") for b in backends],

@@ -203,7 +203,8 @@ def test_retrain_prints_its_result_and_no_tensorflow_start_up_lines(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stderr == ""
     lines = out.stdout.splitlines()
-    assert len(lines) == 2 and lines[0].startswith("test accuracy ") and lines[1].startswith("wrote ")
+    assert [line.split()[0] for line in lines] == ["test", "cost", "wrote"], lines
+    assert lines[0].startswith("test accuracy ") and lines[1].startswith("cost here: ")
     # --debug shows them: proof that TensorFlow prints them here, so the check above means something.
     debug = subprocess.run([sys.executable, "-m", "searcher", "--debug", "retrain", str(export), "-o",
                             str(tmp_path / "m.keras")], capture_output=True, text=True, timeout=300, env=env)

@@ -8,7 +8,6 @@ one storage URL, no password literals, a dashboard on localhost only.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shlex
@@ -18,6 +17,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from deploy_checks import assert_cli_accepts, markdown_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -407,28 +408,16 @@ def test_default_study_is_a_shipped_study():
 
 def _doc_invocations() -> list[list[str]]:
     """searcher argument lists from the commands in docs/docker.md."""
-    text = re.sub(r"\\\n", " ", DOCKER_DOC.read_text())
-    snippets = re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S) + re.findall(r"`([^`\n]+)`", text)
     result = []
-    for snippet in snippets:
-        for line in snippet.splitlines():
-            line = line.strip()
-            if line.startswith("#") or not line:
-                continue
-            try:
-                words = shlex.split(line)
-            except ValueError:
-                continue
-            while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # VAR=value prefixes
-                words.pop(0)
-            if words[:3] == ["docker", "compose", "run"]:
-                starts = [i for i, w in enumerate(words) if w in ("worker", "dashboard")]
-                if starts:
-                    result.append(words[starts[0] + 1 :])
-            elif words[:2] == ["docker", "run"] and "searcher:local" in words:
-                result.append(words[words.index("searcher:local") + 1 :])
-            elif words[:1] == ["searcher"] and len(words) > 1:
-                result.append(words[1:])
+    for words in markdown_commands(DOCKER_DOC):
+        if words[:3] == ["docker", "compose", "run"]:
+            starts = [i for i, w in enumerate(words) if w in ("worker", "dashboard")]
+            if starts:
+                result.append(words[starts[0] + 1 :])
+        elif words[:2] == ["docker", "run"] and "searcher:local" in words:
+            result.append(words[words.index("searcher:local") + 1 :])
+        elif words[:1] == ["searcher"] and len(words) > 1:
+            result.append(words[1:])
     return [args for args in result if args]
 
 
@@ -447,35 +436,6 @@ def test_docs_mention_the_commands_the_brief_promises():
     )
 
 
-def _cli_exists() -> bool:
-    try:
-        return importlib.util.find_spec("searcher.cli") is not None
-    except ModuleNotFoundError:  # searcher itself is not importable
-        return False
-
-
-@pytest.mark.skipif(not _cli_exists(), reason="cli not written yet")
 @pytest.mark.parametrize("args", _invocations(), ids=lambda args: " ".join(args))
 def test_deployment_commands_exist_in_the_cli(args):
-    import typer
-    from typer.testing import CliRunner
-
-    app = getattr(importlib.import_module("searcher.cli"), "app", None)
-    assert isinstance(app, typer.Typer), f"searcher.cli.app must be the typer.Typer app (got {type(app).__name__})"
-    group = typer.main.get_command(app)
-    name = args[0]
-    assert name in group.commands, (
-        f"`searcher {name}` is used by the Docker files but the CLI has {sorted(group.commands)}"
-    )
-    result = CliRunner().invoke(app, [name, "--help"])
-    assert result.exit_code == 0, f"`searcher {name} --help` exited {result.exit_code}: {result.output}"
-    options = {
-        opt
-        for param in group.commands[name].params
-        if param.param_type_name == "option"
-        for opt in (*param.opts, *param.secondary_opts)
-    }
-    for word in args[1:]:
-        if word.startswith("-"):
-            flag = word.split("=", 1)[0]
-            assert flag in options, f"`searcher {name}` has no option {flag} (has {sorted(options)})"
+    assert_cli_accepts(args, where="docker-compose.yml / docs/docker.md")

@@ -17,7 +17,7 @@ def _rows(x: np.ndarray) -> set[bytes]:
     return {row.tobytes() for row in x.reshape(len(x), -1)}
 
 
-def test_digits_splits_are_disjoint_and_scaled():
+def test_digits_splits_are_disjoint_and_raw():
     spec = DataSpec(dataset="digits", validation_fraction=0.2)
     data = load_search_data(spec, split_seed=3)
     test = load_test_split(spec)
@@ -27,14 +27,15 @@ def test_digits_splits_are_disjoint_and_scaled():
     # digits repeats a few images; every image that occurs once must land in exactly one split
     from sklearn.datasets import load_digits
 
-    everything = (load_digits().images / 16.0).astype(np.float32)[..., None]
+    everything = load_digits().images.astype(np.float32)[..., None]
     rows, counts = np.unique(everything.reshape(len(everything), -1), axis=0, return_counts=True)
     unique = {r.tobytes() for r in rows[counts == 1]}
     train_rows, val_rows, test_rows = (_rows(s.x) & unique for s in (data.train, data.val, test))
     assert len(train_rows) + len(val_rows) + len(test_rows) == len(unique)
     assert not train_rows & val_rows and not train_rows & test_rows and not val_rows & test_rows
-    for split in (data.train, data.val, test):
-        assert split.x.min() >= 0.0 and split.x.max() <= 1.0 and split.x.dtype == np.float32
+    for split in (data.train, data.val, test):  # raw pixel values 0..16: the model rescales them
+        assert split.x.min() == 0.0 and split.x.max() == 16.0 and split.x.dtype == np.float32
+    assert data.preprocessing.mode == "rescale" and data.preprocessing.scale == 16.0
 
 
 def test_validation_split_is_stratified_and_seeded():

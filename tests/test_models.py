@@ -11,10 +11,14 @@ from searcher.spec import ACTIVATIONS, INITIALIZERS, OPTIMIZERS, load_spec
 
 keras = pytest.importorskip("keras")
 
-from searcher.data import load_search_data  # noqa: E402
+from searcher.data import Preprocessing, load_search_data  # noqa: E402
 from searcher.models import build_model  # noqa: E402
 from searcher.objective import train  # noqa: E402
 from searcher.space import baseline_params, suggest_values, trial_config  # noqa: E402
+
+
+_FIXED_PARAMS = {"activation": "relu", "initializer": "he_normal", "optimizer": "adam", "lr": 0.01, "dropout": 0.0,
+                 "use_l2": False, "batch_norm": False, "batch_size": 32}
 
 
 def _baseline_config(study: str, name: str):
@@ -26,7 +30,7 @@ def _baseline_config(study: str, name: str):
 
 def test_cifar_tutorial_cnn_has_356810_parameters():
     config = _baseline_config("cifar-cnn", "tutorial-base")
-    model = build_model(config.model, input_shape=(32, 32, 3), n_classes=10)
+    model = build_model(config.model, preprocessing=Preprocessing.identity((32, 32, 3)), n_classes=10)
     assert model.count_params() == 356_810
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert [c.filters for c in convs] == [32, 64, 128]
@@ -34,24 +38,33 @@ def test_cifar_tutorial_cnn_has_356810_parameters():
 
 def test_mnist_tutorial_mlp_has_40480_parameters():
     config = _baseline_config("mnist-mlp", "tutorial-784-50-20-10")
-    model = build_model(config.model, input_shape=(28, 28, 1), n_classes=10)
+    model = build_model(config.model, preprocessing=Preprocessing.identity((28, 28, 1)), n_classes=10)
     assert model.count_params() == 40_480
     assert [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)] == [50, 20, 10]
 
 
 def test_batch_norm_and_l2_reach_every_block():
     config = _baseline_config("cifar-cnn", "tutorial-batchnorm")
-    model = build_model(config.model, input_shape=(32, 32, 3), n_classes=10)
+    model = build_model(config.model, preprocessing=Preprocessing.identity((32, 32, 3)), n_classes=10)
     assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers) == 4
     l2 = _baseline_config("cifar-cnn", "tutorial-l2")
-    model = build_model(l2.model, input_shape=(32, 32, 3), n_classes=10)
+    model = build_model(l2.model, preprocessing=Preprocessing.identity((32, 32, 3)), n_classes=10)
     kernels = [layer for layer in model.layers if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))]
     assert all(layer.kernel_regularizer is not None for layer in kernels)
 
 
+def test_an_mlp_of_depth_0_is_logistic_regression():
+    spec = load_spec("digits-mlp").model_copy(update={"search": load_spec("digits-mlp").search.model_copy(
+        update={"depth": load_spec("digits-mlp").search.depth.model_copy(update={"low": 0})})})
+    values = suggest_values(optuna.trial.FixedTrial({**_FIXED_PARAMS, "depth": 0}), spec)
+    config = trial_config(spec, values, seed=0)
+    model = build_model(config.model, preprocessing=Preprocessing.identity((8, 8, 1)), n_classes=10)
+    assert config.model.hidden_units == () and model.count_params() == (64 + 1) * 10
+
+
 def test_output_layer_stays_float32_for_mixed_precision():
     config = _baseline_config("digits-cnn", "small-cnn")
-    model = build_model(config.model, input_shape=(8, 8, 1), n_classes=10)
+    model = build_model(config.model, preprocessing=Preprocessing.identity((8, 8, 1)), n_classes=10)
     assert model.layers[-1].dtype_policy.compute_dtype == "float32"
 
 
@@ -122,7 +135,7 @@ def test_adam_knobs_are_sampled_only_for_adam_and_reach_the_optimizer():
     assert {"beta_1", "beta_2", "epsilon"} <= set(adam_params)
     assert not {"beta_1", "beta_2", "epsilon"} & set(sgd_params)
     assert (sgd.beta_1, sgd.beta_2, sgd.epsilon) == (0.9, 0.999, 1e-7)  # Keras' defaults, unused by SGD
-    optimizer = build_model(adam, input_shape=(64,), n_classes=10).optimizer
+    optimizer = build_model(adam, preprocessing=Preprocessing.identity((64,)), n_classes=10).optimizer
     assert isinstance(optimizer, keras.optimizers.AdamW)
     assert (float(optimizer.beta_1), float(optimizer.beta_2), float(optimizer.epsilon)) == pytest.approx(
         (adam.beta_1, adam.beta_2, adam.epsilon))

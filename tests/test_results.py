@@ -60,19 +60,25 @@ def test_export_then_retrain_round_trip(digits_search, tmp_path):
     assert metrics["test_examples"] == 360
     assert metrics["n_params"] == best.user_attrs["n_params"]
     assert metrics["source"]["trial"] == best.number
+    assert "cost here: " in out.stdout
+    assert metrics["model_bytes"] > 4 * metrics["n_params"] and metrics["latency_ms_b256"] > 0
+    assert exported["source"]["cost"]["n_params"] == best.user_attrs["n_params"]
+    assert exported["source"]["cost"]["latency_ms"] == best.user_attrs["latency_ms_b1"]
 
     import keras
 
-    from searcher.data import load_test_split
+    from searcher.data import load_search_data, load_test_split
     from searcher.models import build_model
     from searcher.space import TrialConfig
 
     model = keras.models.load_model(tmp_path / "model.keras")
     config = TrialConfig.model_validate(best.user_attrs["config"])
-    fresh = build_model(config.model, input_shape=(8, 8, 1), n_classes=10)
+    preprocessing = load_search_data(config.data, split_seed=config.split_seed).preprocessing
+    fresh = build_model(config.model, preprocessing=preprocessing, n_classes=10)
     assert [type(layer).__name__ for layer in model.layers] == [type(layer).__name__ for layer in fresh.layers]
     assert model.count_params() == fresh.count_params() == best.user_attrs["n_params"]
     test = load_test_split(config.data)
+    assert test.x.max() == 16.0, "the test split is raw: the model rescales it itself"
     predictions = model.predict(test.x, verbose=0)
     assert predictions.shape == (360, 10)
     accuracy = float((predictions.argmax(axis=1) == test.y).mean())

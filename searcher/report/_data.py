@@ -14,6 +14,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from searcher import front, tradeoff
 from searcher.errors import UserError
 from searcher.export import CONFIRMED_ATTR
 from searcher.monitor import LOST_WORKER
@@ -41,6 +42,7 @@ class TrialRow:
     duration_s: float | None = None
     curve: tuple[tuple[int, float], ...] = ()  # (0-based epoch, validation metric)
     fail_reason: str | None = None
+    feasible: bool = True  # within the spec's constraints (an infeasible trial is never best)
 
     def knob(self, key: str) -> Any:
         """A model knob from config["model"], else from the trial params (``learning_rate`` is ``lr``)."""
@@ -83,30 +85,35 @@ class ReportData:
     notes: Mapping[str, str]  # figure id -> why it is not drawn
     confirmed: tuple[Mapping[str, Any], ...] = ()  # `searcher confirm`'s ranking, best first
     importance_note: str | None = None  # why `importances` is empty
+    data: Mapping[str, Any] | None = None  # rows, features, classes and preprocessing (data.SearchData.summary)
+    tradeoff: tradeoff.Tradeoff | None = None  # metric against cost: the Pareto front and the cheap picks
+    objectives: tuple[str, ...] = ()  # the metric, then the cost in a two-objective study
     spec_name: str | None = None  # the spec the study was created from (its name can differ: --name, --seed)
     seed: int | None = None
     split_seed: int | None = None  # the validation split's seed
 
     @property
     def complete(self) -> tuple[TrialRow, ...]:
-        return tuple(t for t in self.trials if t.value is not None)
+        """Complete trials within the constraints (infeasible ones show only in the trade-off section)."""
+        return tuple(t for t in self.trials if t.value is not None and t.feasible)
 
 
 def gather(study: optuna.Study, *, top_k: int = TOP_K) -> ReportData:
     """Everything but the figure plan (figures=(), notes={}); raise UserError when no trial is complete."""
     name = study.study_name
-    if len(study.directions) != 1:
-        raise UserError(f"study '{name}' has {len(study.directions)} objectives; the report needs exactly 1")
     spec = study.user_attrs.get("spec") if isinstance(study.user_attrs.get("spec"), Mapping) else {}
     trials = study.get_trials(deepcopy=False)
     rows = tuple(_row(t) for t in trials)
     counts = Counter(r.state for r in rows)
-    complete = [r for r in rows if r.value is not None]
+    complete = [r for r in rows if r.value is not None and r.feasible]
     if not complete:
+        if any(r.value is not None for r in rows):
+            raise UserError(front.no_feasible_message(study))
         seen = ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s]) or "no trials"
         raise UserError(f"study '{name}' has no complete trials yet ({seen}); run searcher launch {name} first")
-    maximize = study.direction == StudyDirection.MAXIMIZE
-    top = tuple(sorted(complete, key=lambda r: (-r.value if maximize else r.value, r.number))[:top_k])
+    maximize = study.directions[0] == StudyDirection.MAXIMIZE
+    place = {t.number: i for i, t in enumerate(front.ranked(study))}  # the one ranking export and status use
+    top = tuple(sorted(complete, key=lambda r: place.get(r.number, len(place)))[:top_k])
     best, kinds, budget = top[0], _param_kinds(trials), study.user_attrs.get("n_trials")
     importances, importance_note = _importances(study, complete, kinds)
     return ReportData(
@@ -131,6 +138,9 @@ def gather(study: optuna.Study, *, top_k: int = TOP_K) -> ReportData:
         notes={},
         confirmed=tuple(study.user_attrs.get(CONFIRMED_ATTR) or ()),
         importance_note=importance_note,
+        data=study.user_attrs.get("data"),
+        tradeoff=tradeoff.collect(study),
+        objectives=front.goal(study).names,
         spec_name=str(spec["name"]) if spec.get("name") else None,
         seed=spec.get("seed") if isinstance(spec.get("seed"), int) else None,
         split_seed=next((s for s in (_get(spec, "data", "split_seed"), spec.get("seed")) if isinstance(s, int)), None),
@@ -157,17 +167,21 @@ def _get(d: Any, *keys: str) -> Any:
 
 def _row(t: FrozenTrial) -> TrialRow:
     ua = t.user_attrs
-    finite = t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
+    value = t.values[0] if t.state == TrialState.COMPLETE and t.values else None  # the metric, in any study
+    finite = value is not None and math.isfinite(value)
+    # A two-objective study has no intermediate values: its curve is the `curve` user attr.
+    curve = t.intermediate_values or dict(enumerate(ua.get("curve") or ()))
     num = lambda k, typ: typ(ua[k]) if isinstance(ua.get(k), (int, float)) else None  # noqa: E731
     return TrialRow(
-        number=t.number, state=t.state.name.lower(), value=t.value if finite else None, params=dict(t.params),
+        number=t.number, state=t.state.name.lower(), value=value if finite else None, params=dict(t.params),
         config=ua["config"] if isinstance(ua.get("config"), Mapping) else {},
         baseline=str(ua["baseline"]) if ua.get("baseline") else None,
         n_params=num("n_params", int), epochs=num("epochs", int), best_epoch=num("best_epoch", int),
         sec_per_epoch=num("sec_per_epoch", float),
         duration_s=t.duration.total_seconds() if t.duration is not None else None,
-        curve=tuple(sorted((s, v) for s, v in t.intermediate_values.items() if math.isfinite(v))),
+        curve=tuple(sorted((s, v) for s, v in curve.items() if math.isfinite(v))),
         fail_reason=str(ua["fail_reason"]) if ua.get("fail_reason") else None,
+        feasible=front.is_feasible(t),
     )
 
 
@@ -183,6 +197,15 @@ def _param_kinds(trials: list[FrozenTrial]) -> dict[str, str]:
     return kinds
 
 
+def _metric_target(study: optuna.Study) -> Any:
+    """The importance target of a two-objective study: its metric, negated when maximized (PED-ANOVA
+    minimizes a target); None (the study's own value) with one objective."""
+    goal = front.goal(study)
+    if not goal.multi:
+        return None
+    return (lambda t: -front.metric_value(t)) if goal.maximize[0] else front.metric_value
+
+
 def _importances(study: optuna.Study, complete: list[TrialRow], kinds: Mapping[str, str]) -> tuple[dict, str | None]:
     if len(complete) < 2:
         return {}, f"needs at least 2 complete trials (have {len(complete)})"
@@ -191,7 +214,7 @@ def _importances(study: optuna.Study, complete: list[TrialRow], kinds: Mapping[s
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PED-ANOVA warns on small samples; the note below says it
-            imp = optuna.importance.get_param_importances(study)
+            imp = optuna.importance.get_param_importances(study, target=_metric_target(study))
     except (ValueError, RuntimeError) as e:
         log.warning("parameter importance failed: %s", e)
         return {}, f"could not be computed: {e}"

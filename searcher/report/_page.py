@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from searcher.report import _figures as F
 from searcher.report import _tables
+from searcher.report import _tradeoff
 from searcher.report._data import ReportData
 from searcher.report._figures import Figure
 from searcher.report._text import esc
@@ -40,10 +41,12 @@ class Grid:
 Section = Callable[[ReportData], str]
 SECTIONS: tuple[Section, ...] = (
     _tables.summary,
+    _tables.data,
     _tables.baselines,
     _tables.best_config,
     _tables.top_trials,
     _tables.confirmed,
+    _tradeoff.section,
     Grid("Optimization history", 1, (F.HISTORY,)),
     Grid("What mattered", 1, (F.IMPORTANCE, F.PARALLEL)),
     Grid("Learning rate against regularization", 2, (F.LR_L2, F.LR_DROPOUT)),

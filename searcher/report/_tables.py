@@ -30,6 +30,26 @@ def summary(d: ReportData) -> str:
     return "".join(out)
 
 
+def data(d: ReportData) -> str:
+    """Rows per split, the features or image shape, classes with their counts, the preprocessing."""
+    if not d.data:
+        return ""
+    rows, features = d.data["rows"], d.data["features"]
+    if "shape" in features:
+        shape = f"{esc(features['dtype'])} {'×'.join(map(str, features['shape']))} per example"
+    else:
+        shape = (f"{len(features['numeric'])} numeric and {len(features['categorical'])} categorical column(s)"
+                 + (f" ({esc(', '.join(features['categorical']))})" if features["categorical"] else ""))
+    classes = "".join(f"<tr><td>{esc(c['name'])}</td><td class=n>{c['fit']}</td><td class=n>{c['validation']}</td></tr>"
+                      for c in d.data["classes"][:50])
+    more = (f"<p class=note>… and {len(d.data['classes']) - 50} more classes.</p>"
+            if len(d.data["classes"]) > 50 else "")
+    return (f"<h2>Data</h2><p>{esc(d.data['dataset'])}: {rows['fit']} fit, {rows['validation']} validation and "
+            f"{rows['test']} held-out test rows (scored only by <code>searcher retrain</code>); {shape}.</p>"
+            f"<p>Preprocessing, fitted on the fit split and inside the model: {esc(d.data['preprocessing'])}.</p>"
+            f"<table><tr><th>class</th><th class=n>fit</th><th class=n>validation</th></tr>{classes}</table>{more}")
+
+
 def baselines(d: ReportData) -> str:
     """The best trial against each hand-tuned baseline; nothing when the spec has none."""
     if not d.baselines:

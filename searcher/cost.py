@@ -1,0 +1,75 @@
+"""What a trained model costs to ship: size on disk and inference latency, measured where it ran.
+
+``measure_cost`` is the one measurement; the search stores its figures on every trial and
+``retrain`` writes them next to the test score. Latency is the median of several timed
+``predict_on_batch`` calls after a warm-up, per example, at batch 1 and at ``LARGE_BATCH``,
+on the device the model lives on (the worker's GPU, else its CPU threads).
+
+The figures' names are stored data (user attrs), read by ``front``, the report and export.
+This module imports no TensorFlow at import time, so those can import the names.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from searcher.data import Split
+
+LARGE_BATCH = 256
+LATENCY_REPEATS = 7  # timed calls per batch size; the median is kept
+WARMUP_CALLS = 2  # the first call traces the predict function: never timed
+
+MODEL_BYTES, LATENCY_B1, LATENCY_LARGE = "model_bytes", "latency_ms_b1", f"latency_ms_b{LARGE_BATCH}"
+COST_SECONDS = "cost_seconds"  # what measuring took, so its share of a trial can be shown (bench)
+
+
+def measure_cost(model: Any, examples: Split) -> dict[str, float | int]:
+    """Model file size and per-example latency of ``model`` on batches of real ``examples``
+    (the validation split): arrays as one tensor, a table's columns through ``to_tf_dataset``.
+
+    Returns ``model_bytes`` (the saved ``.keras`` file, optimizer state included, as
+    ``retrain`` writes it), ``latency_ms_b1`` and ``latency_ms_b256`` (milliseconds per
+    example), and ``cost_seconds`` (the time this measurement took).
+    """
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="searcher-cost-") as folder:
+        path = Path(folder) / "model.keras"
+        model.save(path)
+        size = path.stat().st_size
+    figures: dict[str, float | int] = {MODEL_BYTES: int(size)}
+    for name, batch in ((LATENCY_B1, 1), (LATENCY_LARGE, LARGE_BATCH)):
+        figures[name] = float(f"{_latency_ms(model, _batch(examples, batch)) / batch:.4g}")
+    figures[COST_SECONDS] = round(time.perf_counter() - started, 3)
+    return figures
+
+
+def _batch(examples: Split, size: int) -> Any:
+    """``size`` real examples (repeated when there are fewer) as model inputs."""
+    from searcher.data import to_tf_dataset
+
+    rows = examples.take(np.resize(np.arange(len(examples)), size))
+    if not isinstance(rows.x, dict):
+        import tensorflow as tf
+
+        # One tensor, converted once: the timed calls measure the model, not numpy -> tensor copies
+        # (and a tf.data pipeline, as tables need, costs more to build than all the timed calls).
+        return tf.convert_to_tensor(rows.x)
+    return next(iter(to_tf_dataset(rows, batch_size=size)))[0]
+
+
+def _latency_ms(model: Any, batch: Any) -> float:
+    for _ in range(WARMUP_CALLS):
+        model.predict_on_batch(batch)
+    times = []
+    for _ in range(LATENCY_REPEATS):
+        t0 = time.perf_counter()
+        model.predict_on_batch(batch)  # returns numpy: the result is on the host, the work done
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000.0

@@ -1,0 +1,299 @@
+"""``searcher init``: look at a user's data and write a ready study spec for it.
+
+The spec is written as commented YAML and then loaded back through ``spec.load_spec``,
+so what ``init`` writes is always a spec ``launch`` accepts. The budget comes from one
+short measured training run of a middle configuration on this machine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from searcher import sources
+from searcher.data import SearchData, describe_data, load_search_data
+from searcher.errors import UserError
+from searcher.spec import DataSpec, StudySpec, load_spec, parse_spec
+
+# Pruning and early stopping end most trials well before max_epochs (digits-mlp: ~55 %).
+_EPOCH_SHARE = 0.55
+_PER_TRIAL_OVERHEAD_S = 1.0  # storage, clearing the session, sampling
+_MAX_IMAGE_SIDE = 96  # larger images are resized for the default budget
+_FINE_VALIDATION = 1_000  # below this many validation rows, accuracy is too coarse to rank trials
+
+
+@dataclass(frozen=True)
+class Scaffold:
+    """What ``init`` decided, for the message it prints."""
+
+    path: Path
+    spec: StudySpec
+    summary: dict[str, Any]
+    trial_seconds: float
+    workers: int
+
+
+def init_spec(data_path: str, *, output: Path | None, target: str | None = None, test_path: str | None = None,
+              minutes: float = 10.0, workers: int | None = None, force: bool = False) -> Scaffold:
+    """Inspect ``data_path`` (a CSV file, a folder of class subfolders, or a .npz), write a spec.
+
+    ``test_path``: a separate test file or folder like ``data_path``; else a test split is carved.
+    """
+    data = _data_spec(data_path, target=target)
+    if test_path:
+        if data.dataset == "npz":
+            raise UserError("--test: a .npz holds its own test split (x_test, y_test)")
+        if not Path(test_path).exists():
+            raise UserError(f"--test: {test_path}: no such file or folder")
+        data = data.model_copy(update={"test_path": test_path})
+    output = output or Path(f"{Path(data_path.rstrip('/')).stem or 'study'}.yaml")
+    if output.suffix not in (".yaml", ".yml"):
+        raise UserError(f"-o: the spec file must end in .yaml, got {output.name}")
+    if output.exists() and not force:
+        raise UserError(f"-o: {output} exists; pass --force to overwrite it, or choose another name")
+    notes: list[str] = []
+    data = _with_missing(data, notes)
+    data = _with_image_size(data, notes)
+    search_data = load_search_data(data, split_seed=0)
+    kind = "cnn" if len(search_data.input_shape) == 3 and search_data.preprocessing.kind == "array" else "mlp"
+    raw = _spec_dict(data, search_data, kind, notes)
+    if workers is None:
+        from searcher.devices import default_cpu_workers, detect_gpus
+
+        workers = len(detect_gpus()) or default_cpu_workers(os.cpu_count() or 1)
+    trial_seconds = _measure_trial(raw, search_data)
+    expected = trial_seconds * _EPOCH_SHARE * raw["training"]["max_epochs"] + _PER_TRIAL_OVERHEAD_S
+    raw["budget"] = {"n_trials": int(min(300, max(12, minutes * 60 * workers * 0.8 / expected)))}
+    text = _render(raw, data_path=data_path, search_data=search_data, notes=notes, trial_seconds=expected,
+                   workers=workers, minutes=minutes, output=output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    return Scaffold(output, load_spec(output), search_data.summary(), expected, workers)
+
+
+def _data_spec(data_path: str, *, target: str | None) -> DataSpec:
+    path = Path(data_path)
+    if path.is_dir():
+        if target:
+            raise UserError("--target: is only used with a CSV file, not an image folder")
+        return DataSpec(dataset="images", path=data_path)
+    if not path.exists():
+        raise UserError(f"{data_path}: no such file or folder")
+    if path.suffix.lower() == ".npz":
+        return DataSpec(dataset="npz", path=data_path)
+    if path.suffix.lower() != ".csv":
+        raise UserError(f"{data_path}: expected a .csv file, a .npz file or a folder with one subfolder per class")
+    header = _csv_header(path)
+    if not target:
+        raise UserError(f"--target: which column holds the class? {path.name} has columns {', '.join(header)}")
+    if target not in header:
+        raise UserError(f"--target: {path.name} has no column {target!r} (columns: {', '.join(header)})")
+    return DataSpec(dataset="csv", path=data_path, target=target)
+
+
+def _csv_header(path: Path) -> list[str]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return [h.strip() for h in next(csv.reader(f), [])]
+
+
+def _with_missing(data: DataSpec, notes: list[str]) -> DataSpec:
+    """Impute only where the data has gaps, and say so."""
+    if data.dataset == "images":
+        return data
+    raw = sources.read(data)
+    missing = 0
+    for x in (raw.x_train, raw.x_test):
+        if isinstance(x, dict):
+            missing += sum(int(np.isnan(x[name]).sum()) for name in raw.table.numeric)
+        elif isinstance(x, np.ndarray) and x.dtype.kind == "f":
+            missing += int(np.isnan(x).sum())
+    if not missing:
+        return data
+    notes.append(f"missing: {missing} missing value(s) in the data, imputed with the fit split's means")
+    return data.model_copy(update={"missing": "mean"})
+
+
+def _with_image_size(data: DataSpec, notes: list[str]) -> DataSpec:
+    if data.dataset != "images":
+        return data
+    first = sources.list_images(Path(data.path))[0][0]
+    height, width, channels = sources.peek_image(first)
+    update: dict[str, Any] = {"color_mode": "grayscale" if channels == 1 else "rgb"}
+    size = (height, width)
+    if max(size) > _MAX_IMAGE_SIDE:
+        scale = _MAX_IMAGE_SIDE / max(size)
+        size = (max(8, round(height * scale)), max(8, round(width * scale)))
+        notes.append(f"image_size: the images are {height}x{width}; resized to {size[0]}x{size[1]} so the "
+                     "budget fits; raise it for accuracy")
+    update["image_size"] = size
+    return data.model_copy(update=update)
+
+
+def _spec_dict(data: DataSpec, search_data: SearchData, kind: str, notes: list[str]) -> dict[str, Any]:
+    rows = len(search_data.train) + len(search_data.val)
+    counts = np.bincount(search_data.train.y, minlength=search_data.n_classes)
+    imbalance = counts.max() / max(1, counts.min())
+    data_raw: dict[str, Any] = {key: value for key, value in data.model_dump(exclude_defaults=True).items()}
+    data_raw["preprocess"] = "auto"
+    data_raw["validation_fraction"] = 0.2
+    if not data.test_path and not (data.dataset == "npz" and sources.read(data).x_test is not None):
+        data_raw.setdefault("test_fraction", 0.2)
+    training: dict[str, Any] = {}
+    if rows < 2_000:
+        training.update(max_epochs=40, patience=6)
+    elif rows < 20_000:
+        training.update(max_epochs=25, patience=4)
+    else:
+        training.update(max_epochs=15, patience=3)
+    training["metric"] = "val_accuracy"
+    n_val = len(search_data.val)
+    if n_val < _FINE_VALIDATION:
+        training["metric"] = "val_loss"
+        notes.append(f"metric: the validation split has {n_val} rows, so accuracy moves in steps of "
+                     f"{100 / n_val:.1f} points and many trials tie; the validation loss (cross-entropy) ranks finer")
+    if imbalance > 3:
+        training["class_weight"] = "balanced"
+        if search_data.n_classes == 2:
+            training["metric"] = "val_auc"
+        notes.append(f"class_weight: the largest class has {imbalance:.1f}x the examples of the smallest; "
+                     "balanced weights make every class count" + (" and AUC ranks trials" if
+                                                                 search_data.n_classes == 2 else ""))
+    batches = [16, 32, 64, 128] if rows < 5_000 else [32, 64, 128, 256]
+    search: dict[str, Any] = {
+        "activation": {"choices": ["relu", "elu", "selu", "gelu", "swish", "tanh", "leaky_relu"]},
+        "initializer": {"choices": ["he_normal", "he_uniform", "glorot_uniform", "lecun_normal"]},
+        "optimizer": {"choices": ["adam", "adamw", "nadam", "rmsprop", "momentum", "sgd"]},
+        "learning_rate": {"low": 1.0e-4, "high": 0.1, "log": True},
+        "momentum": {"low": 0.5, "high": 0.99},
+        "dropout": {"low": 0.0, "high": 0.5},
+        "l2": {"low": 1.0e-6, "high": 1.0e-2, "log": True, "off": True},
+        "batch_norm": {"choices": [False, True]},
+        "batch_size": {"choices": batches},
+    }
+    model: dict[str, Any] = {"kind": kind}
+    common = {"activation": "relu", "initializer": "he_normal", "optimizer": "adam", "dropout": 0.0,
+              "batch_norm": False, "batch_size": 32 if 32 in batches else batches[0]}
+    if kind == "mlp":
+        features = int(np.prod(search_data.input_shape)) + sum(
+            len(v) + 1 for _, v in search_data.preprocessing.vocabularies)
+        high = int(min(512, max(64, 2 ** math.ceil(math.log2(4 * features)))))
+        search.update(depth={"low": 0, "high": 3}, units={"low": 16, "high": high, "log": True})
+        baseline = {"depth": 2, "units": [64, 64]}
+    else:
+        side = min(search_data.input_shape[:2])
+        stages = max(1, min(3, int(math.log2(max(2, side))) - 1))  # each stage halves the map
+        search.update(depth={"low": 1, "high": stages}, filters={"low": 16, "high": 128, "log": True},
+                      dense_units={"low": 32, "high": 256, "log": True}, conv_dropout={"low": 0.0, "high": 0.4})
+        model.update(convs_per_stage=1, kernel_size=3)
+        baseline = {"depth": min(2, stages), "filters": [32, 64][:min(2, stages)], "dense_units": 128,
+                    "conv_dropout": 0.0}
+    return {
+        "description": f"{kind.upper()} on {data.path}, written by `searcher init`.",
+        "data": data_raw, "model": model, "search": search, "training": training,
+        "sampler": {"name": "tpe", "n_startup_trials": 10},
+        "pruner": {"name": "median", "n_startup_trials": 5, "n_warmup_steps": 3},
+        "budget": {"n_trials": 40}, "seed": 0,
+        "baselines": [{"name": "plain-adam", "note": "a common first try by hand",
+                       "params": {**common, "learning_rate": 1.0e-3, "l2": 0, **baseline}}]
+                     + ([{"name": "linear", "note": "no hidden layer: logistic regression on the preprocessed inputs",
+                          "params": {**common, "learning_rate": 1.0e-2, "l2": 1.0e-3, "depth": 0}}]
+                        if kind == "mlp" else []),
+    }
+
+
+class _MiddleTrial:
+    """Answers the space's questions with middle values, for one representative timing run."""
+
+    _PREFERRED = ("relu", "he_normal", "adam", False)
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return next((c for c in self._PREFERRED if c in choices), choices[len(choices) // 2])
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: Any = None, log: bool = False) -> float:
+        return math.sqrt(low * high) if log else (low + high) / 2
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
+        return int(round(math.sqrt(low * high))) if log else (low + high) // 2
+
+
+def _measure_trial(raw: dict[str, Any], search_data: SearchData) -> float:
+    """Seconds per epoch of a middle configuration on this machine, from a 3-epoch run."""
+    from searcher.objective import train
+    from searcher.space import suggest_values, trial_config
+
+    spec = parse_spec({**raw, "name": "init-timing"}, source="searcher init")
+    config = trial_config(spec, suggest_values(_MiddleTrial(), spec), seed=0)
+    result = train(config, search_data, direction=spec.training.direction, max_epochs=3)
+    steady = statistics.median(result.epoch_seconds[1:]) if len(result.epoch_seconds) > 1 else result.epoch_seconds[0]
+    # The first epoch also builds and traces the model: every trial pays that once.
+    return steady + (result.epoch_seconds[0] - steady) / max(1.0, _EPOCH_SHARE * spec.training.max_epochs)
+
+
+def _render(raw: dict[str, Any], *, data_path: str, search_data: SearchData, notes: list[str], trial_seconds: float,
+            workers: int, minutes: float, output: Path) -> str:
+    rows = len(search_data.train) + len(search_data.val)
+    data_comments = {
+        "preprocess": f"here: {search_data.preprocessing.describe()}; fitted on the fit split, inside the model",
+        "validation_fraction": "carved from the training rows, stratified and seeded",
+        "test_fraction": "held out; only `searcher retrain` scores it, once",
+        "test_path": "the held-out test set; only `searcher retrain` scores it, once",
+        "missing": "imputed with the fit split's means, inside the model",
+        "image_size": "every image is resized to this (height, width)",
+    }
+    training_comments = {"max_epochs": f"sized to {rows} training rows", "patience": "early stopping on the metric",
+                         "class_weight": "the classes are imbalanced"}
+    lines = [
+        f"# searcher spec for {data_path}, written by `searcher init` on {dt.date.today().isoformat()}.",
+        f"# data: {describe_data(search_data.summary())}",
+        *[f"# {note}" for note in notes],
+        f"# budget: {raw['budget']['n_trials']} trials, about {minutes:g} minutes with {workers} worker(s) on this "
+        f"machine (a trial here: ~{trial_seconds:.1f} s, measured on a middle configuration).",
+        f"# Next: searcher launch {output}; then status, report, export, retrain (see searcher --help).",
+        "",
+        f"description: {_flow(raw['description'])}",
+        "",
+        *_section("data", raw["data"], data_comments),
+        "",
+        *_section("model", raw["model"], {}),
+        "",
+        *_section("search", raw["search"], {"momentum": "sampled only for the momentum and nesterov optimizers",
+                                             "depth": "hidden layers; 0 is a linear model" if raw["model"]["kind"] == "mlp"
+                                             else "conv stages",
+                                             "l2": "off: an explicit 'no L2' choice",
+                                             "units": "one value per hidden layer",
+                                             "filters": "one value per conv stage"}),
+        "",
+        *_section("training", raw["training"], training_comments),
+        "",
+        *(f"{key}: {_flow(raw[key])}" for key in ("sampler", "pruner", "budget", "seed")),
+        "",
+        "# A configuration you might try by hand, run first so the search can be compared with it.",
+        "baselines:",
+        *(f"  - {_flow(baseline)}" for baseline in raw["baselines"]),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _section(name: str, values: dict[str, Any], comments: dict[str, str]) -> list[str]:
+    lines = [f"{name}:"]
+    for key, value in values.items():
+        line = f"  {key}: {_flow(value)}"
+        lines.append(f"{line:<44} # {comments[key]}" if key in comments else line)
+    return lines
+
+
+def _flow(value: Any) -> str:
+    """One value as one line of YAML (flow style), quoted where YAML needs it."""
+    import yaml
+
+    return yaml.safe_dump([value], default_flow_style=True, sort_keys=False, width=10_000).strip()[1:-1]

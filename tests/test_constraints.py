@@ -1,0 +1,272 @@
+"""Deployable models: cost figures, constraints, a second objective, the Pareto front, picks.
+
+The spec and picking tests use real Optuna studies with hand-made trials; the searches are
+real `searcher launch` runs on digits (2 epochs), shared per module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState, create_trial
+
+from searcher import front
+from searcher.errors import SpecError, UserError
+from searcher.export import export_config, write_export
+from searcher.spec import directions, load_spec, objective_names, parse_spec
+
+DIGITS = load_spec("digits-mlp").to_dict()
+SHORT = {"max_epochs": 2, "patience": None, "metric": "val_accuracy"}
+
+
+def with_(**sections):
+    return {**DIGITS, **sections}
+
+
+# --- spec ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"constraints": {"max_flops": 1}}, r"^x\.yaml: constraints\.max_flops: unknown constraint; constraints are "
+                                        r"max_params, max_latency_ms, max_model_mb$"),
+    ({"constraints": {}}, r"^x\.yaml: constraints: set at least one of max_params"),
+    ({"constraints": {"max_latency_ms": 0}}, r"^x\.yaml: constraints\.max_latency_ms: input should be greater than 0"),
+    ({"objectives": ["val_accuracy", "flops"]}, r"^x\.yaml: objectives\[1\]: unknown objective; the second objective "
+                                                r"is one of n_params, latency_ms, sec_per_epoch, model_mb, got 'flops'$"),
+    ({"objectives": ["val_loss", "n_params"]}, r"^x\.yaml: objectives\[0\]: must be training\.metric \(val_accuracy\)"),
+    ({"objectives": ["val_accuracy", "n_params", "latency_ms"]}, r"^x\.yaml: objectives: must list the metric and at "
+                                                                 r"most one cost"),
+    ({"objectives": ["val_accuracy", "n_params"], "sampler": {"name": "grid"}},
+     r"^x\.yaml: sampler\.name: grid cannot search two objectives"),
+    ({"objectives": ["val_accuracy", "n_params"], "sampler": {"name": "cmaes"}},
+     r"^x\.yaml: sampler\.name: cmaes cannot search two objectives"),
+    ({"constraints": {"max_params": 10}, "sampler": {"name": "cmaes"}},
+     r"^x\.yaml: sampler\.name: cmaes would ignore constraints \(max_params\)"),
+    ({"sampler": {"name": "nsgaii", "n_startup_trials": 1}},
+     r"^x\.yaml: sampler\.n_startup_trials: is nsgaii's population size and must be >= 2, got 1$"),
+])
+def test_bad_objectives_and_constraints_name_the_field(extra, message):
+    with pytest.raises(SpecError, match=message):
+        parse_spec(with_(**extra), source="x.yaml")
+
+
+def test_new_sections_round_trip_and_leave_older_specs_alone():
+    plain = parse_spec(DIGITS, source="x")
+    assert "constraints" not in plain.to_dict() and "objectives" not in plain.to_dict(), \
+        "unset sections stay out of the stored spec, so studies created before them keep their hash"
+    assert objective_names(plain) == ("val_accuracy",) and directions(plain) == ["maximize"]
+    spec = parse_spec(with_(constraints={"max_params": 5000}, objectives=["val_accuracy", "latency_ms"]), source="x")
+    assert spec.to_dict()["constraints"] == {"max_params": 5000}
+    assert parse_spec(spec.to_dict(), source="again") == spec
+    assert spec.search_hash() != plain.search_hash()
+    assert directions(spec) == ["maximize", "minimize"]
+
+
+# --- picking, on hand-made trials --------------------------------------------------------
+
+
+def _study(rows, *, objectives=("val_accuracy",), constraints=None):
+    """rows: (accuracy, n_params, latency_ms, over the limit?) per complete trial."""
+    study = optuna.create_study(directions=["maximize"] + ["minimize"] * (len(objectives) - 1))
+    study.set_metric_names(list(objectives))
+    study.set_user_attr("spec", {"constraints": constraints or {}})
+    for acc, n, ms, over in rows:
+        values = [acc] + ([n] if len(objectives) > 1 else [])
+        study.add_trial(create_trial(values=values, user_attrs={"n_params": n, "latency_ms_b1": ms, "config": {
+            "training": {"metric": "val_accuracy"}}}, system_attrs={"constraints:max_params": 1.0 if over else -0.5}))
+    return study
+
+
+ROWS = [(0.980, 40_000, 0.5, False), (0.990, 90_000, 0.9, True), (0.977, 9_000, 0.3, False),
+        (0.976, 3_000, 0.4, False), (0.960, 2_000, 0.2, False), (0.975, 12_000, 0.25, False)]
+
+
+def test_best_front_and_smallest_within_count_feasible_trials_only():
+    study = _study(ROWS)
+    ranked = front.ranked(study)
+    assert [t.number for t in ranked] == [0, 2, 3, 5, 4], "trial 1 is over a constraint: never ranked"
+    assert [t.number for t in front.front(ranked, cost="n_params", maximize=True)] == [4, 3, 2, 0]
+    assert [t.number for t in front.front(ranked, cost="latency_ms", maximize=True)] == [4, 5, 2, 0]
+    assert [t.number for t in front.within(ranked, 0.5, maximize=True)] == [0, 2, 3, 5]
+    assert front.cheapest(front.within(ranked, 0.3, maximize=True), "n_params").number == 2
+
+    trial, why = front.pick_by_cost(study, front.Pick(smallest_within=0.5))
+    assert trial.number == 3
+    assert why == "smallest (3,000 parameters) within 0.5 points of the best val_accuracy 0.9800 (trial 0)"
+    trial, why = front.pick_by_cost(study, front.Pick(max_params=10_000))
+    assert (trial.number, why) == (2, "best val_accuracy with n_params <= 10,000")
+    trial, _ = front.pick_by_cost(study, front.Pick(max_latency_ms=0.3))
+    assert trial.number == 2
+    trial, _ = front.pick_by_cost(study, front.Pick(smallest_within=0.5, max_latency_ms=0.25))
+    assert trial.number == 5, "the smallest within 0.5 points that is also fast enough"
+
+    with pytest.raises(UserError, match=r"^--smallest-within: no feasible trial with latency_ms_b1 <= 0.2 is within "
+                                        r"0.5 points of the best val_accuracy 0.9800 \(trial 0\); the best with "
+                                        r"latency_ms_b1 <= 0.2 is trial 4 at 0.9600$"):
+        front.pick_by_cost(study, front.Pick(smallest_within=0.5, max_latency_ms=0.2))
+    with pytest.raises(UserError, match=r"^--max-params: no feasible complete trial with n_params <= 1,000; the "
+                                        r"smallest has 2,000 parameters \(trial 4\)$"):
+        front.pick_by_cost(study, front.Pick(max_params=1000))
+    with pytest.raises(UserError, match=r"^--max-params: must be > 0, got 0$"):
+        front.Pick(max_params=0)
+
+
+def test_export_header_says_how_the_trial_was_picked(tmp_path):
+    document = export_config(_study(ROWS), pick=front.Pick(smallest_within=0.5))
+    assert document["source"]["trial"] == 3
+    text = write_export(document, tmp_path / "small.yaml", fmt="yaml")
+    assert text.startswith("# searcher export: study no-name-")
+    assert "(smallest (3,000 parameters) within 0.5 points of the best val_accuracy 0.9800 (trial 0))" in \
+        text.splitlines()[0]
+    plain = export_config(_study(ROWS))
+    assert (plain["source"]["trial"], plain["source"]["picked"]) == (0, "best feasible validation value")
+    two = export_config(_study(ROWS, objectives=("val_accuracy", "n_params")))
+    assert two["source"]["picked"] == ("best feasible val_accuracy on the Pareto front "
+                                       "(val_accuracy (maximize), n_params (minimize))")
+    with pytest.raises(UserError, match=r"^--rank cannot be combined with --smallest-within"):
+        export_config(_study(ROWS), rank=1, pick=front.Pick(max_params=5))
+
+
+def test_no_feasible_trial_is_said_everywhere():
+    study = _study([(0.99, 90_000, 0.9, True)], constraints={"max_params": 5000})
+    message = (r"has no feasible trial: all 1 complete trial\(s\) and 1 finished one\(s\) in all are over a "
+               r"constraint \(max_params 5,000\)")
+    with pytest.raises(UserError, match=message):
+        export_config(study)
+    from searcher.monitor import take_snapshot
+
+    snap = take_snapshot(study)
+    assert snap.best_trial is None and snap.infeasible == 1
+    assert "has no feasible trial" in snap.no_feasible
+
+
+# --- real searches ----------------------------------------------------------------------
+
+
+def searcher(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "searcher", *args], cwd=cwd, capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out
+
+
+def _launch(folder: Path, name: str, trials: int, **sections) -> tuple[optuna.Study, str, str]:
+    spec = with_(training=SHORT, budget={"n_trials": trials}, **sections)
+    spec.pop("name", None)
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    url = f"sqlite:///{folder}/{name}.db"
+    out = searcher("launch", f"{name}.yaml", "--workers", "2", "--storage", url, cwd=folder)
+    return optuna.load_study(study_name=name, storage=url), url, out.stdout
+
+
+@pytest.fixture(scope="module")
+def constrained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("constrained")
+    # The tutorial baselines (4,480 parameters) are over the limit: rejected before training.
+    # A narrower space than the spec's, so that most sampled networks fit.
+    search = {**DIGITS["search"], "depth": {"low": 1, "high": 2}, "units": {"low": 16, "high": 64, "log": True}}
+    return folder, *_launch(folder, "small", 8, search=search, constraints={"max_params": 4000, "max_model_mb": 10.0})
+
+
+@pytest.fixture(scope="module")
+def pareto(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pareto")
+    return folder, *_launch(folder, "pareto", 8, objectives=["val_accuracy", "n_params"])
+
+
+@pytest.mark.slow
+def test_a_network_over_max_params_ends_before_training(constrained):
+    folder, study, url, stdout = constrained
+    assert "constraints: max_params 4,000, max_model_mb 10; max_params checked before training" in stdout
+    trials = study.get_trials()
+    baselines = [t for t in trials if "baseline" in t.user_attrs]
+    assert len(baselines) == 2
+    for t in baselines:
+        assert t.state == TrialState.PRUNED
+        assert t.user_attrs["n_params"] == 4480 and t.user_attrs["epochs"] == 0
+        assert t.user_attrs["infeasible"] == "4,480 parameters > constraints.max_params 4,000; not trained"
+        assert t.constraints == {"max_params": pytest.approx(4480 / 4000 - 1)}
+        assert not t.intermediate_values and "train_seconds" not in t.user_attrs, "it never trained an epoch"
+    assert f"baseline tutorial-mlp-sgd: infeasible (4,480 parameters" in stdout
+    trained = [t for t in trials if t.user_attrs.get("epochs")]
+    for t in trained:
+        assert set(t.constraints) == {"max_params", "max_model_mb"}
+        assert t.constraints["max_params"] == pytest.approx(t.user_attrs["n_params"] / 4000 - 1)
+        assert t.constraints["max_model_mb"] == pytest.approx(t.user_attrs["model_bytes"] / 1e6 / 10 - 1)
+        assert t.user_attrs["model_bytes"] > 4 * t.user_attrs["n_params"], "the file holds float32 weights"
+        assert 0 < t.user_attrs["latency_ms_b256"] and 0 < t.user_attrs["latency_ms_b1"]
+        assert t.user_attrs["n_params"] <= 4000
+
+    status = json.loads(searcher("status", "small", "--json", "--storage", url, cwd=folder).stdout)
+    assert status["infeasible"] == len(front.infeasible(trials)) >= 2
+    if front.ranked(study):
+        best = front.ranked(study)[0]
+        assert status["best_trial"] == best.number and front.is_feasible(best)
+        assert status["best_cost"]["n_params"] == best.user_attrs["n_params"]
+        exported = yaml.safe_load(searcher("export", "small", "--storage", url, cwd=folder).stdout)
+        assert exported["source"]["trial"] == best.number
+        assert exported["source"]["picked"] == "best feasible validation value"
+    else:
+        assert status["best_trial"] is None and "no feasible trial" in status["no_feasible"]
+
+
+@pytest.mark.slow
+def test_two_objectives_make_a_pareto_front_without_pruning(pareto):
+    folder, study, url, stdout = pareto
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["val_accuracy", "n_params"]
+    assert ("pruning off: 2 objectives, and Optuna's pruners (and Trial.report) need one; early stopping on "
+            "val_accuracy stays") in stdout
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 8, "nothing is pruned"
+    for t in complete:
+        assert t.values[1] == t.user_attrs["n_params"]
+        assert not t.intermediate_values and len(t.user_attrs["curve"]) == t.user_attrs["epochs"] == 2
+        assert t.values[0] == pytest.approx(max(t.user_attrs["curve"]))
+    on_front = front.front(complete, cost="n_params", maximize=True)
+    assert {t.number for t in on_front} == {t.number for t in study.best_trials}, "the same front as Optuna's"
+
+    status = json.loads(searcher("status", "pareto", "--json", "--storage", url, cwd=folder).stdout)
+    assert [p["trial"] for p in status["front"]] == [t.number for t in on_front]
+    out = searcher("export", "pareto", "--smallest-within", "100", "--storage", url, cwd=folder).stdout
+    assert yaml.safe_load(out)["source"]["n_params"] == min(t.user_attrs["n_params"] for t in complete)
+    assert out.splitlines()[1].startswith("# cost: ") and "ms/example (batch 1)" in out.splitlines()[1]
+
+    run = searcher("confirm", "pareto", "--top", "2", "--seeds", "1", "--workers", "2", "--storage", url, cwd=folder)
+    members = on_front[::-1][:2]  # the front's two best by accuracy (it may have only one)
+    assert f"{len(members)} new run(s)" in run.stdout
+    ranking = optuna.load_study(study_name="pareto", storage=url).user_attrs["confirmed_ranking"]
+    assert {r["trial"] for r in ranking} == {t.number for t in members}
+
+
+def test_tradeoff_marks_the_front_the_baselines_and_what_a_point_buys():
+    import plotly.graph_objects as go
+
+    from searcher import tradeoff
+
+    study = _study(ROWS + [(0.976, 3_000, 0.35, False)])  # trial 6 ties trial 3: the earlier one stays
+    study.add_trial(create_trial(values=[0.95], user_attrs={"n_params": 4480, "latency_ms_b1": 0.3,
+                                                            "baseline": "tutorial"}))
+    d = tradeoff.collect(study)
+    assert (d.cost, d.multi, d.best) == ("n_params", False, 0)
+    assert d.front == (4, 3, 2, 0)
+    assert [(p.points, p.by, p.trial.number) for p in d.picks] == [
+        (0.5, "n_params", 3), (0.5, "latency_ms", 5), (1.0, "n_params", 3), (1.0, "latency_ms", 5)]
+    fig = tradeoff.draw(go, d)
+    assert [t.name for t in fig.data] == ["trial", "infeasible (over a constraint)", "Pareto front", "baseline"]
+    assert list(fig.data[2].x) == [2_000, 3_000, 9_000, 40_000] and fig.layout.xaxis.type == "log"
+    assert list(fig.data[1].x) == [90_000], "the trial over a constraint is drawn, never on the front"
+    page = tradeoff.tables_html(d)
+    assert "The Pareto front (val_accuracy against parameters): 4 trial(s)" in page
+    assert page.count("<tr") == 1 + 4 + 1 + 4
+
+    two = tradeoff.collect(_study([(0.98, 40_000, 0.5, False), (0.98, 9_000, 0.3, False), (0.97, 2_000, 0.2, False)],
+                                  objectives=("val_accuracy", "n_params")))
+    assert (two.multi, two.front, two.best) == (True, (2, 1), 1), "a tie on the metric goes to the cheaper"

@@ -1,0 +1,310 @@
+"""A user's own data: CSV files and image folders, preprocessing fitted on the fit split
+inside the model, labels of any kind, and bad data refused in one line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from searcher.data import class_weights, load_search_data, load_test_split
+from searcher.errors import DataError
+from searcher.spec import DataSpec
+
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def wine_csv(folder: Path) -> tuple[Path, Path]:
+    """scikit-learn's wine (features from 0.1 to 1,680) with a categorical column and a string
+    target, as a training and a test file."""
+    from sklearn.datasets import load_wine
+    from sklearn.model_selection import train_test_split
+
+    wine = load_wine()
+    names = np.array(["barolo", "grignolino", "barbera"])
+    cellar = np.array(["north", "south", "east"])[np.arange(len(wine.target)) % 3]
+    header = list(wine.feature_names) + ["cellar", "cultivar"]  # one name holds a "/"
+    rows = [[f"{v:g}" for v in x] + [c, names[t]] for x, t, c in zip(wine.data, wine.target, cellar)]
+    train, test = train_test_split(rows, test_size=36, random_state=0, stratify=wine.target)
+    return write_csv(folder / "wine.csv", header, train), write_csv(folder / "wine-test.csv", header, test)
+
+
+def digits_png_folder(folder: Path, *, per_class: int = 30) -> Path:
+    """scikit-learn's digits as 8x8 grayscale PNG files, one subfolder per class."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    root = folder / "digits-png"
+    for label in range(10):
+        (root / f"digit-{label}").mkdir(parents=True)
+        for i, image in enumerate(digits.images[digits.target == label][:per_class]):
+            png = tf.io.encode_png((image * 255 / 16).astype("uint8")[..., None]).numpy()
+            (root / f"digit-{label}" / f"{i:03d}.png").write_bytes(png)
+    return root
+
+
+# --- preprocessing, fitted on the fit split and inside the model -----------------------------
+
+
+def test_standardization_is_fitted_on_the_fit_split_only(tmp_path):
+    rng = np.random.default_rng(0)
+    scales = np.array([0.001, 1.0, 4000.0])
+    x = rng.normal(size=(300, 3)) * scales
+    y = (x[:, 2] > 0).astype(int)
+    # A test split far off the training distribution: its statistics must not reach the model.
+    np.savez(tmp_path / "d.npz", x_train=x[:200], y_train=y[:200], x_test=x[200:] + 1e6, y_test=y[200:])
+    data = load_search_data(DataSpec(dataset="npz", path=str(tmp_path / "d.npz")), split_seed=0)
+    pre = data.preprocessing
+    assert pre.mode == "standardize"
+    assert np.allclose(pre.mean, data.train.x.mean(axis=0), rtol=1e-5)
+    assert np.allclose(pre.variance, data.train.x.var(axis=0), rtol=1e-4)
+    everything = np.concatenate([data.train.x, data.val.x])
+    assert not np.allclose(pre.mean, everything.mean(axis=0), rtol=1e-6), "validation rows leaked into the mean"
+    assert abs(pre.mean[2]) < 1e5
+
+
+def test_auto_rescales_images_and_standardizes_features(tmp_path):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(60, 5, 5), dtype=np.uint8)
+    np.savez(tmp_path / "img.npz", x_train=images, y_train=np.arange(60) % 3)
+    data = load_search_data(DataSpec(dataset="npz", path=str(tmp_path / "img.npz"), test_fraction=0.2), split_seed=0)
+    assert data.train.x.dtype == np.uint8 and data.input_shape == (5, 5, 1)
+    assert (data.preprocessing.mode, data.preprocessing.scale) == ("rescale", 255.0)
+    none = load_search_data(DataSpec(dataset="npz", path=str(tmp_path / "img.npz"), test_fraction=0.2,
+                                     preprocess="none"), split_seed=0)
+    assert none.preprocessing.mode == "none"
+
+
+def test_missing_mean_imputes_inside_the_model(tmp_path):
+    from searcher.models import build_model
+    from searcher.space import ModelConfig
+
+    x = np.arange(200, dtype="float64").reshape(100, 2)
+    x[::7, 0] = np.nan
+    np.savez(tmp_path / "gaps.npz", x_train=x, y_train=np.arange(100) % 2)
+    spec = DataSpec(dataset="npz", path=str(tmp_path / "gaps.npz"), test_fraction=0.2, missing="mean")
+    data = load_search_data(spec, split_seed=0)
+    assert data.preprocessing.fill[0] == pytest.approx(np.nanmean(data.train.x[:, 0]), rel=1e-6)
+    config = ModelConfig(kind="mlp", hidden_units=(4,), activation="relu", initializer="he_normal", dropout=0.0,
+                         l2=0.0, batch_norm=False, optimizer="adam", learning_rate=1e-3)
+    model = build_model(config, preprocessing=data.preprocessing, n_classes=2)
+    assert np.isfinite(model.predict(np.array([[np.nan, 3.0]], "float32"), verbose=0)).all()
+
+
+# --- labels -----------------------------------------------------------------------------------
+
+
+def test_string_labels_map_to_classes_in_a_stable_order(tmp_path):
+    path = write_csv(tmp_path / "t.csv", ["a", "label"], [[i, ["yes", "no"][i % 2]] for i in range(40)])
+    spec = DataSpec(dataset="csv", path=str(path), target="label")
+    data = load_search_data(spec, split_seed=0)
+    assert data.class_names == ("no", "yes")
+    test = load_test_split(spec)
+    assert len(test) == 8 and set(test.y) == {0, 1}
+
+
+def test_a_hundred_classes_split_stratified(tmp_path):
+    rng = np.random.default_rng(2)
+    y = np.repeat(np.arange(100) * 3 + 7, 10)  # integer labels 7, 10, ..., 304: not 0..K-1
+    np.savez(tmp_path / "many.npz", x_train=rng.normal(size=(1000, 4)), y_train=y)
+    data = load_search_data(DataSpec(dataset="npz", path=str(tmp_path / "many.npz"), test_fraction=0.2), split_seed=0)
+    assert data.n_classes == 100 and data.class_names[:2] == ("7", "10")
+    assert np.bincount(data.val.y, minlength=100).min() >= 1
+
+
+def test_balanced_class_weights_make_each_class_weigh_the_same(tmp_path):
+    from searcher.data import Split
+
+    split = Split(np.zeros((100, 1)), np.array([0] * 90 + [1] * 10))
+    weights = class_weights(split, 2)
+    assert weights[split.y].sum() == pytest.approx(100)
+    assert weights[0] * 90 == pytest.approx(weights[1] * 10)
+
+
+# --- image folders ------------------------------------------------------------------------------
+
+
+def test_image_folder_is_decoded_once_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEARCHER_CACHE_DIR", str(tmp_path / "cache"))
+    root = digits_png_folder(tmp_path, per_class=10)
+    spec = DataSpec(dataset="images", path=str(root), color_mode="grayscale", test_fraction=0.2)
+    data = load_search_data(spec, split_seed=0)
+    assert data.input_shape == (8, 8, 1) and data.train.x.dtype == np.uint8
+    assert data.class_names == tuple(f"digit-{i}" for i in range(10))
+    assert len(list((tmp_path / "cache").glob("images-*.npz"))) == 1
+    from searcher import sources
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again despite the cache")
+
+    monkeypatch.setattr(sources, "_decode_image", no_decoding)
+    again = sources.read(spec)
+    assert again.x_train.shape == (100, 8, 8, 1) and list(again.y_train[:2]) == ["digit-0", "digit-0"]
+
+
+# --- bad data: one line naming the file, column or array --------------------------------------
+
+
+def _npz(tmp_path: Path, **arrays) -> str:
+    np.savez(tmp_path / "bad.npz", **arrays)
+    return str(tmp_path / "bad.npz")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: DataSpec(dataset="npz", path=_npz(p, x_train=np.array([[1.0, np.nan]] * 20), y_train=[0, 1] * 10),
+                            test_fraction=0.2),
+         r"bad\.npz x_train: 20 missing \(NaN\) value\(s\), the first in row 0, feature 1; set data\.missing: mean"),
+        (lambda p: DataSpec(dataset="npz", path=_npz(p, x_train=np.array([[1.0, np.inf]] * 20), y_train=[0, 1] * 10),
+                            test_fraction=0.2),
+         r"bad\.npz x_train: 20 infinite value\(s\)"),
+        (lambda p: DataSpec(dataset="npz", path=_npz(p, x_train=np.ones((20, 3)), y_train=[0, 1] * 10,
+                                                     x_test=np.ones((4, 2)), y_test=[0, 1] * 2)),
+         r"bad\.npz x_test: examples have shape \(2,\), but .*bad\.npz x_train has \(3,\)"),
+        (lambda p: DataSpec(dataset="npz", path=_npz(p, x_train=np.ones((20, 3)), y_train=[0, 1] * 10,
+                                                     x_test=np.ones((4, 3)), y_test=[0, 1, 2, 2])),
+         r"bad\.npz x_test: class '2' \(2 example\(s\)\) never occurs in .*bad\.npz x_train"),
+        (lambda p: DataSpec(dataset="npz", path=_npz(p, x_train=np.ones((21, 3)), y_train=[0, 1] * 10 + [2]),
+                            test_fraction=0.2),
+         r"bad\.npz x_train: class '2' has 1 example\(s\); a stratified test split needs at least 2 of every class"),
+        (lambda p: DataSpec(dataset="npz", path=_npz(p, x_train=np.ones((20, 3)), y_train=[4] * 20), test_fraction=0.2),
+         r"all labels are '4'; a classifier needs at least 2 classes"),
+        (lambda p: DataSpec(dataset="csv", path=str(write_csv(p / "b.csv", ["age", "y"],
+                                                              [[str(i), i % 2] for i in range(9)] + [["4O", 1]])),
+                            target="y"),
+         r"b\.csv: column 'age', line 11: '4O' is not a number \(9 of its 10 values are\)"),
+        (lambda p: DataSpec(dataset="csv", path=str(write_csv(p / "b.csv", ["age", "y"],
+                                                              [[i, i % 2] for i in range(9)] + [["", 1]])),
+                            target="y"),
+         r"b\.csv: column 'age': 1 missing \(NaN\) value\(s\), the first in line 11; set data\.missing: mean"),
+        (lambda p: DataSpec(dataset="csv", path=str(write_csv(p / "b.csv", ["age", "y"], [[1, 0]])), target="label"),
+         r"data\.target: .*b\.csv has no column 'label' \(columns: age, y\)"),
+        (lambda p: DataSpec(dataset="images", path=str((p / "empty").mkdir() or p / "empty")),
+         r"data\.path: .*empty has no class subfolders"),
+    ],
+    ids=["nan", "inf", "test-shape", "unseen-test-class", "tiny-class", "one-class", "non-numeric", "csv-gap",
+         "no-target", "empty-folder"],
+)
+def test_bad_data_is_one_line_naming_the_place(tmp_path, make, message):
+    with pytest.raises(DataError, match=message) as error:
+        load_search_data(make(tmp_path), split_seed=0)
+    assert "\n" not in str(error.value)
+
+
+def test_unreadable_image_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEARCHER_CACHE_DIR", str(tmp_path / "cache"))
+    root = digits_png_folder(tmp_path, per_class=3)
+    broken = root / "digit-4" / "001.png"
+    broken.write_bytes(b"not a png at all")
+    with pytest.raises(DataError, match=rf"{broken}: not a readable image"):
+        load_search_data(DataSpec(dataset="images", path=str(root), test_fraction=0.2), split_seed=0)
+
+
+# --- end to end: init -> launch -> export -> retrain -> predict on the raw CSV rows ----------------
+
+
+def searcher(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "searcher", *args], cwd=cwd, capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if ok:
+        assert out.returncode == 0, out.stdout + out.stderr
+    return out
+
+
+@pytest.mark.slow
+def test_csv_with_a_categorical_column_and_string_target_end_to_end(tmp_path):
+    data, test_file = wine_csv(tmp_path)
+    made = searcher("init", data.name, "--target", "cultivar", "--test", test_file.name, "-o", "wine.yaml",
+                    cwd=tmp_path)
+    assert "wrote wine.yaml: mlp on 113 fit / 29 validation / 36 test rows" in made.stdout
+    assert "cellar (3)" in made.stdout
+    spec_text = (tmp_path / "wine.yaml").read_text()
+    assert "test_path: wine-test.csv" in spec_text and "standardized" in spec_text
+    url = f"sqlite:///{tmp_path}/s.db"
+    launched = searcher("launch", "wine.yaml", "--workers", "1", "--trials", "3", "--storage", url, cwd=tmp_path)
+    assert "data: 113 fit / 29 validation / 36 test rows" in launched.stdout
+    searcher("export", "wine", "--storage", url, "-o", "best.yaml", cwd=tmp_path)
+    retrained = searcher("retrain", "best.yaml", "-o", "best.keras", cwd=tmp_path)
+    assert "test accuracy" in retrained.stdout
+    metrics = json.loads((tmp_path / "best.metrics.json").read_text())
+    assert metrics["class_names"] == ["barbera", "barolo", "grignolino"]
+    assert sum(map(sum, metrics["confusion_matrix"])) == metrics["test_examples"] == 36
+    assert set(metrics["per_class"]) == set(metrics["class_names"])
+    assert metrics["inputs"]["cellar"] == "string" and metrics["inputs"]["od280_od315_of_diluted_wines"] == "float32"
+
+    # The saved model on the raw test rows, read with nothing but the csv module: it
+    # standardizes and one-hot encodes by itself.
+    model = keras.models.load_model(tmp_path / "best.keras")
+    rows = list(csv.DictReader(open(test_file)))
+    columns = {name.replace("/", "_"): name for name in rows[0]}
+    inputs = {name: tf.constant([[r[columns[name]]] if tensor.dtype == "string" else [float(r[columns[name]])]
+                                 for r in rows])
+              for name, tensor in model.input.items()}
+    predicted = np.asarray(metrics["class_names"])[model.predict(inputs, verbose=0).argmax(axis=1)]
+    truth = np.asarray([r["cultivar"] for r in rows])
+    assert (predicted == truth).mean() == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_bad_data_stores_nothing(tmp_path):
+    write_csv(tmp_path / "broken.csv", ["x", "y"], [[i, i % 2] for i in range(10)] + [["oops", 1]])
+    (tmp_path / "broken.yaml").write_text(
+        "data: {dataset: csv, path: broken.csv, target: y}\nmodel: {kind: mlp}\nbudget: {n_trials: 2}\n")
+    out = searcher("launch", "broken.yaml", "--storage", f"sqlite:///{tmp_path}/s.db", cwd=tmp_path, ok=False)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        "Error: broken.csv: column 'x', line 12: 'oops' is not a number (10 of its 11 values are); "
+        "fix the value, or list the column in data.categorical"]
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_init_writes_a_cnn_spec_for_an_image_folder(tmp_path, monkeypatch):
+    from searcher.scaffold import init_spec
+    from searcher.spec import load_spec
+
+    monkeypatch.setenv("SEARCHER_CACHE_DIR", str(tmp_path / "cache"))
+    root = digits_png_folder(tmp_path, per_class=12)
+    made = init_spec(str(root), output=tmp_path / "pngs.yaml", workers=2, minutes=5)
+    spec = load_spec(made.path)
+    assert spec.model.kind == "cnn" and spec.data.dataset == "images"
+    assert (spec.data.color_mode, spec.data.image_size, spec.data.test_fraction) == ("grayscale", (8, 8), 0.2)
+    assert 12 <= spec.budget.n_trials <= 300 and spec.baselines[0].name == "plain-adam"
+    text = made.path.read_text()
+    assert "uint8 inputs 8x8x1, rescaled to [0, 1] (divided by 255)" in text
+    assert "about 5 minutes with 2 worker(s)" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["wine.csv"], r"Error: --target: which column holds the class\? wine\.csv has columns alcohol, malic_acid"),
+        (["wine.csv", "--target", "kind"], r"Error: --target: wine\.csv has no column 'kind'"),
+        (["nothing.csv"], r"Error: nothing\.csv: no such file or folder"),
+        (["wine.csv", "--target", "cultivar", "-o", "wine.yaml"], r"Error: -o: wine\.yaml exists; pass --force"),
+    ],
+)
+def test_init_mistakes_are_one_line(tmp_path, args, message):
+    wine_csv(tmp_path)
+    (tmp_path / "wine.yaml").write_text("keep me\n")
+    out = searcher("init", *args, cwd=tmp_path, ok=False)
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert re.search(message, out.stderr)
+    assert (tmp_path / "wine.yaml").read_text() == "keep me\n"
+
