@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from searcher.data import Split
 
 LARGE_BATCH = 256
-LATENCY_REPEATS = 7  # timed calls per batch size; the median is kept
+LATENCY_REPEATS = 15  # timed calls per batch size, the median kept: a shared CPU stalls some calls
+MIN_REPEATS, TIMING_BUDGET_S = 5, 0.5  # a slow model stops after 5 calls once 0.5 s went into timing
 WARMUP_CALLS = 2  # the first call traces the predict function: never timed
 
 MODEL_BYTES, LATENCY_B1, LATENCY_LARGE = "model_bytes", "latency_ms_b1", f"latency_ms_b{LARGE_BATCH}"
@@ -67,8 +68,8 @@ def _batch(examples: Split, size: int) -> Any:
 def _latency_ms(model: Any, batch: Any) -> float:
     for _ in range(WARMUP_CALLS):
         model.predict_on_batch(batch)
-    times = []
-    for _ in range(LATENCY_REPEATS):
+    times: list[float] = []
+    while len(times) < LATENCY_REPEATS and (len(times) < MIN_REPEATS or sum(times) < TIMING_BUDGET_S):
         t0 = time.perf_counter()
         model.predict_on_batch(batch)  # returns numpy: the result is on the host, the work done
         times.append(time.perf_counter() - t0)

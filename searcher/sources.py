@@ -23,6 +23,7 @@ import json
 import math
 import os
 import pickle
+import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,7 +309,8 @@ def _decode_image(path: Path, *, height: int | None, width: int | None, channels
     try:
         image = tf.io.decode_image(tf.io.read_file(str(path)), channels=channels, expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError) as e:
-        reason = str(getattr(e, "message", e)).splitlines()[0][:120]
+        # TensorFlow adds the op's internal names: "{{function_node ...}}", " [Op:DecodeImage] name:".
+        reason = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*$", "", str(getattr(e, "message", e)).splitlines()[0]).strip(" .")
         raise DataError(f"{path}: not a readable image ({reason})") from None
     if height and tuple(image.shape[:2]) != (height, width):
         image = tf.image.resize(image, (height, width), antialias=True)

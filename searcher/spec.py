@@ -553,6 +553,10 @@ class StudySpec(_Frozen):
         for key in ("constraints", "objectives"):  # absent when unset: older studies keep their hash
             if raw[key] is None:
                 del raw[key]
+        for section, names in _ADDED_SINCE_FIRST_RELEASE.items():  # likewise, at their defaults
+            for name in names:
+                if name in raw[section] and raw[section][name] == _default_of(section, name):
+                    del raw[section][name]
         if "constraints" in raw:
             raw["constraints"] = {k: v for k, v in raw["constraints"].items() if v is not None}
         return raw
@@ -572,6 +576,24 @@ class StudySpec(_Frozen):
         Fixing ``data.split_seed`` lets repeats of a study over seeds score on one validation set.
         """
         return self.seed if self.data.split_seed is None else self.data.split_seed
+
+
+# Fields a spec gained after studies were first stored. ``to_dict`` (and so ``search_hash``) leaves
+# them out while they hold their default, so a study stored before them still accepts its workers.
+_ADDED_SINCE_FIRST_RELEASE = {
+    "data": ("test_path", "test_fraction", "target", "features", "categorical", "image_size", "color_mode",
+             "preprocess", "missing", "split_seed"),
+    "training": ("class_weight",),
+    "search": ("beta_1", "beta_2", "epsilon"),
+}
+
+
+def _default_of(section: str, name: str) -> Any:
+    if section == "search":
+        return _DEFAULTS.get(name)
+    model = {"data": DataSpec, "training": TrainingSpec}[section]
+    default = model.model_fields[name].default
+    return list(default) if isinstance(default, tuple) else default
 
 
 def min_depth(search: SearchSpec) -> int:

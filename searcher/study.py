@@ -120,11 +120,13 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     raise AssertionError(p.name)
 
 
-def create_or_continue(spec: StudySpec, storage: optuna.storages.BaseStorage, *, n_trials: int,
+def create_or_continue(spec: StudySpec, storage: optuna.storages.BaseStorage, *, n_trials: int | None,
                        name: str | None = None) -> optuna.Study:
     """Create the study ``name`` (default: the spec's name) or load it, before any worker
     starts; enqueue baselines once.
 
+    ``n_trials`` sets the study-wide budget; None keeps a stored one (else the spec's), so a
+    restarted ``worker --create`` does not undo a ``launch --trials`` or ``create --trials``.
     Raises StorageError when a study of that name exists with a different spec.
     """
     study = optuna.create_study(
@@ -140,7 +142,8 @@ def create_or_continue(spec: StudySpec, storage: optuna.storages.BaseStorage, *,
         study.set_user_attr(HASH_ATTR, spec.search_hash())
     else:
         check_same_spec(study, spec)
-    study.set_user_attr(BUDGET_ATTR, n_trials)
+    if n_trials is not None or BUDGET_ATTR not in study.user_attrs:
+        study.set_user_attr(BUDGET_ATTR, n_trials or spec.budget.n_trials)
     if not study.user_attrs.get(BASELINES_ATTR):
         for baseline in spec.baselines:
             study.enqueue_trial(

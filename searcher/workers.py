@@ -79,7 +79,7 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions) -> int:
     log.info("data: %s", data.preprocessing.describe())
     if study is None:
         with lock:  # several compose workers start at once: one creates the study and its baselines
-            studies.create_or_continue(spec, storage, n_trials=spec.budget.n_trials, name=name)
+            studies.create_or_continue(spec, storage, n_trials=None, name=name)
         study = join()
     n_trials = int(study.user_attrs.get(studies.BUDGET_ATTR, spec.budget.n_trials))
     if studies.DATA_ATTR not in study.user_attrs:

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from searcher.cli import app
 
 runner = CliRunner()
-COMMANDS = ["launch", "worker", "studies", "status", "report", "export", "retrain", "dashboard"]
+COMMANDS = ["launch", "create", "worker", "init", "studies", "status", "report", "export", "retrain", "dashboard",
+            "replay", "confirm"]
 
 
 def _one_line_error(result) -> str:

@@ -178,7 +178,7 @@ def constrained(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pareto(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pareto")
-    return folder, *_launch(folder, "pareto", 8, objectives=["val_accuracy", "n_params"])
+    return folder, *_launch(folder, "pareto", 6, objectives=["val_accuracy", "n_params"])
 
 
 @pytest.mark.slow
@@ -204,6 +204,12 @@ def test_a_network_over_max_params_ends_before_training(constrained):
         assert 0 < t.user_attrs["latency_ms_b256"] and 0 < t.user_attrs["latency_ms_b1"]
         assert t.user_attrs["n_params"] <= 4000
 
+    from searcher.report import collect
+
+    if front.ranked(study):
+        data = collect(study)
+        assert data.best.number == front.ranked(study)[0].number and data.best.feasible
+        assert all(r.feasible for r in data.complete)
     status = json.loads(searcher("status", "small", "--json", "--storage", url, cwd=folder).stdout)
     assert status["infeasible"] == len(front.infeasible(trials)) >= 2
     if front.ranked(study):
@@ -225,7 +231,7 @@ def test_two_objectives_make_a_pareto_front_without_pruning(pareto):
     assert ("pruning off: 2 objectives, and Optuna's pruners (and Trial.report) need one; early stopping on "
             "val_accuracy stays") in stdout
     complete = study.get_trials(states=(TrialState.COMPLETE,))
-    assert len(complete) == 8, "nothing is pruned"
+    assert len(complete) == 6, "nothing is pruned"
     for t in complete:
         assert t.values[1] == t.user_attrs["n_params"]
         assert not t.intermediate_values and len(t.user_attrs["curve"]) == t.user_attrs["epochs"] == 2
@@ -238,6 +244,14 @@ def test_two_objectives_make_a_pareto_front_without_pruning(pareto):
     out = searcher("export", "pareto", "--smallest-within", "100", "--storage", url, cwd=folder).stdout
     assert yaml.safe_load(out)["source"]["n_params"] == min(t.user_attrs["n_params"] for t in complete)
     assert out.splitlines()[1].startswith("# cost: ") and "ms/example (batch 1)" in out.splitlines()[1]
+
+    from searcher.report import collect, render_html
+
+    data = collect(study)
+    assert data.objectives == ("val_accuracy", "n_params") and data.tradeoff.multi
+    assert data.tradeoff.front == tuple(t.number for t in on_front)
+    assert "curves" in data.figures and all(len(r.curve) == 2 for r in data.complete), "curves from the user attr"
+    assert "tradeoff" in data.figures and "The Pareto front (val_accuracy against n_params)" in render_html(data)
 
     run = searcher("confirm", "pareto", "--top", "2", "--seeds", "1", "--workers", "2", "--storage", url, cwd=folder)
     members = on_front[::-1][:2]  # the front's two best by accuracy (it may have only one)

@@ -187,7 +187,7 @@ def test_collect_pins_numbers_of_the_synthetic_study(synthetic_study: optuna.Stu
     assert (data.spec_hash, data.budget, data.maximize) == ("3f2a9c1e", 40, True)
     assert data.param_kinds["lr"] == "log" and data.param_kinds["use_l2"] == "bool"
     assert data.param_kinds["optimizer"] == "cat" and data.param_kinds["depth"] == "int"
-    assert len(data.figures) == 12 and not data.notes
+    assert len(data.figures) == 13 and not data.notes
 
 
 def test_collect_agrees_with_optuna(report_study: optuna.Study) -> None:
@@ -233,7 +233,7 @@ def test_one_trial_study_renders_with_notes(tmp_path: Path) -> None:
     assert data.baselines[0].gain == 0
     page = render_html(data)
     assert page.count('class="plotly-graph-div"') == 2
-    assert page.count('<p class="note nodraw">Not drawn:') == 10
+    assert page.count('<p class="note nodraw">Not drawn:') == 11  # the trade-off figure too
 
 
 def test_fixed_knobs_and_no_variation_give_notes(tmp_path: Path) -> None:
@@ -246,7 +246,7 @@ def test_fixed_knobs_and_no_variation_give_notes(tmp_path: Path) -> None:
     assert data.notes["importance"] == "no searched parameter varies across the complete trials"
     assert data.notes["parallel"] == "no searched parameter varies across the complete trials"
     assert data.notes["lr_l2"] == "every complete trial used learning_rate=0.001 and l2=0"
-    assert set(data.figures) == {"history", "curves", "cost_time", "cost_params"}
+    assert set(data.figures) == {"history", "curves", "cost_time", "cost_params", "tradeoff"}
 
 
 def test_study_without_spec_or_config_falls_back(tmp_path: Path) -> None:
@@ -326,7 +326,7 @@ def test_every_figure_of_the_page_is_drawn_or_says_why(tmp_path: Path) -> None:
     from searcher.report._page import Grid
 
     ids = [f.id for s in SECTIONS if isinstance(s, Grid) for f in s.figures]
-    assert len(ids) == len(set(ids)) == 12
+    assert len(ids) == len(set(ids)) == 13
     for study in (build_study(_storage(tmp_path)), _one_trial_study(tmp_path, direction="maximize")):
         data = collect(study)
         assert sorted((*data.figures, *data.notes)) == sorted(ids)

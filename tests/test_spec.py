@@ -153,3 +153,13 @@ def test_split_seed_defaults_to_the_study_seed_and_reaches_the_trial_config():
     assert (config.seed, config.split_seed) == (7, 0)
     with pytest.raises(SpecError, match=r"^t.yaml: data.split_seed: input should be greater than or equal to 0, got -1$"):
         parse_spec({**MINIMAL, "data": {"dataset": "digits", "split_seed": -1}}, source="t.yaml")
+
+
+def test_studies_stored_by_the_first_release_keep_their_hash():
+    # Hashes of the shipped specs as the first release computed them (commit ba50b77): new spec
+    # fields at their defaults must not change them, or stored studies would refuse their workers.
+    assert {name: load_spec(name).search_hash() for name in ("digits-mlp", "digits-cnn", "cifar-cnn", "mnist-mlp")} == {
+        "digits-mlp": "a792e1303f973b58", "digits-cnn": "0bcc9e662f914453",
+        "cifar-cnn": "3bfa655488f444d5", "mnist-mlp": "b69887db1cd316c8"}
+    changed = parse_spec({**MINIMAL, "data": {"dataset": "digits", "preprocess": "none"}}, source="x")
+    assert changed.search_hash() != parse_spec(MINIMAL, source="x").search_hash()

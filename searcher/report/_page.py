@@ -24,6 +24,7 @@ class Grid:
     heading: str
     cols: int
     figures: tuple[Figure, ...]
+    after: Callable[[ReportData], str] | None = None  # HTML under the figures (tables), if any
 
     def __call__(self, d: ReportData) -> str:
         import plotly.graph_objects as go
@@ -35,7 +36,8 @@ class Grid:
             + "</figure>"
             for f in self.figures
         )
-        return f'<section><h2>{self.heading}</h2><div class="grid cols{self.cols}">{cells}</div></section>'
+        after = self.after(d) if self.after else ""
+        return f'<section><h2>{self.heading}</h2><div class="grid cols{self.cols}">{cells}</div>{after}</section>'
 
 
 Section = Callable[[ReportData], str]
@@ -46,7 +48,7 @@ SECTIONS: tuple[Section, ...] = (
     _tables.best_config,
     _tables.top_trials,
     _tables.confirmed,
-    _tradeoff.section,
+    Grid("Accuracy against cost: the Pareto front", 1, (_tradeoff.FIGURE,), after=_tradeoff.tables),
     Grid("Optimization history", 1, (F.HISTORY,)),
     Grid("What mattered", 1, (F.IMPORTANCE, F.PARALLEL)),
     Grid("Learning rate against regularization", 2, (F.LR_L2, F.LR_DROPOUT)),
