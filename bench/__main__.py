@@ -22,14 +22,15 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import gpu, overhead, quality, scale, scaling, startup, storage
+from bench import gpu, nan_check, overhead, quality, scale, scaling, startup, storage
 from bench._common import REPO, Plan, Section, not_run_section
 
 log = logging.getLogger("bench")
-SECTIONS = ("overhead", "scaling", "storage", "startup", "quality", "gpu", "scale")
+SECTIONS = ("overhead", "scaling", "storage", "startup", "quality", "gpu", "nan_check", "scale")
 DEFAULT_SECTIONS = SECTIONS[:-1]  # scale (minutes, hundreds of processes) runs with --only scale
 TITLES = {"overhead": overhead.TITLE, "scaling": scaling.TITLE, "storage": storage.TITLE,
-          "startup": startup.TITLE, "quality": quality.TITLE, "gpu": gpu.TITLE, "scale": scale.TITLE}
+          "startup": startup.TITLE, "quality": quality.TITLE, "gpu": gpu.TITLE, "nan_check": nan_check.TITLE,
+          "scale": scale.TITLE}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,6 +131,7 @@ def _run_sections(plan: Plan, workdir: Path, only: list[str]) -> dict[str, Secti
     for key, fn in (("scaling", lambda: scaling.run(plan, workdir, cpu_count)),
                     ("quality", lambda: quality.run(plan, workdir)),
                     ("gpu", lambda: gpu.run(plan, workdir)),
+                    ("nan_check", lambda: nan_check.run(plan, workdir)),
                     ("scale", lambda: scale.run(plan, workdir))):
         if key in only:
             value = attempt(key, fn)

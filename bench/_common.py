@@ -48,6 +48,8 @@ class Plan:
     quality_budget: int  # epochs per run when KerasTuner is missing (else: what Hyperband spent)
     quality_parallel: int  # runs at a time (quality does not depend on speed)
     gpu_epochs: int
+    nan_epochs: int  # epochs per NaN-check run
+    nan_repeats: int
     scale_workers: tuple[int, ...] = (1, 8)
     scale_epoch_s: float = 0.5
     scale_study_sizes: tuple[int, ...] = (1000,)
@@ -57,14 +59,14 @@ class Plan:
         return cls(name="quick", tf_import_repeats=1, overhead_trials=2, overhead_repeats=1, startup_repeats=0,
                    storage_trials=10, storage_repeats=1, scaling_workers=(1, 2), scaling_repeats=1,
                    scaling_trials=4, scaling_epochs=3, quality_seeds=(0,), quality_max_epochs=3, quality_budget=12,
-                   quality_parallel=3, gpu_epochs=2)
+                   quality_parallel=3, gpu_epochs=2, nan_epochs=3, nan_repeats=1)
 
     @classmethod
     def full(cls) -> Plan:
         return cls(name="full", tf_import_repeats=3, overhead_trials=10, overhead_repeats=1, startup_repeats=2,
                    storage_trials=30, storage_repeats=3, scaling_workers=(1, 2, 3, 4), scaling_repeats=3,
                    scaling_trials=16, scaling_epochs=6, quality_seeds=(0, 1, 2), quality_max_epochs=20,
-                   quality_budget=200, quality_parallel=2, gpu_epochs=3,
+                   quality_budget=200, quality_parallel=2, gpu_epochs=3, nan_epochs=20, nan_repeats=5,
                    scale_workers=(1, 8, 32, 100, 200), scale_epoch_s=1.0, scale_study_sizes=(1000, 3000, 10000))
 
 

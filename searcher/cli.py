@@ -157,10 +157,11 @@ def worker(
 
     optuna.logging.set_verbosity(optuna.logging.INFO)  # a worker's log lists its trials
     spec, _ = load_launch_spec(study, seed, mixed_precision=mixed_precision, xla=xla)
+    joins = study_name(spec.name, name=name, seed=seed)
     if wait:
         from searcher.study import wait_until_ready
 
-        wait_until_ready(resolve_url(storage), seconds=wait, name=None if create else spec.name)
+        wait_until_ready(resolve_url(storage), seconds=wait, name=None if create else joins)
     gpu_lock = None
     if gpu is not None:
         # Before TensorFlow is imported: the visible devices are fixed when its runtime starts.
@@ -170,7 +171,7 @@ def worker(
     if timeout:
         deadline = min(deadline or float("inf"), time.time() + timeout)
     options = WorkerOptions(index=worker_index, deadline=deadline, parent_pid=parent_pid, data_dir=data_dir,
-                            create=create, study_name=study_name(spec.name, name=name, seed=seed))
+                            create=create, study_name=joins)
     code = run_worker(spec, resolve_url(storage), options)
     if gpu_lock is not None:
         gpu_lock.close()
@@ -213,7 +214,7 @@ def create(
 
     For clusters, where workers start as separate jobs: run it once, then start `searcher worker`.
 
-    Example: searcher create cifar-cnn --trials 200 --storage postgresql://searcher@db-host/searcher
+    Example: searcher create cifar-cnn --trials 200 --storage postgresql+psycopg2://searcher@db-host/searcher
     """
     from searcher import study as studies
     from searcher.launch import create_study, load_launch_spec, study_name
@@ -227,7 +228,8 @@ def create(
     n_trials = trials or spec.budget.n_trials
     states = studies.count_states(create_study(spec, url, n_trials=n_trials, name=stored_name))
     console.print(f"study {stored_name} in {mask_url(url)}: budget {n_trials} trials, {studies.finished(states)} "
-                  f"finished, {states['WAITING']} waiting to run; start workers with `searcher worker {study}`",
+                  f"finished, {states['WAITING']} waiting to run; start workers with `searcher worker {study}"
+                  + ("" if stored_name == spec.name else f" --name {stored_name}") + "`",
                   highlight=False, markup=False)
 
 

@@ -149,9 +149,13 @@ def make_optimizer(config: ModelConfig) -> keras.optimizers.Optimizer:
         case "rmsprop":
             return keras.optimizers.RMSprop(lr)
         case "adam":
-            return keras.optimizers.Adam(lr)
+            return keras.optimizers.Adam(lr, **_adam_args(config))
         case "adamw":
-            return keras.optimizers.AdamW(lr)
+            return keras.optimizers.AdamW(lr, **_adam_args(config))
         case "nadam":
-            return keras.optimizers.Nadam(lr)
+            return keras.optimizers.Nadam(lr, **_adam_args(config))
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
+
+
+def _adam_args(config: ModelConfig) -> dict[str, float]:
+    return {"beta_1": config.beta_1, "beta_2": config.beta_2, "epsilon": config.epsilon}

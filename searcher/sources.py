@@ -302,7 +302,9 @@ def peek_image(path: Path) -> tuple[int, int, int]:
 
 
 def _decode_image(path: Path, *, height: int | None, width: int | None, channels: int) -> np.ndarray:
-    import tensorflow as tf
+    from searcher.devices import import_tensorflow
+
+    tf = import_tensorflow()  # the launcher decodes too: without TensorFlow's start-up lines
 
     try:
         image = tf.io.decode_image(tf.io.read_file(str(path)), channels=channels, expand_animations=False)
@@ -334,6 +336,9 @@ def _write_cache(path: Path, x: np.ndarray) -> None:
 
 
 def _download(name: str) -> tuple[np.ndarray, ...]:
+    from searcher.devices import import_tensorflow
+
+    import_tensorflow()  # before Keras, which imports it: without TensorFlow's start-up lines
     import keras
 
     loader = {"mnist": keras.datasets.mnist, "fashion_mnist": keras.datasets.fashion_mnist,

@@ -1,8 +1,8 @@
 """The search space: a spec's knobs become Optuna parameters, and a trial becomes a config.
 
 Optuna parameter names are stored data (renaming one is a migration):
-``activation, initializer, optimizer, lr, momentum, dropout, conv_dropout, use_l2, l2,
-batch_norm, batch_size, depth, units_{i}, filters_{i}, dense_units``.
+``activation, initializer, optimizer, lr, momentum, beta_1, beta_2, epsilon, dropout,
+conv_dropout, use_l2, l2, batch_norm, batch_size, depth, units_{i}, filters_{i}, dense_units``.
 
 ``TrialConfig`` is the one object a trial trains, ``export`` writes and ``retrain`` reads,
 so the searched network and the retrained one are built from the same thing.
@@ -17,6 +17,8 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from searcher.spec import (
+    ADAM_KNOBS,
+    ADAM_OPTIMIZERS,
     KNOBS,
     MOMENTUM_OPTIMIZERS,
     Choice,
@@ -53,6 +55,9 @@ class ModelConfig(_Frozen):
     optimizer: str
     learning_rate: float = Field(gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
+    beta_1: float = Field(0.9, gt=0, lt=1)  # adam, adamw, nadam; Keras' defaults
+    beta_2: float = Field(0.999, gt=0, lt=1)
+    epsilon: float = Field(1e-7, gt=0)
 
 
 class TrainingConfig(_Frozen):
@@ -107,17 +112,21 @@ def suggest_values(trial: Trial, spec: StudySpec) -> dict[str, Any]:
 
     Per-layer knobs (``units``, ``filters``) come back as tuples, one value per layer,
     sampled as ``units_0``, ``units_1``, ... only for the layers that exist, and
-    ``momentum`` only for optimizers that use it, so TPE models what really varied.
+    ``momentum`` only for optimizers that use it (``beta_1``, ``beta_2``, ``epsilon`` only for
+    Adam and its variants), so TPE models what really varied.
     """
     search = spec.search
     values: dict[str, Any] = {}
     for name in KNOBS:
-        if spec.model.kind not in KNOBS[name].model_kinds or name in ("momentum", "units", "filters"):
+        if spec.model.kind not in KNOBS[name].model_kinds or name in ("momentum", *ADAM_KNOBS, "units", "filters"):
             continue
         values[name] = _suggest(trial, getattr(search, name), name, PARAM_NAMES.get(name, name))
     values["momentum"] = (
         _suggest(trial, search.momentum, "momentum", "momentum") if values["optimizer"] in MOMENTUM_OPTIMIZERS else 0.0
     )
+    for name in ADAM_KNOBS:  # other optimizers ignore them: the Keras default stands in
+        values[name] = (_suggest(trial, getattr(search, name), name, name) if values["optimizer"] in ADAM_OPTIMIZERS
+                        else ModelConfig.model_fields[name].default)
     layer_knob = "units" if spec.model.kind == "mlp" else "filters"
     knob = getattr(search, layer_knob)
     layers = []
@@ -150,6 +159,7 @@ def trial_config(spec: StudySpec, values: dict[str, Any], *, seed: int) -> Trial
         optimizer=values["optimizer"],
         learning_rate=float(values["learning_rate"]),
         momentum=float(values["momentum"]),
+        **{name: float(values[name]) for name in ADAM_KNOBS},
     )
     training = TrainingConfig(
         batch_size=int(values["batch_size"]),
@@ -218,6 +228,9 @@ def describe(config: dict[str, Any]) -> str:
     optimizer = f"{m['optimizer']} lr={m['learning_rate']:.3g}"
     if m["optimizer"] in MOMENTUM_OPTIMIZERS:
         optimizer += f" momentum={m['momentum']:.3g}"
+    if m["optimizer"] in ADAM_OPTIMIZERS:
+        optimizer += "".join(f" {k}={m[k]:.3g}" for k in ADAM_KNOBS
+                             if m.get(k, ModelConfig.model_fields[k].default) != ModelConfig.model_fields[k].default)
     regular = [f"dropout {m['dropout']:.2f}" if m["dropout"] else "no dropout",
                f"L2 {m['l2']:.2g}" if m["l2"] else "no L2"]
     if m["kind"] == "cnn" and m.get("conv_dropout"):

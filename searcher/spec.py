@@ -39,6 +39,8 @@ INITIALIZERS = (
 )
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "nadam")
 MOMENTUM_OPTIMIZERS = ("momentum", "nesterov")
+ADAM_OPTIMIZERS = ("adam", "adamw", "nadam")  # the ones beta_1, beta_2 and epsilon apply to
+ADAM_KNOBS = ("beta_1", "beta_2", "epsilon")
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "npz", "csv", "images")
 FILE_DATASETS = ("npz", "csv", "images")  # a user's own data, read from data.path
 METRICS = {"val_accuracy": "maximize", "val_auc": "maximize", "val_loss": "minimize"}
@@ -218,6 +220,9 @@ KNOBS: dict[str, _Domain] = {
     "optimizer": _Domain(str, names=OPTIMIZERS),
     "learning_rate": _Domain(float, low=0, low_open=True),
     "momentum": _Domain(float, low=0, high=1, high_open=True),
+    "beta_1": _Domain(float, low=0, low_open=True, high=1, high_open=True),
+    "beta_2": _Domain(float, low=0, low_open=True, high=1, high_open=True),
+    "epsilon": _Domain(float, low=0, low_open=True),
     "dropout": _Domain(float, low=0, high=1, high_open=True),
     "conv_dropout": _Domain(float, low=0, high=1, high_open=True, model_kinds=("cnn",)),
     "l2": _Domain(float, low=0, off_ok=True),
@@ -235,6 +240,9 @@ _DEFAULTS: dict[str, Any] = {
     "optimizer": "adam",
     "learning_rate": 1e-3,
     "momentum": 0.9,
+    "beta_1": 0.9,  # Keras' Adam defaults
+    "beta_2": 0.999,
+    "epsilon": 1e-7,
     "dropout": 0.0,
     "conv_dropout": 0.0,
     "l2": 0.0,
@@ -255,6 +263,9 @@ class SearchSpec(_Frozen):
     optimizer: Knob = Fixed(value=_DEFAULTS["optimizer"])
     learning_rate: Knob = Fixed(value=_DEFAULTS["learning_rate"])
     momentum: Knob = Fixed(value=_DEFAULTS["momentum"])
+    beta_1: Knob = Fixed(value=_DEFAULTS["beta_1"])
+    beta_2: Knob = Fixed(value=_DEFAULTS["beta_2"])
+    epsilon: Knob = Fixed(value=_DEFAULTS["epsilon"])
     dropout: Knob = Fixed(value=_DEFAULTS["dropout"])
     conv_dropout: Knob = Fixed(value=_DEFAULTS["conv_dropout"])
     l2: Knob = Fixed(value=_DEFAULTS["l2"])

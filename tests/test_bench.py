@@ -29,6 +29,7 @@ HEADINGS = {
     "startup": "## 4. Start-up: cold launch to the first finished trial",
     "quality": "## 5. Search quality at an equal epoch budget (digits-mlp)",
     "gpu": "## 6. GPU: CIFAR-10 CNN seconds per epoch",
+    "nan_check": "## 7. NaN check: seconds per epoch with and without it",
 }
 QUALITY = ("best_val_accuracy", "test_accuracy", "epochs", "trials")
 
@@ -37,14 +38,16 @@ def expected_figures(*, postgres: bool, keras_tuner: bool, gpu: bool) -> dict[st
     backends = ["sqlite", "postgresql"] if postgres else ["sqlite"]
     methods = ["tpe_median", "random_none"] + (["keras_tuner_hyperband"] if keras_tuner else [])
     return {
-        "overhead": ["overhead_ratio", "overhead_ratio_same_loop", "searcher_wall_s", "bare_loop_s", "tf_import_s",
-                     "data_loading_s", "cost_share_of_trial"],
-        "scaling": ["scaling_ratio", "scaling_ratio_wall", "trials_per_min.1", "trials_per_min.2"],
+        "overhead": ["overhead_ratio", "overhead_ratio_same_loop", "overhead_ratio_projected", "startup_share",
+                     "searcher_wall_s", "bare_loop_s", "tf_import_s", "data_loading_s", "cost_share_of_trial"],
+        "scaling": ["scaling_ratio", "scaling_ratio_wall", "ceiling_ratio", "scaling_vs_ceiling", "trials_per_min.1",
+                    "trials_per_min.2"],
         "storage": [f"{figure}.{b}" for figure in ("storage_ms_per_trial", "storage_share_of_trial") for b in backends],
         "startup": ["first_trial_s", "first_trial_start_s"],
         "quality": [f"{m}.{figure}" for m in methods for figure in QUALITY],
         "gpu": [f"{variant}_{side}" for variant in ("float32", "mixed", "xla", "mixed_xla")
                 for side in ("searcher", "bare")] if gpu else [],
+        "nan_check": [f"s_per_epoch_{v}.{b}" for v in ("none", "per_batch", "searcher") for b in (32, 128)],
     }
 
 
@@ -73,7 +76,8 @@ def test_quick_run_prints_every_table(quick_run):
         assert heading in result.stdout
     positions = [result.stdout.index(h) for h in HEADINGS.values()]
     assert positions == sorted(positions), "sections print in order"
-    for text in ("overhead_ratio =", "scaling_ratio =", "first_trial_s =", "| sqlite |",
+    for text in ("overhead_ratio =", "of it start-up and shutdown", "*Projected, not measured*", "scaling_ratio =",
+                 "ceiling_ratio =", "scaling_vs_ceiling =", "first_trial_s =", "| sqlite |",
                  "searcher TPE + median pruner (default)", "searcher random sampler, no pruning"):
         assert text in result.stdout
 

@@ -115,3 +115,47 @@ def test_a_cnn_trains_on_digits():
     config = _baseline_config("digits-cnn", "small-cnn")
     result = train(config, data, direction="maximize", max_epochs=2)
     assert len(result.curve) == 2 and result.curve[-1] > 0.5
+
+
+def test_adam_knobs_are_sampled_only_for_adam_and_reach_the_optimizer():
+    from searcher.spec import parse_spec
+
+    spec = parse_spec({"name": "adam", "data": {"dataset": "digits"}, "model": {"kind": "mlp"}, "search": {
+        "optimizer": {"choices": ["adamw", "sgd"]}, "beta_1": {"low": 0.8, "high": 0.95},
+        "beta_2": {"low": 0.99, "high": 0.9999}, "epsilon": {"low": 1e-8, "high": 1e-5, "log": True}}},
+        source="adam.yaml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = {}
+    for _ in range(12):
+        trial = study.ask()
+        config = trial_config(spec, suggest_values(trial, spec), seed=0).model
+        seen.setdefault(config.optimizer, (trial.params, config))
+        study.tell(trial, 0.5)
+    (adam_params, adam), (sgd_params, sgd) = seen["adamw"], seen["sgd"]
+    assert {"beta_1", "beta_2", "epsilon"} <= set(adam_params)
+    assert not {"beta_1", "beta_2", "epsilon"} & set(sgd_params)
+    assert (sgd.beta_1, sgd.beta_2, sgd.epsilon) == (0.9, 0.999, 1e-7)  # Keras' defaults, unused by SGD
+    optimizer = build_model(adam, preprocessing=Preprocessing.identity((64,)), n_classes=10).optimizer
+    assert isinstance(optimizer, keras.optimizers.AdamW)
+    assert (float(optimizer.beta_1), float(optimizer.beta_2), float(optimizer.epsilon)) == pytest.approx(
+        (adam.beta_1, adam.beta_2, adam.epsilon))
+    assert 0.8 <= adam.beta_1 <= 0.95 and 1e-8 <= adam.epsilon <= 1e-5
+
+
+def test_a_nan_loss_fails_the_trial_with_reason_nan_and_the_search_goes_on(tmp_path):
+    """A learning rate of 1e12 blows SGD up in the first epoch; the next trial still completes."""
+    from searcher.objective import Objective, TrialFailed
+    from searcher.spec import parse_spec
+
+    spec = parse_spec({"name": "nan", "data": {"dataset": "digits"}, "model": {"kind": "mlp"},
+                       "search": {"optimizer": "sgd", "learning_rate": {"low": 1e-3, "high": 1e13, "log": True},
+                                  "depth": 1, "units": [16]},
+                       "training": {"max_epochs": 2, "patience": None}}, source="nan.yaml")
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/nan.db", direction="maximize")
+    for lr in (1e12, 0.01):
+        study.enqueue_trial({"lr": lr})
+    study.optimize(Objective(spec, load_search_data(spec.data, split_seed=0)), n_trials=2, catch=(TrialFailed,))
+    blown, fine = study.trials
+    assert blown.state.name == "FAIL" and blown.user_attrs["fail_reason"] == "nan"
+    assert blown.user_attrs["fail_detail"].startswith("nan: loss became ") and "in epoch 1" in blown.user_attrs["fail_detail"]
+    assert fine.state.name == "COMPLETE" and fine.value > 0.1

@@ -38,6 +38,9 @@ DISTS = {
     "optimizer": CategoricalDistribution(["adam", "sgd", "momentum", "nesterov", "rmsprop"]),
     "lr": FloatDistribution(1e-4, 1e-1, log=True),
     "momentum": FloatDistribution(0.5, 0.99),
+    "beta_1": FloatDistribution(0.8, 0.95),  # Adam's knobs: only the test that sets them uses them
+    "beta_2": FloatDistribution(0.99, 0.9999),
+    "epsilon": FloatDistribution(1e-8, 1e-5, log=True),
     "dropout": FloatDistribution(0.0, 0.5),
     "use_l2": CategoricalDistribution([False, True]),
     "l2": FloatDistribution(1e-6, 1e-2, log=True),
@@ -328,3 +331,21 @@ def test_every_figure_of_the_page_is_drawn_or_says_why(tmp_path: Path) -> None:
         data = collect(study)
         assert sorted((*data.figures, *data.notes)) == sorted(ids)
         assert not set(data.figures) & set(data.notes)
+
+
+def test_adam_knobs_sampled_for_some_trials_only_are_shown_and_do_not_break_the_views(tmp_path: Path) -> None:
+    """beta_1, beta_2 and epsilon exist only where the optimizer is Adam-like, as momentum does for SGD."""
+    study = optuna.create_study(storage=_storage(tmp_path), study_name="betas", direction="maximize")
+    rng = np.random.default_rng(3)
+    for i in range(8):
+        p, _ = BASELINES["keras-defaults"]
+        p = {**p, "optimizer": ("adam", "sgd")[i % 2], "lr": float(10 ** rng.uniform(-4, -2))}
+        betas = {"beta_1": 0.8 + 0.01 * i, "beta_2": 0.995, "epsilon": 10.0 ** -(5 + i % 3)} if i % 2 == 0 else {}
+        study.add_trial(_trial(TrialState.COMPLETE, {**p, **betas}, 0.9 + 0.01 * i if betas else 0.85, 5, rng, seed=i,
+                               metric="val_accuracy"))
+    data = collect(study)
+    assert (data.param_kinds["beta_1"], data.param_kinds["epsilon"]) == ("float", "log")
+    assert {"by_optimizer", "parallel", "importance"} <= set(data.figures)
+    assert data.best.params["optimizer"] == "adam" and data.best.params["beta_1"] == pytest.approx(0.86)
+    page = render_html(data)
+    assert "beta_1=0.86" in page and "epsilon=1.0e-07" in page

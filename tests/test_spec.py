@@ -110,6 +110,9 @@ def _with(path: str, value):
          r"search\.depth: a cnn needs at least 1 conv stage, got 0"),
         (_with("training.metric", "val_f1"), r"training\.metric: input should be 'val_accuracy', 'val_auc' or 'val_loss'"),
         (_with("training.class_weight", "auto"), r"training\.class_weight: input should be 'none' or 'balanced'"),
+        (_with("search.beta_1", {"low": 0.0, "high": 0.9}), r"x\.yaml: search\.beta_1\.low: must be > 0, got 0\.0"),
+        (_with("search.beta_2", 1.0), r"x\.yaml: search\.beta_2: must be < 1, got 1\.0"),
+        (_with("search.epsilon", {"low": 0, "high": 1e-4, "log": True}), r"search\.epsilon\.low: must be > 0, got 0"),
     ],
 )
 def test_bad_input_names_file_and_field(raw, message):
