@@ -25,7 +25,7 @@ from typing import Any
 
 from bench._common import REPO, Plan, Section, table
 
-TITLE = "7. Scale: hundreds of workers on one PostgreSQL, 10,000-trial studies"
+TITLE = "8. Scale: hundreds of workers on one PostgreSQL, 10,000-trial studies"
 MAX_CONNECTIONS = 100
 
 
