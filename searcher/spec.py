@@ -528,8 +528,8 @@ class StudySpec(_Frozen):
     def _knobs_fit_model(self) -> StudySpec:
         if self.model.kind == "cnn" and self.data.dataset == "csv":
             raise FieldError("model.kind", "cnn needs images; dataset csv gives a table of features: use mlp")
-        if self.model.kind == "cnn" and min_depth(self.search) < 1:
-            raise FieldError("search.depth", f"a cnn needs at least 1 conv stage, got {min_depth(self.search)}")
+        if self.model.kind == "cnn" and depth_range(self.search)[0] < 1:
+            raise FieldError("search.depth", f"a cnn needs at least 1 conv stage, got {depth_range(self.search)[0]}")
         for name in KNOBS:
             knob = getattr(self.search, name)
             if self.model.kind not in KNOBS[name].model_kinds and name in self.search.model_fields_set:
@@ -596,24 +596,19 @@ def _default_of(section: str, name: str) -> Any:
     return list(default) if isinstance(default, tuple) else default
 
 
-def min_depth(search: SearchSpec) -> int:
-    """The fewest layers (mlp) or stages (cnn) ``search.depth`` allows."""
+def depth_range(search: SearchSpec) -> tuple[int, int]:
+    """The fewest and the most layers (mlp) or stages (cnn) ``search.depth`` allows."""
     depth = search.depth
     if isinstance(depth, Fixed):
-        return int(depth.value)
+        return int(depth.value), int(depth.value)
     if isinstance(depth, Choice):
-        return int(min(depth.choices))
-    return int(depth.low)
+        return int(min(depth.choices)), int(max(depth.choices))
+    return int(depth.low), int(depth.high)
 
 
 def max_depth(search: SearchSpec) -> int:
     """The most layers (mlp) or stages (cnn) ``search.depth`` allows."""
-    depth = search.depth
-    if isinstance(depth, Fixed):
-        return int(depth.value)
-    if isinstance(depth, Choice):
-        return int(max(depth.choices))
-    return int(depth.high)
+    return depth_range(search)[1]
 
 
 def objective_names(spec: StudySpec) -> tuple[str, ...]:
