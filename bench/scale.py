@@ -30,12 +30,10 @@ MAX_CONNECTIONS = 100
 
 
 def _tests_module(name: str):
+    """A helper module of the test suite (the PostgreSQL harness, the stand-in worker)."""
     if str(REPO / "tests") not in sys.path:
-        sys.path.insert(0, str(REPO / "tests"))  # scale_harness imports nothing from there; postgres_server neither
-    module_spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "tests" / f"{name}.py")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
+        sys.path.insert(0, str(REPO / "tests"))
+    return importlib.import_module(name)
 
 
 def _pct(values: list[float], q: float) -> float:
