@@ -167,11 +167,8 @@ def train(
     Weights are restored to the best validation epoch, so the returned model is the one
     the best value belongs to.
     """
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(config.seed)
     training = config.training
-    model = build_model(config.model, preprocessing=data.preprocessing, n_classes=data.n_classes,
-                        jit_compile=jit_compile)
+    model = _fresh_model(config, data, jit_compile=jit_compile, seed=config.seed)
     clock = _EpochClock()
     val_batch = max(training.batch_size, 256)
     cbs: list[keras.callbacks.Callback] = [_DataLoss(), _FailOnNaN(), clock]
@@ -248,10 +245,17 @@ class _RecordCurve(keras.callbacks.Callback):
 
 def count_params(config: TrialConfig, data: SearchData, *, jit_compile: bool | str = "auto") -> int:
     """The parameter count of ``config``'s network, built as ``train`` builds it, untrained."""
+    return int(_fresh_model(config, data, jit_compile=jit_compile).count_params())
+
+
+def _fresh_model(config: TrialConfig, data: SearchData, *, jit_compile: bool | str,
+                 seed: int | None = None) -> keras.Model:
+    """``config``'s compiled network in a cleared Keras session; weights drawn from ``seed`` if given."""
     keras.backend.clear_session()
-    model = build_model(config.model, preprocessing=data.preprocessing, n_classes=data.n_classes,
-                        jit_compile=jit_compile)
-    return int(model.count_params())
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    return build_model(config.model, preprocessing=data.preprocessing, n_classes=data.n_classes,
+                       jit_compile=jit_compile)
 
 
 class Objective:
