@@ -59,11 +59,12 @@ def init_spec(data_path: str, *, output: Path | None, target: str | None = None,
     if output.exists() and not force:
         raise UserError(f"-o: {output} exists; pass --force to overwrite it, or choose another name")
     notes: list[str] = []
-    data = _with_missing(data, notes)
+    stored = None if data.dataset == "images" else sources.read(data)  # read once: gaps, own test split
+    data = _with_missing(data, stored, notes)
     data = _with_image_size(data, notes)
     search_data = load_search_data(data, split_seed=0)
     kind = "cnn" if len(search_data.input_shape) == 3 and search_data.preprocessing.kind == "array" else "mlp"
-    raw = _spec_dict(data, search_data, kind, notes)
+    raw = _spec_dict(data, search_data, kind, notes, has_test=stored is not None and stored.x_test is not None)
     if workers is None:
         from searcher.devices import default_cpu_workers, detect_gpus
 
@@ -105,11 +106,10 @@ def _csv_header(path: Path) -> list[str]:
         return [h.strip() for h in next(csv.reader(f), [])]
 
 
-def _with_missing(data: DataSpec, notes: list[str]) -> DataSpec:
-    """Impute only where the data has gaps, and say so."""
-    if data.dataset == "images":
+def _with_missing(data: DataSpec, raw: sources.RawData | None, notes: list[str]) -> DataSpec:
+    """Impute only where the data (``raw``; None for images) has gaps, and say so."""
+    if raw is None:
         return data
-    raw = sources.read(data)
     missing = 0
     for x in (raw.x_train, raw.x_test):
         if isinstance(x, dict):
@@ -138,14 +138,15 @@ def _with_image_size(data: DataSpec, notes: list[str]) -> DataSpec:
     return data.model_copy(update=update)
 
 
-def _spec_dict(data: DataSpec, search_data: SearchData, kind: str, notes: list[str]) -> dict[str, Any]:
+def _spec_dict(data: DataSpec, search_data: SearchData, kind: str, notes: list[str], *,
+               has_test: bool) -> dict[str, Any]:
     rows = len(search_data.train) + len(search_data.val)
     counts = np.bincount(search_data.train.y, minlength=search_data.n_classes)
     imbalance = counts.max() / max(1, counts.min())
     data_raw: dict[str, Any] = {key: value for key, value in data.model_dump(exclude_defaults=True).items()}
     data_raw["preprocess"] = "auto"
     data_raw["validation_fraction"] = 0.2
-    if not data.test_path and not (data.dataset == "npz" and sources.read(data).x_test is not None):
+    if not data.test_path and not has_test:
         data_raw.setdefault("test_fraction", 0.2)
     training: dict[str, Any] = {}
     if rows < 2_000:
