@@ -10,6 +10,10 @@ period, so only heartbeats keep it alive), and ``kill`` workers killed with SIGK
 the middle of a trial, whose trials the others fail and retry. Meanwhile the parent samples
 ``pg_stat_activity`` (server connections) and the workers' memory.
 
+A worker sends SIGKILL to itself, right after its trial's first epoch is stored: a parent
+that reads RUNNING trials and kills their workers races the trials' ends (with 200 workers
+on a busy CI machine, one such kill landed after its trial had completed).
+
 ``build_large_study`` makes a study of thousands of finished trials at once, as workers
 would have left it. Used by tests/test_scale.py (what must hold) and bench/scale.py (how fast).
 """
@@ -60,9 +64,19 @@ def scale_spec(name: str, *, n_trials: int, epochs: int = 4, sampler: str = "ran
 class StandIn:
     """One trial's storage traffic, as searcher.objective.Objective makes it, with a sleep for training."""
 
-    def __init__(self, spec: StudySpec, epoch_seconds: float) -> None:
+    def __init__(self, spec: StudySpec, epoch_seconds: float, kills_left: Any = None) -> None:
         self.spec, self.epoch_seconds = spec, epoch_seconds
+        self.kills_left = kills_left  # a multiprocessing.Value shared by all workers, or None
         self._host = socket.gethostname()
+
+    def _maybe_die(self) -> None:
+        if self.kills_left is None:
+            return
+        with self.kills_left.get_lock():
+            if self.kills_left.value <= 0:
+                return
+            self.kills_left.value -= 1
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def __call__(self, trial: optuna.Trial) -> float:
         from searcher.space import suggest_values, trial_config
@@ -82,6 +96,8 @@ class StandIn:
             value = quality * (1 - 0.5 ** (epoch + 1))
             epochs = epoch + 1
             trial.report(value, step=epoch)
+            if epoch == 0:
+                self._maybe_die()
             if trial.should_prune():
                 break
         for key, figure in (("n_params", 1000 + trial.number), ("epochs", epochs), ("best_epoch", epochs),
@@ -100,7 +116,7 @@ class ScaleRun:
     workers: int
     seconds: float
     exit_codes: dict[int, int]  # pid -> exit code (-9: killed on purpose)
-    killed: list[int]
+    killed: list[int]  # pids of the workers that died of SIGKILL inside a trial
     peak_connections: int
     peak_pss_mb: float
     lock_waits: list[float]
@@ -115,7 +131,7 @@ class ScaleRun:
         return out
 
 
-def _child(spec: StudySpec, url: str, index: int, epoch_seconds: float, waits_file: Path) -> None:
+def _child(spec: StudySpec, url: str, index: int, epoch_seconds: float, waits_file: Path, kills_left: Any) -> None:
     class Waits(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             if hasattr(record, "lock_waits"):
@@ -125,7 +141,7 @@ def _child(spec: StudySpec, url: str, index: int, epoch_seconds: float, waits_fi
     logging.getLogger("searcher.workers").setLevel(logging.INFO)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     code = run_worker(spec, url, WorkerOptions(index=index),
-                      make_objective=lambda spec, options: StandIn(spec, epoch_seconds))
+                      make_objective=lambda spec, options: StandIn(spec, epoch_seconds, kills_left))
     os._exit(code)
 
 
@@ -151,11 +167,12 @@ def run_scale(spec: StudySpec, url: str, *, admin_url: str, workers: int, folder
     studies.create_or_continue(spec, storage, n_trials=spec.budget.n_trials)
     storage.engine.dispose()  # no pooled connection is inherited by the children
     context = multiprocessing.get_context("fork")
+    kills_left = context.Value("i", kill) if kill else None
     began = time.perf_counter()
     processes = []
     for index in range(workers):
-        process = context.Process(target=_child, args=(spec, url, index, epoch_seconds, folder / f"waits-{index}.json"),
-                                  daemon=True)
+        process = context.Process(target=_child, daemon=True,
+                                  args=(spec, url, index, epoch_seconds, folder / f"waits-{index}.json", kills_left))
         process.start()
         processes.append(process)
 
@@ -179,13 +196,13 @@ def run_scale(spec: StudySpec, url: str, *, admin_url: str, workers: int, folder
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    killed = _kill_in_trials(spec, url, processes, kill, deadline=time.monotonic() + timeout) if kill else []
     deadline = time.monotonic() + timeout
     for process in processes:
         process.join(max(0.1, deadline - time.monotonic()))
     seconds = time.perf_counter() - began
     stop.set()
     sampler.join()
+    killed = [p.pid for p in processes if p.exitcode == -signal.SIGKILL]  # before stragglers are killed
     for process in processes:
         if process.is_alive():
             process.kill()
@@ -214,26 +231,6 @@ def _pss_mb(processes: list[Any]) -> float:
         except (psutil.Error, ValueError):
             pass
     return total / 2**20
-
-
-def _kill_in_trials(spec: StudySpec, url: str, processes: list[Any], kill: int, *, deadline: float) -> list[int]:
-    """SIGKILL ``kill`` workers, each while one of its trials is RUNNING (after a few epochs started)."""
-    reader = optuna.storages.RDBStorage(url)
-    study = optuna.load_study(study_name=spec.name, storage=reader)
-    ours = {p.pid for p in processes}
-    killed: list[int] = []
-    try:
-        while len(killed) < kill and time.monotonic() < deadline:
-            running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-            for trial in running:
-                pid = trial.user_attrs.get("worker_pid")
-                if pid in ours and pid not in killed and trial.intermediate_values and len(killed) < kill:
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-            time.sleep(0.2)
-    finally:
-        reader.engine.dispose()
-    return killed
 
 
 def build_large_study(storage: optuna.storages.BaseStorage, name: str, n: int, *, seed: int = 0) -> optuna.Study:
