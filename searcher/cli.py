@@ -319,6 +319,8 @@ def export(
     max_params: Annotated[Optional[int], typer.Option("--max-params", help="Only trials with at most N parameters.")] = None,
     max_latency_ms: Annotated[Optional[float], typer.Option(
         "--max-latency-ms", help="Only trials at most X ms per example at batch 1.")] = None,
+    ensemble: Annotated[int, typer.Option(
+        "--ensemble", min=1, help="Also export the next K-1 trials by value; retrain averages their models.")] = 1,
     fmt: Annotated[str, typer.Option("--format", help="yaml or json.")] = "yaml",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default: print).")] = None,
 ) -> None:
@@ -332,8 +334,8 @@ def export(
     if fmt not in ("yaml", "json"):
         raise UserError(f"--format: must be yaml or json, got {fmt!r}")
     pick = Pick(smallest_within=smallest_within, max_params=max_params, max_latency_ms=max_latency_ms)
-    text = write_export(export_config(_load_study(study, storage, name=name, seed=seed), rank=rank, pick=pick), output,
-                        fmt=fmt)
+    document = export_config(_load_study(study, storage, name=name, seed=seed), rank=rank, pick=pick, ensemble=ensemble)
+    text = write_export(document, output, fmt=fmt)
     if output is None:
         typer.echo(text, nl=False)
     else:
@@ -355,12 +357,13 @@ def retrain(
 
     from searcher.devices import import_tensorflow
 
-    trial_config, source = load_export(config)
+    trial_configs, source = load_export(config)
     model_path = output or config.with_suffix(".keras")
     import_tensorflow()
-    metrics = run_retrain(trial_config, source=source, model_path=model_path, epochs=epochs, data_dir=data_dir)
+    metrics = run_retrain(trial_configs, source=source, model_path=model_path, epochs=epochs, data_dir=data_dir)
+    trained = f"{metrics['final_model']}" if "members" in metrics else f"{metrics['epochs']} epochs"
     console.print(f"test accuracy {metrics['test_accuracy']:.4f} (loss {metrics['test_loss']:.4f}) on "
-                  f"{metrics['test_examples']} held-out examples; {metrics['epochs']} epochs, "
+                  f"{metrics['test_examples']} held-out examples; {trained}, "
                   f"{metrics['n_params']:,} parameters", highlight=False)
     console.print(f"cost here: {metrics['model_bytes'] / 1e6:.3g} MB file, {metrics['latency_ms_b1']:.3g} ms per "
                   f"example at batch 1, {metrics['latency_ms_b256']:.3g} at batch 256", highlight=False)

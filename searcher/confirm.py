@@ -105,11 +105,12 @@ def _run_one(config_json: dict[str, Any], seed: int, direction: str, data_dir: s
 
     import_tensorflow()  # a spawned process: quiet like the parent
     from searcher.data import load_search_data
-    from searcher.objective import train
+    from searcher.objective import train, train_other_folds
 
     config = TrialConfig.model_validate(config_json).model_copy(update={"seed": seed})
     data = load_search_data(config.data, split_seed=config.split_seed, data_dir=data_dir)
-    return train(config, data, direction=direction).best_value
+    folds = [train(config, data, direction=direction), *train_other_folds(config, data, direction=direction)]
+    return statistics.fmean(r.best_value for r in folds)  # as the search scored it: over every fold
 
 
 def _metric_direction(study: optuna.Study) -> str:

@@ -1,7 +1,8 @@
 """Data for a search: labels encoded, bad data refused, a validation split carved, the
 preprocessing fitted on the fit split, and the test split kept apart.
 
-A search sees only ``load_search_data`` (the fit and validation splits). The test split
+A search sees only ``load_search_data`` (the fit and validation splits, or with
+``data.cv_folds`` one such pair per fold). The test split
 is returned by ``load_test_split`` alone, which only ``retrain`` calls: searcher selects on
 validation and scores the test set once, at the end.
 
@@ -13,6 +14,7 @@ model's first layers, so a saved model takes the same raw inputs a user has.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections import Counter
@@ -107,6 +109,9 @@ class SearchData:
     preprocessing: Preprocessing
     class_names: tuple[str, ...]
     test_rows: int = 0
+    # data.cv_folds: folds 2..K, each with its own fit split, validation fold and preprocessing;
+    # this object is fold 1.
+    folds: tuple[SearchData, ...] = ()
 
     @property
     def n_classes(self) -> int:
@@ -130,16 +135,22 @@ class SearchData:
             "classes": [{"name": n, "fit": int(a), "validation": int(b)}
                         for n, a, b in zip(self.class_names, fit, val)],
             "preprocessing": p.describe(),
+            **({"cv_folds": len(self.folds) + 1} if self.folds else {}),  # rows and classes above: fold 1's
         }
 
 
 def load_search_data(spec: DataSpec, *, split_seed: int, data_dir: str | Path | None = None) -> SearchData:
     """Load the training data, carve a stratified, seeded validation split, fit the preprocessing."""
     train, test, class_names, table = _prepared(spec, data_dir)
-    fit, val = split_validation(train, fraction=spec.validation_fraction, seed=split_seed,
-                                class_names=class_names, source=_train_source(spec))
-    return SearchData(name=spec.dataset, train=fit, val=val, preprocessing=fit_preprocessing(spec, fit, table),
-                      class_names=class_names, test_rows=len(test))
+    if spec.cv_folds:
+        splits = cross_validation_folds(train, k=spec.cv_folds, seed=split_seed, class_names=class_names,
+                                        source=_train_source(spec))
+    else:
+        splits = [split_validation(train, fraction=spec.validation_fraction, seed=split_seed,
+                                   class_names=class_names, source=_train_source(spec))]
+    first, *others = [SearchData(name=spec.dataset, train=fit, val=val, preprocessing=fit_preprocessing(spec, fit, table),
+                                 class_names=class_names, test_rows=len(test)) for fit, val in splits]
+    return dataclasses.replace(first, folds=tuple(others))
 
 
 def load_test_split(spec: DataSpec, *, data_dir: str | Path | None = None) -> Split:
@@ -152,6 +163,21 @@ def split_validation(train: Split, *, fraction: float, seed: int, class_names: t
     """Split ``train`` into (fit, validation), stratified by class and seeded."""
     return _stratified(train, fraction=fraction, seed=seed, what="validation", class_names=class_names,
                        source=source, fix="raise data.validation_fraction, or add examples")
+
+
+def cross_validation_folds(train: Split, *, k: int, seed: int, class_names: tuple[str, ...] = (),
+                           source: str = "training data") -> list[tuple[Split, Split]]:
+    """``k`` stratified, seeded (fit, validation) pairs; each row is in exactly one validation fold."""
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(train.y, minlength=len(class_names) or None)
+    if counts.min() < k:
+        c = int(np.argmin(counts))
+        name = class_names[c] if class_names else str(c)
+        raise DataError(f"{source}: class {name!r} has {int(counts[c])} example(s); {k}-fold cross-validation "
+                        f"needs at least {k} of every class (lower data.cv_folds, or add examples)")
+    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(train)), train.y)
+    return [(train.take(fit), train.take(val)) for fit, val in folds]
 
 
 def class_weights(split: Split, n_classes: int) -> np.ndarray:
@@ -192,7 +218,10 @@ def describe_data(summary: dict[str, Any]) -> str:
     classes = summary["classes"]
     counts = ", ".join(f"{c['name']} {c['fit'] + c['validation']}" for c in classes[:6])
     more = f", ... ({len(classes) - 6} more)" if len(classes) > 6 else ""
-    return (f"{rows['fit']} fit / {rows['validation']} validation / {rows['test']} test rows; "
+    split = f"{rows['fit']} fit / {rows['validation']} validation"
+    if summary.get("cv_folds"):
+        split = f"{rows['fit'] + rows['validation']} training rows in {summary['cv_folds']} cross-validation folds"
+    return (f"{split} / {rows['test']} test rows; "
             f"{summary['preprocessing']}; {len(classes)} classes ({counts}{more})")
 
 

@@ -4,6 +4,10 @@ An exported file holds the trial's ``TrialConfig`` (the object the trial trained
 where it came from. ``retrain`` reads exactly that, trains on the training split with
 early stopping on the validation split, as in the search, and only then evaluates on
 the test split: the one place searcher touches test data.
+
+With ``export --ensemble K`` the file also holds the next K-1 trials' configs, and a
+cross-validated study (``data.cv_folds``) trains every config on every fold: ``retrain``
+then saves one model that averages all of them.
 """
 
 from __future__ import annotations
@@ -60,11 +64,18 @@ def pick_trial(study: optuna.Study, *, rank: int | None = None,
     return ranked[0], f"best{feasible} validation value"
 
 
-def export_config(study: optuna.Study, *, rank: int | None = None, pick: front.Pick = front.Pick()) -> dict[str, Any]:
-    """The exported document: ``source`` (provenance) and ``config`` (what retrain trains)."""
+def export_config(study: optuna.Study, *, rank: int | None = None, pick: front.Pick = front.Pick(),
+                  ensemble: int = 1) -> dict[str, Any]:
+    """The exported document: ``source`` (provenance) and ``config`` (what retrain trains);
+    with ``ensemble`` K > 1 also ``ensemble``, the next K-1 feasible trials by value."""
     trial, why = pick_trial(study, rank=rank, pick=pick)
-    if "config" not in trial.user_attrs:
-        raise UserError(f"trial {trial.number} of {study.study_name!r} has no stored config (not run by searcher)")
+    others = [t for t in ranked_trials(study) if t.number != trial.number][: ensemble - 1]
+    if len(others) < ensemble - 1:
+        raise UserError(f"--ensemble: the study has {len(others) + 1} feasible complete trial(s), "
+                        f"fewer than {ensemble}")
+    for t in (trial, *others):
+        if "config" not in t.user_attrs:
+            raise UserError(f"trial {t.number} of {study.study_name!r} has no stored config (not run by searcher)")
     source = {
         "study": study.study_name,
         "trial": trial.number,
@@ -78,7 +89,20 @@ def export_config(study: optuna.Study, *, rank: int | None = None, pick: front.P
         "spec_hash": study.user_attrs.get("spec_hash"),
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    return {"searcher_export": FORMAT_VERSION, "source": source, "config": trial.user_attrs["config"]}
+    document = {"searcher_export": FORMAT_VERSION, "source": source, "config": trial.user_attrs["config"]}
+    if others:
+        source["ensemble"] = [trial.number] + [t.number for t in others]
+        document["ensemble"] = [{"trial": t.number, "value": front.metric_value(t), "config": t.user_attrs["config"]}
+                                for t in others]
+    return document
+
+
+def describe_final_model(configs: int, folds: int) -> str:
+    """What ``retrain`` saves for ``configs`` configs of a study with ``folds`` folds (1: no CV)."""
+    if configs == 1 and folds == 1:
+        return "one model"
+    parts = [f"{configs} configs" if configs > 1 else "", f"{folds} folds" if folds > 1 else ""]
+    return f"average of {configs * folds} models ({' x '.join(p for p in parts if p)})"
 
 
 def write_export(document: dict[str, Any], path: Path | None, *, fmt: Literal["yaml", "json"]) -> str:
@@ -90,6 +114,10 @@ def write_export(document: dict[str, Any], path: Path | None, *, fmt: Literal["y
         header = f"# searcher export: study {s['study']}, trial {s['trial']} ({s['picked']}), {s['metric']} {s['value']:.4f}\n"
         if cost := format_cost(s.get("cost") or {}):
             header += f"# cost: {cost}\n"
+        folds = (document["config"].get("data") or {}).get("cv_folds") or 1
+        if len(s.get("ensemble") or ()) > 1 or folds > 1:
+            members = f": trials {', '.join(map(str, s['ensemble']))}" if s.get("ensemble") else ""
+            header += f"# final model: {describe_final_model(len(s.get('ensemble') or [1]), folds)}{members}\n"
         header += f"# retrain it with: searcher retrain {path.name if path else 'THIS_FILE'}\n"
         text = header + yaml.safe_dump(document, sort_keys=False)
     if path is not None:
@@ -97,8 +125,9 @@ def write_export(document: dict[str, Any], path: Path | None, *, fmt: Literal["y
     return text
 
 
-def load_export(path: Path) -> tuple[TrialConfig, dict[str, Any]]:
-    """Read an exported file back into a validated TrialConfig and its provenance."""
+def load_export(path: Path) -> tuple[list[TrialConfig], dict[str, Any]]:
+    """Read an exported file back into validated TrialConfigs (the picked one first, then the
+    ensemble's other members) and its provenance."""
     if not path.is_file():
         raise UserError(f"{path}: no such file (write one with `searcher export STUDY -o {path}`)")
     try:
@@ -107,44 +136,67 @@ def load_export(path: Path) -> tuple[TrialConfig, dict[str, Any]]:
         raise SpecError(f"{path}: not valid YAML or JSON ({getattr(e, 'problem', e)})") from None
     if not isinstance(raw, dict) or "config" not in raw:
         raise SpecError(f"{path}: config: is required (is this a `searcher export` file?)")
-    config = validate_model(TrialConfig, raw["config"], source=f"{path}: config")
-    return config, raw.get("source") or {}
+    configs = [validate_model(TrialConfig, raw["config"], source=f"{path}: config")]
+    for i, member in enumerate(raw.get("ensemble") or ()):
+        if not isinstance(member, dict) or "config" not in member:
+            raise SpecError(f"{path}: ensemble[{i}]: config: is required")
+        configs.append(validate_model(TrialConfig, member["config"], source=f"{path}: ensemble[{i}]: config"))
+        if configs[-1].data != configs[0].data or configs[-1].split_seed != configs[0].split_seed:
+            raise SpecError(f"{path}: ensemble[{i}]: config: data and split_seed must be those of config "
+                            "(members of one study)")
+    return configs, raw.get("source") or {}
 
 
 def retrain(
-    config: TrialConfig,
+    configs: list[TrialConfig],
     *,
     source: dict[str, Any],
     model_path: Path,
     epochs: int | None = None,
     data_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Train ``config`` as the search did, then evaluate once on the test split.
+    """Train ``configs`` as the search did (every fold, with ``data.cv_folds``), then evaluate
+    once on the test split; more than one model is saved as their average.
 
     Writes the ``.keras`` model and ``<model>.metrics.json``; returns the metrics.
     """
+    import statistics
+
     from searcher.cost import measure_cost
     from searcher.data import load_search_data, load_test_split
-    from searcher.objective import train
+    from searcher.models import ensemble_model
+    from searcher.objective import train, train_other_folds
 
     if model_path.suffix != ".keras":
         raise UserError(f"-o: the model file must end in .keras, got {model_path.name}")
     started = time.perf_counter()
+    config = configs[0]
     data = load_search_data(config.data, split_seed=config.split_seed, data_dir=data_dir)
     direction = source.get("direction") or METRICS[config.training.metric]
-    result = train(config, data, direction=direction, max_epochs=epochs)
+    trained = []  # one list of fold results per config
+    for member in configs:
+        first = train(member, data, direction=direction, max_epochs=epochs)
+        trained.append([first, *train_other_folds(member, data, direction=direction, max_epochs=epochs)])
+    result = trained[0][0]
+    model = ensemble_model([r.model for folds in trained for r in folds])
     # The only evaluation on test data in searcher, after every choice has been made.
     test = load_test_split(config.data, data_dir=data_dir)
-    scores = score_test(result.model, test, data.class_names)
+    scores = score_test(model, test, data.class_names)
     model_path.parent.mkdir(parents=True, exist_ok=True)
-    result.model.save(model_path)
+    model.save(model_path)
+    numbers = source.get("ensemble") or [source.get("trial")]
     metrics = {
         **scores,
-        f"best_{config.training.metric}": result.best_value,
+        f"best_{config.training.metric}": statistics.fmean(r.best_value for r in trained[0]),
         "data": data.summary(),
-        "inputs": _input_dtypes(result.model),
+        "inputs": _input_dtypes(model),
         **result.summary(),
-        **measure_cost(result.model, data.val),  # on this machine: compare with the trial's stored figures
+        "n_params": int(model.count_params()),
+        "final_model": describe_final_model(len(configs), len(trained[0])),
+        **({"members": [{"trial": n, "fold": k, f"best_{config.training.metric}": round(r.best_value, 6),
+                         "best_epoch": r.best_epoch} for n, folds in zip(numbers, trained)
+                        for k, r in enumerate(folds, 1)]} if len(trained) * len(trained[0]) > 1 else {}),
+        **measure_cost(model, data.val),  # on this machine: compare with the trial's stored figures
         "seconds": round(time.perf_counter() - started, 2),
         "model": str(model_path),
         "source": source,
@@ -164,9 +216,9 @@ def score_test(model: Any, test: Any, class_names: tuple[str, ...]) -> dict[str,
     from searcher.data import to_tf_dataset
     from searcher.objective import roc_auc
 
-    batches = to_tf_dataset(test, batch_size=256)
-    test_loss = model.evaluate(batches, verbose=0, return_dict=True)["crossentropy"]  # without the L2 penalty
-    probabilities = model.predict(batches, verbose=0)
+    probabilities = model.predict(to_tf_dataset(test, batch_size=256), verbose=0)
+    # The cross-entropy without the L2 penalty, clipped as Keras clips it.
+    test_loss = -np.log(np.clip(probabilities[np.arange(len(test)), test.y], 1e-7, 1.0)).mean()
     predicted = probabilities.argmax(axis=1)
     labels = np.arange(len(class_names))
     precision, recall, f1, support = precision_recall_fscore_support(test.y, predicted, labels=labels, zero_division=0)

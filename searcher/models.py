@@ -66,6 +66,24 @@ def build_model(
     return model
 
 
+def ensemble_model(members: list[keras.Model]) -> keras.Model:
+    """One model on the members' raw inputs whose output is the mean of their class probabilities.
+
+    ``retrain`` of a cross-validated config (``data.cv_folds``) averages its fold models, so
+    the saved ``.keras`` file is still one model on raw inputs; with one member it is that member.
+    """
+    if len(members) == 1:
+        return members[0]
+    # Renamed copies of the same layers: Keras needs unique names for the nested models.
+    renamed = [keras.Model(m.input, m.output, name=f"member_{k}") for k, m in enumerate(members, 1)]
+    first = members[0].input
+    inputs = ({name: keras.Input(t.shape[1:], dtype=t.dtype, name=name) for name, t in first.items()}
+              if isinstance(first, dict) else keras.Input(first.shape[1:], dtype=first.dtype, name="inputs"))
+    outputs = keras.layers.Average(name="average")([m(inputs) for m in renamed])
+    # Not compiled: it is never trained, and an optimizer saved unused warns on every load.
+    return keras.Model(inputs, outputs, name="searcher_ensemble")
+
+
 @keras.saving.register_keras_serializable(package="searcher")
 class FillMissing(keras.layers.Layer):
     """Replaces NaN with per-feature values fitted on the fit split (``data.missing: mean``).

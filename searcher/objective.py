@@ -1,7 +1,9 @@
 """One trial: sample, build, fit on train, score on validation each epoch, prune, record.
 
 ``train`` is the single training loop; the search, ``retrain``, ``replay`` and ``confirm``
-all call it, so they train the same way. Imports TensorFlow: worker processes only.
+all call it, so they train the same way. With ``data.cv_folds`` a trial trains fold 1 as
+any trial (reported each epoch, prunable), then the other folds; its value is the mean.
+Imports TensorFlow: worker processes only.
 """
 
 from __future__ import annotations
@@ -203,6 +205,30 @@ def train(
     return TrainResult(model, history.history, training.metric, direction, clock.seconds)
 
 
+def fold_seed(seed: int, fold: int) -> int:
+    """The seed of fold ``fold`` (1-based) of a cross-validated config: fold 1 keeps the trial's."""
+    return seed if fold == 1 else trial_seed(seed, fold)
+
+
+def train_other_folds(config: TrialConfig, data: SearchData, *, direction: str, jit_compile: bool | str = "auto",
+                      max_epochs: int | None = None) -> list[TrainResult]:
+    """``config`` trained on folds 2..K of ``data`` (``data.cv_folds``), as ``train`` trains fold 1."""
+    return [train(config.model_copy(update={"seed": fold_seed(config.seed, k)}), fold, direction=direction,
+                  jit_compile=jit_compile, max_epochs=max_epochs)
+            for k, fold in enumerate(data.folds, 2)]
+
+
+def cross_validated(results: list[TrainResult]) -> dict[str, Any]:
+    """The figures a cross-validated trial stores beside fold 1's: every fold's value, and the
+    mean validation loss at the folds' best epochs (the tie-breaker, as ``val_loss_at_best``)."""
+    losses = [r.summary()["val_loss_at_best"] for r in results]
+    return {
+        "cv_values": [round(r.best_value, 6) for r in results],
+        "cv_best_epochs": [r.best_epoch for r in results],
+        "val_loss_at_best": statistics.fmean(losses) if None not in losses else None,
+    }
+
+
 class _ReportAndPrune(keras.callbacks.Callback):
     """Report the validation metric each epoch and stop training when the pruner says so.
 
@@ -301,6 +327,11 @@ class Objective:
                     callbacks=[watch],
                     jit_compile=self.jit_compile,
                 )
+                # Fold 1 reports each epoch and may be pruned; the other folds run only for survivors.
+                folds = [result]
+                if pruning.pruned_at is None and self.data.folds:
+                    folds += train_other_folds(config, self.data, direction=self.spec.training.direction,
+                                               jit_compile=self.jit_compile)
         except KeyboardInterrupt:
             if not guard.tripped:
                 trial.set_user_attr("fail_reason", "interrupted")
@@ -319,7 +350,8 @@ class Objective:
             raise
         finally:
             trial.set_user_attr("peak_rss_mb", round(guard.peak_mb))
-        for key, value in result.summary().items():
+        summary = result.summary() | (cross_validated(folds) if len(folds) > 1 else {})
+        for key, value in summary.items():
             trial.set_user_attr(key, value)
         for key, value in measure_cost(result.model, self.data.val).items():
             trial.set_user_attr(key, value)
@@ -328,9 +360,10 @@ class Objective:
             trial.set_constraint(key, value)
         if pruning.pruned_at is not None:
             raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at}")
+        value = statistics.fmean(r.best_value for r in folds)
         if len(objectives) > 1:
-            return result.best_value, figures[objectives[1]]
-        return result.best_value
+            return value, figures[objectives[1]]
+        return value
 
     def _reject_if_too_big(self, trial: optuna.Trial, config: TrialConfig, max_params: int) -> None:
         """Build and count the network; over ``constraints.max_params`` it ends now, untrained.

@@ -298,6 +298,11 @@ class DataSpec(_Frozen):
     model takes raw inputs. ``auto``: images (integer arrays, or anything with a
     height/width/channel shape) are rescaled to [0, 1]; 2-D features are standardized per
     feature; CSV tables standardize numeric columns and one-hot encode categorical ones.
+
+    ``cv_folds: K`` replaces the one validation split with K stratified folds of the
+    training rows: a trial trains K models, each validated on the fold it did not see, and
+    its value is their mean; ``retrain`` averages the K models into one. For small data,
+    where one validation split of a few dozen rows is too noisy to select on.
     """
 
     dataset: Literal["digits", "mnist", "fashion_mnist", "cifar10", "npz", "csv", "images"]
@@ -312,6 +317,7 @@ class DataSpec(_Frozen):
     preprocess: Literal["auto", "standardize", "rescale", "none"] = "auto"
     missing: Literal["error", "mean"] = "error"
     validation_fraction: float = Field(0.2, gt=0, lt=1)
+    cv_folds: int | None = Field(None, ge=2, le=20)
     split_seed: int | None = Field(None, ge=0)  # None: the study's seed
 
     @model_validator(mode="after")
@@ -582,7 +588,7 @@ class StudySpec(_Frozen):
 # them out while they hold their default, so a study stored before them still accepts its workers.
 _ADDED_SINCE_FIRST_RELEASE = {
     "data": ("test_path", "test_fraction", "target", "features", "categorical", "image_size", "color_mode",
-             "preprocess", "missing", "split_seed"),
+             "preprocess", "missing", "split_seed", "cv_folds"),
     "training": ("class_weight",),
     "search": ("beta_1", "beta_2", "epsilon"),
 }

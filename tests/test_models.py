@@ -62,6 +62,29 @@ def test_an_mlp_of_depth_0_is_logistic_regression():
     assert config.model.hidden_units == () and model.count_params() == (64 + 1) * 10
 
 
+def test_an_ensemble_is_one_model_averaging_its_members_and_survives_save_and_load(tmp_path):
+    import keras
+    import numpy as np
+
+    from searcher.models import ensemble_model
+
+    config = _baseline_config("digits-mlp", "tutorial-mlp-he")
+    members = []
+    for seed in (1, 2):  # each built in a fresh session, as train builds fold models
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(seed)
+        members.append(build_model(config.model, preprocessing=Preprocessing.identity((8, 8, 1)), n_classes=10))
+    x = np.random.default_rng(0).uniform(0, 16, size=(5, 8, 8, 1)).astype("float32")
+    expected = (members[0].predict(x, verbose=0) + members[1].predict(x, verbose=0)) / 2
+    model = ensemble_model(members)
+    assert model.count_params() == 2 * members[0].count_params()
+    model.save(tmp_path / "e.keras")
+    loaded = keras.models.load_model(tmp_path / "e.keras")
+    assert np.allclose(loaded.predict(x, verbose=0), expected, atol=1e-6)
+    assert not np.allclose(expected, members[0].predict(x, verbose=0), atol=1e-3)  # the members differ
+    assert ensemble_model(members[:1]) is members[0]
+
+
 def test_output_layer_stays_float32_for_mixed_precision():
     config = _baseline_config("digits-cnn", "small-cnn")
     model = build_model(config.model, preprocessing=Preprocessing.identity((8, 8, 1)), n_classes=10)

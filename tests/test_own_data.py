@@ -79,6 +79,34 @@ def test_standardization_is_fitted_on_the_fit_split_only(tmp_path):
     assert abs(pre.mean[2]) < 1e5
 
 
+def test_cross_validation_folds_partition_the_training_rows_each_with_its_own_preprocessing(tmp_path):
+    from sklearn.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    np.savez(tmp_path / "c.npz", x_train=x[:455], y_train=y[:455], x_test=x[455:], y_test=y[455:])
+    data = load_search_data(DataSpec(dataset="npz", path=str(tmp_path / "c.npz"), cv_folds=5), split_seed=3)
+    folds = [data, *data.folds]
+    assert len(folds) == 5 and data.summary()["cv_folds"] == 5
+    held = np.concatenate([f.val.x for f in folds])
+    assert len(held) == 455 and len(np.unique(held, axis=0)) == len(np.unique(x[:455], axis=0))  # each row once
+    for fold in folds:
+        assert len(fold.train) + len(fold.val) == 455
+        assert abs(fold.val.y.mean() - y[:455].mean()) < 0.02  # stratified
+        # Fitted on this fold's fit rows only: never on the rows it is validated on.
+        assert np.allclose(fold.preprocessing.mean, fold.train.x.mean(axis=0), rtol=1e-5)
+    assert len({f.preprocessing.mean for f in folds}) == 5
+    assert load_search_data(DataSpec(dataset="npz", path=str(tmp_path / "c.npz"), cv_folds=5),
+                            split_seed=3).val.y.tolist() == data.val.y.tolist()  # seeded
+
+
+def test_cross_validation_needs_k_examples_of_every_class(tmp_path):
+    path = _npz(tmp_path, x_train=np.ones((23, 3)), y_train=[0, 1] * 10 + [2] * 3, x_test=np.ones((3, 3)),
+                y_test=[0, 1, 2])
+    with pytest.raises(DataError, match=r"class '2' has 3 example\(s\); 5-fold cross-validation needs at least 5 "
+                                        r"of every class \(lower data\.cv_folds"):
+        load_search_data(DataSpec(dataset="npz", path=path, cv_folds=5), split_seed=0)
+
+
 def test_auto_rescales_images_and_standardizes_features(tmp_path):
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, size=(60, 5, 5), dtype=np.uint8)
@@ -234,24 +262,45 @@ def test_csv_with_a_categorical_column_and_string_target_end_to_end(tmp_path):
     data, test_file = wine_csv(tmp_path)
     made = searcher("init", data.name, "--target", "cultivar", "--test", test_file.name, "-o", "wine.yaml",
                     cwd=tmp_path)
-    assert "wrote wine.yaml: mlp on 113 fit / 29 validation / 36 test rows" in made.stdout
+    # 142 training rows: init cross-validates (one validation split would hold 29 rows).
+    assert "wrote wine.yaml: mlp on 142 training rows in 5 cross-validation folds / 36 test rows" in made.stdout
     assert "cellar (3)" in made.stdout
     spec_text = (tmp_path / "wine.yaml").read_text()
-    assert "test_path: wine-test.csv" in spec_text and "standardized" in spec_text
+    assert "test_path: wine-test.csv" in spec_text and "standardized" in spec_text and "cv_folds: 5" in spec_text
     url = f"sqlite:///{tmp_path}/s.db"
     launched = searcher("launch", "wine.yaml", "--workers", "1", "--trials", "3", "--storage", url, cwd=tmp_path)
-    assert "data: 113 fit / 29 validation / 36 test rows" in launched.stdout
-    searcher("export", "wine", "--storage", url, "-o", "best.yaml", cwd=tmp_path)
+    assert "data: 142 training rows in 5 cross-validation folds / 36 test rows" in launched.stdout
+    assert "searcher export wine --storage" in launched.stdout and "--ensemble 3" in launched.stdout
+    import optuna
+
+    complete = [t for t in optuna.load_study(study_name="wine", storage=url).get_trials()
+                if t.state.name == "COMPLETE"]
+    assert len(complete) >= 2
+    for t in complete:  # a trial's value is the mean over its 5 folds
+        assert len(t.user_attrs["cv_values"]) == 5 and len(set(t.user_attrs["cv_values"])) > 1
+        assert t.value == pytest.approx(np.mean(t.user_attrs["cv_values"]), abs=1e-5)
+
+    searcher("report", "wine", "--storage", url, "-o", "report.html", cwd=tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    assert "Cross-validated: every trial trained on each of 5 stratified folds of the 142 training rows" in page
+    assert re.search(r"<td class='n'>\d\.\d{4} ± \d\.\d{4}</td>", page)  # the top trials' fold spread
+
+    exported = searcher("export", "wine", "--storage", url, "--ensemble", "2", "-o", "best.yaml", cwd=tmp_path)
+    assert "wrote best.yaml" in exported.stdout
+    assert "# final model: average of 10 models (2 configs x 5 folds): trials" in (tmp_path / "best.yaml").read_text()
     retrained = searcher("retrain", "best.yaml", "-o", "best.keras", cwd=tmp_path)
-    assert "test accuracy" in retrained.stdout
+    assert "test accuracy" in retrained.stdout and "average of 10 models (2 configs x 5 folds)" in retrained.stdout
     metrics = json.loads((tmp_path / "best.metrics.json").read_text())
+    assert len(metrics["members"]) == 10 and {m["fold"] for m in metrics["members"]} == {1, 2, 3, 4, 5}
+    assert metrics["n_params"] == sum(t.user_attrs["n_params"] for t in sorted(
+        complete, key=lambda t: t.value)[:2]) * 5  # val_loss: lowest first
     assert metrics["class_names"] == ["barbera", "barolo", "grignolino"]
     assert sum(map(sum, metrics["confusion_matrix"])) == metrics["test_examples"] == 36
     assert set(metrics["per_class"]) == set(metrics["class_names"])
     assert metrics["inputs"]["cellar"] == "string" and metrics["inputs"]["od280_od315_of_diluted_wines"] == "float32"
 
-    # The saved model on the raw test rows, read with nothing but the csv module: it
-    # standardizes and one-hot encodes by itself.
+    # The saved model (one file, the average of the ten) on the raw test rows, read with nothing
+    # but the csv module: it standardizes and one-hot encodes by itself.
     model = keras.models.load_model(tmp_path / "best.keras")
     rows = list(csv.DictReader(open(test_file)))
     columns = {name.replace("/", "_"): name for name in rows[0]}

@@ -43,6 +43,7 @@ class TrialRow:
     curve: tuple[tuple[int, float], ...] = ()  # (0-based epoch, validation metric)
     fail_reason: str | None = None
     feasible: bool = True  # within the spec's constraints (an infeasible trial is never best)
+    cv_values: tuple[float, ...] = ()  # data.cv_folds: each fold's value (``value`` is their mean)
 
     def knob(self, key: str) -> Any:
         """A model knob from config["model"], else from the trial params (``learning_rate`` is ``lr``)."""
@@ -182,6 +183,7 @@ def _row(t: FrozenTrial) -> TrialRow:
         curve=tuple(sorted((s, v) for s, v in curve.items() if math.isfinite(v))),
         fail_reason=str(ua["fail_reason"]) if ua.get("fail_reason") else None,
         feasible=front.is_feasible(t),
+        cv_values=tuple(float(v) for v in ua.get("cv_values") or ()),
     )
 
 

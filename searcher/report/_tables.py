@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any, Mapping
 
 from searcher.report._data import ReportData
@@ -46,7 +47,11 @@ def data(d: ReportData) -> str:
             if len(d.data["classes"]) > 50 else "")
     return (f"<h2>Data</h2><p>{esc(d.data['dataset'])}: {rows['fit']} fit, {rows['validation']} validation and "
             f"{rows['test']} held-out test rows (scored only by <code>searcher retrain</code>); {shape}.</p>"
-            f"<p>Preprocessing, fitted on the fit split and inside the model: {esc(d.data['preprocessing'])}.</p>"
+            + (f"<p>Cross-validated: every trial trained on each of {d.data['cv_folds']} stratified folds of the "
+               f"{rows['fit'] + rows['validation']} training rows, validated on the fold it did not see; its value is "
+               "the mean over the folds (± their standard deviation below). The learning curves, the rows above "
+               "and the class counts are fold 1's.</p>" if d.data.get("cv_folds") else "")
+            + f"<p>Preprocessing, fitted on the fit split and inside the model: {esc(d.data['preprocessing'])}.</p>"
             f"<table><tr><th>class</th><th class=n>fit</th><th class=n>validation</th></tr>{classes}</table>{more}")
 
 
@@ -80,7 +85,8 @@ def top_trials(d: ReportData) -> str:
                         for k, v in r.params.items())
         tag = f'<span class="tag">baseline: {esc(r.baseline)}</span> ' if r.baseline else ""
         spe = "–" if r.sec_per_epoch is None else f"{r.sec_per_epoch:.2f}"
-        cells = (i, f"#{r.number}", f"{r.value:.4f}", tag + chips, f"{fmt(r.epochs)} ({fmt(r.best_epoch)})",
+        value = f"{r.value:.4f}" + (f" ± {statistics.pstdev(r.cv_values):.4f}" if len(r.cv_values) > 1 else "")
+        cells = (i, f"#{r.number}", value, tag + chips, f"{fmt(r.epochs)} ({fmt(r.best_epoch)})",
                  fmt_count(r.n_params), spe, fmt_s(r.duration_s))
         rows.append(f'<tr{" class=best" if i == 1 else ""}>'
                     + "".join(f"<td class='{c}'>{v}</td>" for c, v in zip(cls, cells)) + "</tr>")
