@@ -354,6 +354,9 @@ class DataSpec(_Frozen):
             raise FieldError("categorical", f"{extra[0]!r} is not in data.features")
         if self.missing == "mean" and self.dataset not in ("npz", "csv"):
             raise FieldError("missing", f"mean imputation is for tables (npz, csv), not {self.dataset}")
+        if self.cv_folds and self.validation_fraction != DataSpec.model_fields["validation_fraction"].default:
+            raise FieldError("validation_fraction", f"is not used with cv_folds: each of the {self.cv_folds} folds "
+                                                    f"validates on 1/{self.cv_folds} of the training rows; drop one")
         return self
 
 

@@ -113,6 +113,9 @@ def _with(path: str, value):
         (_with("search.beta_1", {"low": 0.0, "high": 0.9}), r"x\.yaml: search\.beta_1\.low: must be > 0, got 0\.0"),
         (_with("search.beta_2", 1.0), r"x\.yaml: search\.beta_2: must be < 1, got 1\.0"),
         (_with("search.epsilon", {"low": 0, "high": 1e-4, "log": True}), r"search\.epsilon\.low: must be > 0, got 0"),
+        (_with("data.cv_folds", 1), r"x\.yaml: data\.cv_folds: input should be greater than or equal to 2, got 1"),
+        (_with("data", {"dataset": "digits", "cv_folds": 5, "validation_fraction": 0.3}),
+         r"data\.validation_fraction: is not used with cv_folds: each of the 5 folds validates on 1/5"),
     ],
 )
 def test_bad_input_names_file_and_field(raw, message):
