@@ -117,7 +117,8 @@ def write_export(document: dict[str, Any], path: Path | None, *, fmt: Literal["y
         folds = (document["config"].get("data") or {}).get("cv_folds") or 1
         if len(s.get("ensemble") or ()) > 1 or folds > 1:
             members = f": trials {', '.join(map(str, s['ensemble']))}" if s.get("ensemble") else ""
-            header += f"# final model: {describe_final_model(len(s.get('ensemble') or [1]), folds)}{members}\n"
+            header += (f"# final model: {describe_final_model(len(s.get('ensemble') or [1]), folds)}{members} "
+                       "(the cost above is one of them)\n")
         header += f"# retrain it with: searcher retrain {path.name if path else 'THIS_FILE'}\n"
         text = header + yaml.safe_dump(document, sort_keys=False)
     if path is not None:
