@@ -45,12 +45,15 @@ def data(d: ReportData) -> str:
                       for c in d.data["classes"][:50])
     more = (f"<p class=note>… and {len(d.data['classes']) - 50} more classes.</p>"
             if len(d.data["classes"]) > 50 else "")
-    return (f"<h2>Data</h2><p>{esc(d.data['dataset'])}: {rows['fit']} fit, {rows['validation']} validation and "
+    split = f"{rows['fit']} fit, {rows['validation']} validation"
+    if d.data.get("cv_folds"):
+        split = f"{rows['fit'] + rows['validation']} training rows in {d.data['cv_folds']} folds (fold 1: {split})"
+    return (f"<h2>Data</h2><p>{esc(d.data['dataset'])}: {split} and "
             f"{rows['test']} held-out test rows (scored only by <code>searcher retrain</code>); {shape}.</p>"
             + (f"<p>Cross-validated: every trial trained on each of {d.data['cv_folds']} stratified folds of the "
                f"{rows['fit'] + rows['validation']} training rows, validated on the fold it did not see; its value is "
-               "the mean over the folds (± their standard deviation below). The learning curves, the rows above "
-               "and the class counts are fold 1's.</p>" if d.data.get("cv_folds") else "")
+               "the mean over the folds (± their standard deviation below). The learning curves and the class "
+               "counts are fold 1's.</p>" if d.data.get("cv_folds") else "")
             + f"<p>Preprocessing, fitted on the fit split and inside the model: {esc(d.data['preprocessing'])}.</p>"
             f"<table><tr><th>class</th><th class=n>fit</th><th class=n>validation</th></tr>{classes}</table>{more}")
 
