@@ -170,11 +170,9 @@ def cross_validation_folds(train: Split, *, k: int, seed: int, class_names: tupl
     """``k`` stratified, seeded (fit, validation) pairs; each row is in exactly one validation fold."""
     from sklearn.model_selection import StratifiedKFold
 
-    counts = np.bincount(train.y, minlength=len(class_names) or None)
-    if counts.min() < k:
-        c = int(np.argmin(counts))
-        name = class_names[c] if class_names else str(c)
-        raise DataError(f"{source}: class {name!r} has {int(counts[c])} example(s); {k}-fold cross-validation "
+    name, count = _rarest_class(train, class_names)
+    if count < k:
+        raise DataError(f"{source}: class {name!r} has {count} example(s); {k}-fold cross-validation "
                         f"needs at least {k} of every class (lower data.cv_folds, or add examples)")
     folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(train)), train.y)
     return [(train.take(fit), train.take(val)) for fit, val in folds]
@@ -367,15 +365,21 @@ def _encode(y: np.ndarray, *, source: str) -> tuple[tuple[str, ...], np.ndarray]
     return tuple(ordered), np.asarray([lookup[v] for v in names], dtype="int32")
 
 
+def _rarest_class(split: Split, class_names: tuple[str, ...]) -> tuple[str, int]:
+    """The class with the fewest examples in ``split`` (a class of ``class_names`` absent from it: 0)."""
+    counts = np.bincount(split.y, minlength=len(class_names) or None)
+    k = int(np.argmin(counts))
+    return (class_names[k] if class_names else str(k)), int(counts[k])
+
+
 def _stratified(split: Split, *, fraction: float, seed: int, what: str, class_names: tuple[str, ...], source: str,
                 fix: str) -> tuple[Split, Split]:
     from sklearn.model_selection import train_test_split
 
     counts = np.bincount(split.y, minlength=len(class_names) or None)
-    if counts.min() < 2:
-        k = int(np.argmin(counts))
-        name = class_names[k] if class_names else str(k)
-        raise DataError(f"{source}: class {name!r} has {int(counts[k])} example(s); a stratified {what} split "
+    name, count = _rarest_class(split, class_names)
+    if count < 2:
+        raise DataError(f"{source}: class {name!r} has {count} example(s); a stratified {what} split "
                         f"needs at least 2 of every class ({fix})")
     n_small = math.ceil(fraction * len(split))
     if n_small < len(counts) or len(split) - n_small < len(counts):

@@ -161,12 +161,10 @@ def retrain(
 
     Writes the ``.keras`` model and ``<model>.metrics.json``; returns the metrics.
     """
-    import statistics
-
     from searcher.cost import measure_cost
     from searcher.data import load_search_data, load_test_split
     from searcher.models import ensemble_model
-    from searcher.objective import train, train_other_folds
+    from searcher.objective import fold_mean, train_every_fold
 
     if model_path.suffix != ".keras":
         raise UserError(f"-o: the model file must end in .keras, got {model_path.name}")
@@ -174,10 +172,8 @@ def retrain(
     config = configs[0]
     data = load_search_data(config.data, split_seed=config.split_seed, data_dir=data_dir)
     direction = source.get("direction") or METRICS[config.training.metric]
-    trained = []  # one list of fold results per config
-    for member in configs:
-        first = train(member, data, direction=direction, max_epochs=epochs)
-        trained.append([first, *train_other_folds(member, data, direction=direction, max_epochs=epochs)])
+    # One list of fold results per config.
+    trained = [train_every_fold(member, data, direction=direction, max_epochs=epochs) for member in configs]
     result = trained[0][0]
     model = ensemble_model([r.model for folds in trained for r in folds])
     # The only evaluation on test data in searcher, after every choice has been made.
@@ -188,7 +184,7 @@ def retrain(
     numbers = source.get("ensemble") or [source.get("trial")]
     metrics = {
         **scores,
-        f"best_{config.training.metric}": statistics.fmean(r.best_value for r in trained[0]),
+        f"best_{config.training.metric}": fold_mean(trained[0]),
         "data": data.summary(),
         "inputs": _input_dtypes(model),
         **result.summary(),

@@ -218,6 +218,18 @@ def train_other_folds(config: TrialConfig, data: SearchData, *, direction: str, 
             for k, fold in enumerate(data.folds, 2)]
 
 
+def train_every_fold(config: TrialConfig, data: SearchData, *, direction: str,
+                     max_epochs: int | None = None) -> list[TrainResult]:
+    """``config`` trained on fold 1 and, with ``data.cv_folds``, on every other fold, as a trial trains."""
+    first = train(config, data, direction=direction, max_epochs=max_epochs)
+    return [first, *train_other_folds(config, data, direction=direction, max_epochs=max_epochs)]
+
+
+def fold_mean(results: list[TrainResult]) -> float:
+    """A config's value: its best validation value, averaged over the folds it trained on."""
+    return statistics.fmean(r.best_value for r in results)
+
+
 def cross_validated(results: list[TrainResult]) -> dict[str, Any]:
     """The figures a cross-validated trial stores beside fold 1's: every fold's value, and the
     mean validation loss at the folds' best epochs (the tie-breaker, as ``val_loss_at_best``)."""
@@ -360,7 +372,7 @@ class Objective:
             trial.set_constraint(key, value)
         if pruning.pruned_at is not None:
             raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at}")
-        value = statistics.fmean(r.best_value for r in folds)
+        value = fold_mean(folds)
         if len(objectives) > 1:
             return value, figures[objectives[1]]
         return value
