@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from searcher import front
 from searcher.data import class_weights, load_search_data, load_test_split
 from searcher.errors import DataError
 from searcher.spec import DataSpec
@@ -273,8 +274,8 @@ def test_csv_with_a_categorical_column_and_string_target_end_to_end(tmp_path):
     assert "searcher export wine --storage" in launched.stdout and "--ensemble 3" in launched.stdout
     import optuna
 
-    complete = [t for t in optuna.load_study(study_name="wine", storage=url).get_trials()
-                if t.state.name == "COMPLETE"]
+    study = optuna.load_study(study_name="wine", storage=url)
+    complete = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
     assert len(complete) >= 2
     for t in complete:  # a trial's value is the mean over its 5 folds
         assert len(t.user_attrs["cv_values"]) == 5 and len(set(t.user_attrs["cv_values"])) > 1
@@ -292,8 +293,7 @@ def test_csv_with_a_categorical_column_and_string_target_end_to_end(tmp_path):
     assert "test accuracy" in retrained.stdout and "average of 10 models (2 configs x 5 folds)" in retrained.stdout
     metrics = json.loads((tmp_path / "best.metrics.json").read_text())
     assert len(metrics["members"]) == 10 and {m["fold"] for m in metrics["members"]} == {1, 2, 3, 4, 5}
-    assert metrics["n_params"] == sum(t.user_attrs["n_params"] for t in sorted(
-        complete, key=lambda t: t.value)[:2]) * 5  # val_loss: lowest first
+    assert metrics["n_params"] == sum(t.user_attrs["n_params"] for t in front.ranked(study)[:2]) * 5
     assert metrics["class_names"] == ["barbera", "barolo", "grignolino"]
     assert sum(map(sum, metrics["confusion_matrix"])) == metrics["test_examples"] == 36
     assert set(metrics["per_class"]) == set(metrics["class_names"])
