@@ -22,15 +22,16 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import gpu, nan_check, overhead, quality, scale, scaling, startup, storage
+from bench import gpu, nan_check, overhead, own_data, quality, scale, scaling, startup, storage
 from bench._common import REPO, Plan, Section, not_run_section
 
 log = logging.getLogger("bench")
-SECTIONS = ("overhead", "scaling", "storage", "startup", "quality", "gpu", "nan_check", "scale")
-DEFAULT_SECTIONS = SECTIONS[:-1]  # scale (minutes, hundreds of processes) runs with --only scale
+SECTIONS = ("overhead", "scaling", "storage", "startup", "quality", "gpu", "nan_check", "scale", "own_data")
+# scale (minutes, hundreds of processes) and own_data (nine searches, ~50 min) run with --only
+DEFAULT_SECTIONS = SECTIONS[:-2]
 TITLES = {"overhead": overhead.TITLE, "scaling": scaling.TITLE, "storage": storage.TITLE,
           "startup": startup.TITLE, "quality": quality.TITLE, "gpu": gpu.TITLE, "nan_check": nan_check.TITLE,
-          "scale": scale.TITLE}
+          "scale": scale.TITLE, "own_data": own_data.TITLE}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "latest.json",
                         help="where to write the figures (default: bench/results/latest.json)")
     parser.add_argument("--only", default=",".join(DEFAULT_SECTIONS),
-                        help=f"comma-separated sections to run (default: {','.join(DEFAULT_SECTIONS)}; also: scale); "
+                        help=f"comma-separated sections to run (default: {','.join(DEFAULT_SECTIONS)}; also: scale, own_data); "
                              "storage and startup need the overhead run and start it too")
     parser.add_argument("--keep", action="store_true", help="keep the working folder (studies, logs, models)")
     args = parser.parse_args(argv)
@@ -132,7 +133,8 @@ def _run_sections(plan: Plan, workdir: Path, only: list[str]) -> dict[str, Secti
                     ("quality", lambda: quality.run(plan, workdir)),
                     ("gpu", lambda: gpu.run(plan, workdir)),
                     ("nan_check", lambda: nan_check.run(plan, workdir)),
-                    ("scale", lambda: scale.run(plan, workdir))):
+                    ("scale", lambda: scale.run(plan, workdir)),
+                    ("own_data", lambda: own_data.run(plan, workdir))):
         if key in only:
             value = attempt(key, fn)
             if value:

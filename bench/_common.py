@@ -53,6 +53,8 @@ class Plan:
     scale_workers: tuple[int, ...] = (1, 8)
     scale_epoch_s: float = 0.5
     scale_study_sizes: tuple[int, ...] = (1000,)
+    own_data_splits: tuple[int, ...] = (0,)
+    own_data_minutes: float = 1.0  # the search time `searcher init --minutes` sizes each budget for
 
     @classmethod
     def quick(cls) -> Plan:
@@ -67,7 +69,8 @@ class Plan:
                    storage_trials=30, storage_repeats=3, scaling_workers=(1, 2, 3, 4), scaling_repeats=3,
                    scaling_trials=16, scaling_epochs=6, quality_seeds=(0, 1, 2), quality_max_epochs=20,
                    quality_budget=200, quality_parallel=2, gpu_epochs=3, nan_epochs=20, nan_repeats=5,
-                   scale_workers=(1, 8, 32, 100, 200), scale_epoch_s=1.0, scale_study_sizes=(1000, 3000, 10000))
+                   scale_workers=(1, 8, 32, 100, 200), scale_epoch_s=1.0, scale_study_sizes=(1000, 3000, 10000),
+                   own_data_splits=(0, 1, 2), own_data_minutes=4.0)
 
 
 @dataclass
