@@ -107,3 +107,30 @@ def test_quick_run_writes_every_figure_as_a_positive_number(quick_run):
     if not gpu:
         assert document["sections"]["gpu"]["not_run"] == "no GPU visible"
         assert "not run: no GPU visible" in result.stdout
+
+
+def test_own_data_files_hold_what_the_linear_baseline_sees(tmp_path):
+    """Section 9 compares searcher with a logistic regression on the same rows: the files the
+    harness writes (CSV; PNG written without TensorFlow) must read back, through searcher's own
+    loaders, as exactly the arrays the baseline is given."""
+    import numpy as np
+
+    from bench import own_data
+    from searcher.data import load_test_split
+    from searcher.spec import DataSpec
+
+    x, y, classes = own_data._dataset("breast_cancer")
+    path = own_data._write_csv(tmp_path / "bc.csv", x[:40], y[:40], classes)
+    test = load_test_split(DataSpec(dataset="csv", path=str(path), test_path=str(path), target="target"))
+    columns = np.stack([np.asarray(test.x[f"f{i}"], dtype=float).ravel() for i in range(x.shape[1])], axis=1)
+    np.testing.assert_allclose(columns, x[:40], rtol=1e-6)  # float32 inside searcher
+    names = sorted({classes[i] for i in y[:40]})  # searcher numbers string classes in sorted order
+    assert [names[k] for k in test.y] == [classes[i] for i in y[:40]]
+
+    x, y, classes = own_data._dataset("digits_png")
+    picked = np.concatenate([np.flatnonzero(y == label)[:3] for label in range(10)])
+    root = own_data._write_images(tmp_path, x[picked], y[picked], classes, split="test")
+    test = load_test_split(DataSpec(dataset="images", path=str(root), test_path=str(root), color_mode="grayscale"))
+    read = np.asarray(test.x).reshape(len(test.y), -1)
+    assert sorted(map(tuple, read)) == sorted(map(tuple, x[picked])), "pixels as the baseline sees them"
+    assert sorted(test.y.tolist()) == sorted(y[picked].tolist())
