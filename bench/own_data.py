@@ -99,7 +99,7 @@ def _one(name: str, seed: int, plan: Plan, folder: Path) -> Outcome:
         train = _write_csv(folder / f"{name}.csv", x_train, y_train, classes)
         test = _write_csv(folder / f"{name}-test.csv", x_test, y_test, classes)
         target = ["--target", "target"]
-    spec_path = folder / "spec.yaml"
+    spec_path = folder / f"{name}.yaml"  # the study is named after it
     run_python("searcher", "init", str(train), *target, "--test", str(test), "-o", str(spec_path),
                "--minutes", str(plan.own_data_minutes), "--workers", "2", cwd=folder)
     spec = load_spec(spec_path)
