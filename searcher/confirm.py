@@ -105,11 +105,11 @@ def _run_one(config_json: dict[str, Any], seed: int, direction: str, data_dir: s
 
     import_tensorflow()  # a spawned process: quiet like the parent
     from searcher.data import load_search_data
-    from searcher.objective import fold_mean, train_every_fold
+    from searcher.objective import cv_score, train_every_fold
 
     config = TrialConfig.model_validate(config_json).model_copy(update={"seed": seed})
     data = load_search_data(config.data, split_seed=config.split_seed, data_dir=data_dir)
-    return fold_mean(train_every_fold(config, data, direction=direction))  # as the search scored it
+    return cv_score(train_every_fold(config, data, direction=direction), direction).value  # as the search scored it
 
 
 def _metric_direction(study: optuna.Study) -> str:

@@ -6,8 +6,9 @@ early stopping on the validation split, as in the search, and only then evaluate
 the test split: the one place searcher touches test data.
 
 With ``export --ensemble K`` the file also holds the next K-1 trials' configs, and a
-cross-validated study (``data.cv_folds``) trains every config on every fold: ``retrain``
-then saves one model that averages all of them.
+cross-validated study (``data.cv_folds``) trains every config on every fold, as the search
+scored it, and then each fold again for the epoch count its score belongs to: ``retrain``
+saves one model that averages all of them.
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ def retrain(
     from searcher.cost import measure_cost
     from searcher.data import load_search_data, load_test_split
     from searcher.models import ensemble_model
-    from searcher.objective import fold_mean, train_every_fold
+    from searcher.objective import cv_score, fold_models, train_every_fold
 
     if model_path.suffix != ".keras":
         raise UserError(f"-o: the model file must end in .keras, got {model_path.name}")
@@ -172,10 +173,16 @@ def retrain(
     config = configs[0]
     data = load_search_data(config.data, split_seed=config.split_seed, data_dir=data_dir)
     direction = source.get("direction") or METRICS[config.training.metric]
-    # One list of fold results per config.
+    # One list of fold results per config: scored as the search scored it.
     trained = [train_every_fold(member, data, direction=direction, max_epochs=epochs) for member in configs]
+    scored = [cv_score(folds, direction) for folds in trained]
     result = trained[0][0]
-    model = ensemble_model([r.model for folds in trained for r in folds])
+    if data.folds:  # every fold again, for the one epoch count its score belongs to
+        members = [m for member, score in zip(configs, scored)
+                   for m in fold_models(member, data, epochs=score.epoch, direction=direction)]
+    else:
+        members = [folds[0].model for folds in trained]
+    model = ensemble_model(members)
     # The only evaluation on test data in searcher, after every choice has been made.
     test = load_test_split(config.data, data_dir=data_dir)
     scores = score_test(model, test, data.class_names)
@@ -184,15 +191,16 @@ def retrain(
     numbers = source.get("ensemble") or [source.get("trial")]
     metrics = {
         **scores,
-        f"best_{config.training.metric}": fold_mean(trained[0]),
+        f"best_{config.training.metric}": scored[0].value,
         "data": data.summary(),
         "inputs": _input_dtypes(model),
         **result.summary(),
+        "best_epoch": scored[0].epoch,
         "n_params": int(model.count_params()),
         "final_model": describe_final_model(len(configs), len(trained[0])),
-        **({"members": [{"trial": n, "fold": k, f"best_{config.training.metric}": round(r.best_value, 6),
-                         "best_epoch": r.best_epoch} for n, folds in zip(numbers, trained)
-                        for k, r in enumerate(folds, 1)]} if len(trained) * len(trained[0]) > 1 else {}),
+        **({"members": [{"trial": n, "fold": k, f"best_{config.training.metric}": round(value, 6),
+                         "best_epoch": score.epoch} for n, score in zip(numbers, scored)
+                        for k, value in enumerate(score.values, 1)]} if len(members) > 1 else {}),
         **measure_cost(model, data.val),  # on this machine: compare with the trial's stored figures
         "seconds": round(time.perf_counter() - started, 2),
         "model": str(model_path),

@@ -2,7 +2,8 @@
 
 ``train`` is the single training loop; the search, ``retrain``, ``replay`` and ``confirm``
 all call it, so they train the same way. With ``data.cv_folds`` a trial trains fold 1 as
-any trial (reported each epoch, prunable), then the other folds; its value is the mean.
+any trial (reported each epoch, prunable, stopped early), then the other folds for as many
+epochs; its value is the best epoch of the folds' mean curve (``cv_score``).
 Imports TensorFlow: worker processes only.
 """
 
@@ -163,11 +164,13 @@ def train(
     callbacks: list[keras.callbacks.Callback] = (),
     jit_compile: bool | str = "auto",
     max_epochs: int | None = None,
+    early_stopping: bool = True,
 ) -> TrainResult:
     """Train ``config`` on ``data.train``, score ``data.val`` every epoch, stop early on it.
 
     Weights are restored to the best validation epoch, so the returned model is the one
-    the best value belongs to.
+    the best value belongs to. Without ``early_stopping`` it trains exactly ``max_epochs``
+    (default the config's) and keeps the last epoch's weights.
     """
     training = config.training
     model = _fresh_model(config, data, jit_compile=jit_compile, seed=config.seed)
@@ -176,7 +179,7 @@ def train(
     cbs: list[keras.callbacks.Callback] = [_DataLoss(), _FailOnNaN(), clock]
     if training.metric == "val_auc":
         cbs.insert(0, _ValidationAUC(data.val, batch_size=val_batch))
-    if training.patience:
+    if training.patience and early_stopping:
         cbs.append(
             keras.callbacks.EarlyStopping(
                 monitor=training.metric,
@@ -210,11 +213,13 @@ def fold_seed(seed: int, fold: int) -> int:
     return seed if fold == 1 else trial_seed(seed, fold)
 
 
-def train_other_folds(config: TrialConfig, data: SearchData, *, direction: str, jit_compile: bool | str = "auto",
-                      max_epochs: int | None = None) -> list[TrainResult]:
-    """``config`` trained on folds 2..K of ``data`` (``data.cv_folds``), as ``train`` trains fold 1."""
+def train_other_folds(config: TrialConfig, data: SearchData, *, direction: str, epochs: int,
+                      jit_compile: bool | str = "auto") -> list[TrainResult]:
+    """``config`` on folds 2..K of ``data`` (``data.cv_folds``) for exactly ``epochs`` each, the
+    epochs fold 1 ran: without early stopping, so every fold has a value at every epoch of
+    fold 1's curve and ``cv_score`` can average them epoch by epoch."""
     return [train(config.model_copy(update={"seed": fold_seed(config.seed, k)}), fold, direction=direction,
-                  jit_compile=jit_compile, max_epochs=max_epochs)
+                  jit_compile=jit_compile, max_epochs=epochs, early_stopping=False)
             for k, fold in enumerate(data.folds, 2)]
 
 
@@ -222,22 +227,56 @@ def train_every_fold(config: TrialConfig, data: SearchData, *, direction: str,
                      max_epochs: int | None = None) -> list[TrainResult]:
     """``config`` trained on fold 1 and, with ``data.cv_folds``, on every other fold, as a trial trains."""
     first = train(config, data, direction=direction, max_epochs=max_epochs)
-    return [first, *train_other_folds(config, data, direction=direction, max_epochs=max_epochs)]
+    if not data.folds:
+        return [first]
+    return [first, *train_other_folds(config, data, direction=direction, epochs=len(first.curve))]
 
 
-def fold_mean(results: list[TrainResult]) -> float:
-    """A config's value: its best validation value, averaged over the folds it trained on."""
-    return statistics.fmean(r.best_value for r in results)
+@dataclass(frozen=True)
+class FoldScore:
+    """A config's value over its folds: ``epoch`` (1-based), the folds' ``values`` there, their mean."""
+
+    epoch: int
+    values: tuple[float, ...]
+
+    @property
+    def value(self) -> float:
+        return statistics.fmean(self.values)
 
 
-def cross_validated(results: list[TrainResult]) -> dict[str, Any]:
-    """The figures a cross-validated trial stores beside fold 1's: every fold's value, and the
-    mean validation loss at the folds' best epochs (the tie-breaker, as ``val_loss_at_best``)."""
-    losses = [r.summary()["val_loss_at_best"] for r in results]
+def cv_score(results: list[TrainResult], direction: str) -> FoldScore:
+    """The epoch where the folds' mean validation curve is best, as xgboost.cv and LightGBM's cv
+    pick their number of rounds. Not each fold at its own best epoch: on folds of a hundred rows
+    that picks each fold's luckiest epoch, and the search then favours the noisiest curves. One
+    result (no folds) is scored at its best epoch."""
+    if len(results) == 1:
+        return FoldScore(results[0].best_epoch, (results[0].best_value,))
+    horizon = min(len(r.curve) for r in results)
+    means = [statistics.fmean(r.curve[e] for r in results) for e in range(horizon)]
+    best = means.index((max if direction == "maximize" else min)(means))
+    return FoldScore(best + 1, tuple(r.curve[best] for r in results))
+
+
+def fold_models(config: TrialConfig, data: SearchData, *, epochs: int, direction: str) -> list[keras.Model]:
+    """``config`` trained on every fold for exactly ``epochs`` (its ``cv_score`` epoch): the models
+    a cross-validated config's final model averages, each as the search scored it."""
+    splits = [data, *data.folds]
+    return [train(config.model_copy(update={"seed": fold_seed(config.seed, k)}), fold, direction=direction,
+                  max_epochs=epochs, early_stopping=False).model
+            for k, fold in enumerate(splits, 1)]
+
+
+def cross_validated(results: list[TrainResult], direction: str) -> dict[str, Any]:
+    """The figures a cross-validated trial stores over fold 1's: every fold's value and the epoch
+    they belong to (``best_epoch``), and the folds' mean validation loss there (the tie-breaker,
+    as ``val_loss_at_best``)."""
+    score = cv_score(results, direction)
+    losses = [r.history.get("val_loss") or [] for r in results]
     return {
-        "cv_values": [round(r.best_value, 6) for r in results],
-        "cv_best_epochs": [r.best_epoch for r in results],
-        "val_loss_at_best": statistics.fmean(losses) if None not in losses else None,
+        "cv_values": [round(v, 6) for v in score.values],
+        "best_epoch": score.epoch,
+        "val_loss_at_best": (statistics.fmean(float(loss[score.epoch - 1]) for loss in losses)
+                             if all(len(loss) >= score.epoch for loss in losses) else None),
     }
 
 
@@ -343,7 +382,7 @@ class Objective:
                 folds = [result]
                 if pruning.pruned_at is None and self.data.folds:
                     folds += train_other_folds(config, self.data, direction=self.spec.training.direction,
-                                               jit_compile=self.jit_compile)
+                                               epochs=len(result.curve), jit_compile=self.jit_compile)
         except KeyboardInterrupt:
             if not guard.tripped:
                 trial.set_user_attr("fail_reason", "interrupted")
@@ -362,7 +401,8 @@ class Objective:
             raise
         finally:
             trial.set_user_attr("peak_rss_mb", round(guard.peak_mb))
-        summary = result.summary() | (cross_validated(folds) if len(folds) > 1 else {})
+        direction = self.spec.training.direction
+        summary = result.summary() | (cross_validated(folds, direction) if len(folds) > 1 else {})
         for key, value in summary.items():
             trial.set_user_attr(key, value)
         for key, value in measure_cost(result.model, self.data.val).items():
@@ -372,7 +412,7 @@ class Objective:
             trial.set_constraint(key, value)
         if pruning.pruned_at is not None:
             raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at}")
-        value = fold_mean(folds)
+        value = cv_score(folds, direction).value
         if len(objectives) > 1:
             return value, figures[objectives[1]]
         return value

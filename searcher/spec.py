@@ -301,7 +301,8 @@ class DataSpec(_Frozen):
 
     ``cv_folds: K`` replaces the one validation split with K stratified folds of the
     training rows: a trial trains K models, each validated on the fold it did not see, and
-    its value is their mean; ``retrain`` averages the K models into one. For small data,
+    its value is their mean at the epoch where that mean is best; ``retrain`` averages the K
+    models into one. For small data,
     where one validation split of a few dozen rows is too noisy to select on.
     """
 

@@ -100,6 +100,24 @@ def test_cross_validation_folds_partition_the_training_rows_each_with_its_own_pr
                             split_seed=3).val.y.tolist() == data.val.y.tolist()  # seeded
 
 
+def test_a_cross_validated_value_is_the_best_epoch_of_the_folds_mean_curve():
+    from searcher.objective import TrainResult, cv_score
+
+    def fold(*curve: float) -> TrainResult:
+        return TrainResult(model=None, history={"val_loss": list(curve)}, metric="val_loss", direction="minimize")
+
+    # Each fold's own best (0.10 at epoch 1, 0.12 at epoch 3) averages to 0.11, a curve no single
+    # epoch reaches; the folds' mean curve is 0.25, 0.20, 0.26: epoch 2, value 0.20.
+    folds = [fold(0.10, 0.20, 0.40), fold(0.40, 0.20, 0.12)]
+    score = cv_score(folds, "minimize")
+    assert (score.epoch, score.values) == (2, (0.20, 0.20)) and score.value == pytest.approx(0.20)
+    assert score.value > np.mean([f.best_value for f in folds])  # less optimistic than per-fold bests
+    longer = [fold(0.3, 0.2, 0.1), fold(0.3, 0.25)]  # a shorter curve bounds the epochs compared
+    assert cv_score(longer, "minimize").epoch == 2
+    accuracy = [TrainResult(None, {"val_accuracy": [0.8, 0.9]}, "val_accuracy", "maximize")]
+    assert (cv_score(accuracy, "maximize").epoch, cv_score(accuracy, "maximize").value) == (2, 0.9)
+
+
 def test_cross_validation_needs_k_examples_of_every_class(tmp_path):
     path = _npz(tmp_path, x_train=np.ones((23, 3)), y_train=[0, 1] * 10 + [2] * 3, x_test=np.ones((3, 3)),
                 y_test=[0, 1, 2])
@@ -280,6 +298,7 @@ def test_csv_with_a_categorical_column_and_string_target_end_to_end(tmp_path):
     for t in complete:  # a trial's value is the mean over its 5 folds
         assert len(t.user_attrs["cv_values"]) == 5 and len(set(t.user_attrs["cv_values"])) > 1
         assert t.value == pytest.approx(np.mean(t.user_attrs["cv_values"]), abs=1e-5)
+        assert 1 <= t.user_attrs["best_epoch"] <= t.user_attrs["epochs"]
 
     searcher("report", "wine", "--storage", url, "-o", "report.html", cwd=tmp_path)
     page = (tmp_path / "report.html").read_text()
@@ -293,7 +312,11 @@ def test_csv_with_a_categorical_column_and_string_target_end_to_end(tmp_path):
     assert "test accuracy" in retrained.stdout and "average of 10 models (2 configs x 5 folds)" in retrained.stdout
     metrics = json.loads((tmp_path / "best.metrics.json").read_text())
     assert len(metrics["members"]) == 10 and {m["fold"] for m in metrics["members"]} == {1, 2, 3, 4, 5}
-    assert metrics["n_params"] == sum(t.user_attrs["n_params"] for t in front.ranked(study)[:2]) * 5
+    ranked = front.ranked(study)[:2]
+    assert {m["trial"] for m in metrics["members"]} == {t.number for t in ranked}
+    for trial in ranked:  # all folds of a config trained for the one epoch count its score belongs to
+        assert len({m["best_epoch"] for m in metrics["members"] if m["trial"] == trial.number}) == 1
+    assert metrics["n_params"] == sum(t.user_attrs["n_params"] for t in ranked) * 5
     assert metrics["class_names"] == ["barbera", "barolo", "grignolino"]
     assert sum(map(sum, metrics["confusion_matrix"])) == metrics["test_examples"] == 36
     assert set(metrics["per_class"]) == set(metrics["class_names"])

@@ -52,8 +52,8 @@ def data(d: ReportData) -> str:
             f"{rows['test']} held-out test rows (scored only by <code>searcher retrain</code>); {shape}.</p>"
             + (f"<p>Cross-validated: every trial trained on each of {d.data['cv_folds']} stratified folds of the "
                f"{rows['fit'] + rows['validation']} training rows, validated on the fold it did not see; its value is "
-               "the mean over the folds (± their standard deviation below). The learning curves and the class "
-               "counts are fold 1's.</p>" if d.data.get("cv_folds") else "")
+               "the mean over the folds at the one epoch where that mean is best (± the folds' standard deviation "
+               "below). The learning curves and the class counts are fold 1's.</p>" if d.data.get("cv_folds") else "")
             + f"<p>Preprocessing, fitted on the fit split and inside the model: {esc(d.data['preprocessing'])}.</p>"
             f"<table><tr><th>class</th><th class=n>fit</th><th class=n>validation</th></tr>{classes}</table>{more}")
 
