@@ -27,7 +27,7 @@ from bench._common import REPO, Plan, Section, not_run_section
 
 log = logging.getLogger("bench")
 SECTIONS = ("overhead", "scaling", "storage", "startup", "quality", "gpu", "nan_check", "scale", "own_data")
-# scale (minutes, hundreds of processes) and own_data (nine searches, ~50 min) run with --only
+# scale (minutes, hundreds of processes) and own_data (nine searches, ~40 min) run with --only
 DEFAULT_SECTIONS = SECTIONS[:-2]
 TITLES = {"overhead": overhead.TITLE, "scaling": scaling.TITLE, "storage": storage.TITLE,
           "startup": startup.TITLE, "quality": quality.TITLE, "gpu": gpu.TITLE, "nan_check": nan_check.TITLE,
