@@ -78,7 +78,7 @@ def test_a_large_study_report_thins_its_curves_and_says_so(tmp_path):
     import optuna
 
     from searcher.report import write_report
-    from searcher.report._figures import MAX_GREY_CURVES, MAX_POINTS
+    from searcher.report._figures import MAX_GREY_CURVES, MAX_LINES, MAX_POINTS
 
     study = build_large_study(optuna.storages.InMemoryStorage(), "large", 3000)
     pruned = sum(1 for t in study.get_trials(deepcopy=False) if t.state.name == "PRUNED")
@@ -87,5 +87,5 @@ def test_a_large_study_report_thins_its_curves_and_says_so(tmp_path):
     page = write_report(study, tmp_path / "report.html").read_text()
     assert f"curves of {MAX_GREY_CURVES} of the {pruned:,} pruned trials are drawn" in page
     assert f"{complete:,} trials: box plots show the quartiles of all of them and only the outlying points" in page
-    assert f"{MAX_POINTS:,} of the {complete:,} complete trials are drawn: the best {MAX_POINTS // 2:,}" in page
+    assert f"{MAX_LINES:,} of the {complete:,} complete trials are drawn: the best {MAX_LINES // 2:,}" in page
     assert '"scattergl"' in page  # thousands of markers drawn with WebGL
