@@ -109,12 +109,13 @@ def test_quick_run_writes_every_figure_as_a_positive_number(quick_run):
         assert "not run: no GPU visible" in result.stdout
 
 
-def test_own_data_files_hold_what_the_linear_baseline_sees(tmp_path):
+def test_own_data_files_hold_what_the_linear_baseline_sees(tmp_path, monkeypatch):
     """Section 9 compares searcher with a logistic regression on the same rows: the files the
     harness writes (CSV; PNG written without TensorFlow) must read back, through searcher's own
     loaders, as exactly the arrays the baseline is given."""
     import numpy as np
 
+    monkeypatch.syspath_prepend(str(REPO))  # `bench` is run from the repository, not installed
     from bench import own_data
     from searcher.data import load_test_split
     from searcher.spec import DataSpec
