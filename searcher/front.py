@@ -204,13 +204,21 @@ def _points(x: float) -> str:
 
 
 def no_feasible_message(study: optuna.Study) -> str:
-    """Why there is no best trial: none complete, or none within the constraints."""
+    """Why there is no best trial: none finished, or none within the constraints (and what to do)."""
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    if not complete:
-        return f"study {study.study_name!r} has no complete trials yet; run `searcher launch {study.study_name}`"
-    return (f"study {study.study_name!r} has no feasible trial: all {len(complete)} complete trial(s) and "
-            f"{len(infeasible(trials))} finished one(s) in all are over a constraint ({constraint_text(study)})")
+    over = infeasible(trials)
+    name = study.study_name
+    if not complete and not over:
+        return f"study {name!r} has no complete trials yet; run `searcher launch {name}`"
+    untrained = [t for t in over if t.user_attrs.get("infeasible")]  # over max_params: rejected before training
+    smallest = cheapest(untrained, "n_params")
+    among = f"all {len(complete)} complete one(s) among them" if complete else "none completed"
+    how = (f"; {len(untrained)} rejected before training (the smallest had "
+           f"{cost_of(smallest, 'n_params'):,.0f} parameters, trial {smallest.number})") if smallest else ""
+    return (f"study {name!r} has no feasible trial: {len(over)} finished trial(s) over a constraint "
+            f"({constraint_text(study)}), {among}{how}; loosen the constraint, narrow the search space, "
+            f"or give it more trials (searcher launch {name} --trials N)")
 
 
 def constraint_text(study: optuna.Study) -> str:

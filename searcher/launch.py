@@ -265,10 +265,12 @@ def print_summary(study: optuna.Study, *, console: Console, url: str, default_ur
     # is cheap on the small data sets that cross-validate, and steadier than one config.
     folds = ranked[0].user_attrs.get("config", {}).get("data", {}).get("cv_folds") if ranked else None
     ensemble = " --ensemble 3" if folds and len(ranked) >= 3 else ""
+    # Without a best trial there is nothing to report, export or retrain; the summary said why.
+    results = (f"searcher report {name}{flag} -o {name}-report.html",) if ranked else ()
+    shipping = (f"searcher export {name}{flag}{ensemble} -o {name}-best.yaml",
+                f"searcher retrain {name}-best.yaml -o {name}-best.keras") if ranked else ()
     console.print("\nNext:")
-    for command in (f"searcher status {name}{flag}", f"searcher report {name}{flag} -o {name}-report.html",
-                    f"searcher dashboard{flag}", f"searcher export {name}{flag}{ensemble} -o {name}-best.yaml",
-                    f"searcher retrain {name}-best.yaml -o {name}-best.keras",
+    for command in (f"searcher status {name}{flag}", *results, f"searcher dashboard{flag}", *shipping,
                     # The URL with its driver (postgresql+psycopg2://): Optuna's own tools cannot guess it.
                     f"optuna trials --study-name {name} --storage '{mask_url(url)}'"):
         console.print(f"  {command}", highlight=False, markup=False)

@@ -84,7 +84,7 @@ def take_snapshot(study: optuna.Study) -> Snapshot:
     best = ranked[0] if ranked else None
     on_front = front.front(ranked, cost=goal.cost, maximize=goal.maximize[0]) if goal.multi else []
     seconds = sum(t.duration.total_seconds() for t in trials if t.duration and t.state.is_finished())
-    complete = any(t.state == TrialState.COMPLETE for t in trials)
+    over = front.infeasible(trials)
     return Snapshot(
         study=study.study_name,
         direction=", ".join("maximize" if m else "minimize" for m in goal.maximize),
@@ -98,8 +98,8 @@ def take_snapshot(study: optuna.Study) -> Snapshot:
         train_seconds=round(seconds, 1),
         objectives=list(goal.names),
         best_cost=front.figures_of(best) if best else {},
-        infeasible=len(front.infeasible(trials)),
-        no_feasible=front.no_feasible_message(study) if complete and best is None else None,
+        infeasible=len(over),
+        no_feasible=front.no_feasible_message(study) if best is None and (over or counts["COMPLETE"]) else None,
         front=[{"trial": t.number, "values": list(t.values), **front.figures_of(t)} for t in on_front],
     )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -136,8 +137,9 @@ def test_export_header_says_how_the_trial_was_picked(tmp_path):
 
 def test_no_feasible_trial_is_said_everywhere():
     study = _study([(0.99, 90_000, 0.9, True)], constraints={"max_params": 5000})
-    message = (r"has no feasible trial: all 1 complete trial\(s\) and 1 finished one\(s\) in all are over a "
-               r"constraint \(max_params 5,000\)")
+    message = (r"has no feasible trial: 1 finished trial\(s\) over a constraint \(max_params 5,000\), all 1 "
+               r"complete one\(s\) among them; loosen the constraint, narrow the search space, or give it more "
+               r"trials \(searcher launch no-name-.* --trials N\)$")
     with pytest.raises(UserError, match=message):
         export_config(study)
     from searcher.monitor import take_snapshot
@@ -145,6 +147,44 @@ def test_no_feasible_trial_is_said_everywhere():
     snap = take_snapshot(study)
     assert snap.best_trial is None and snap.infeasible == 1
     assert "has no feasible trial" in snap.no_feasible
+
+
+def _rejected_before_training(study: optuna.Study, n_params: int) -> None:
+    """A trial as the objective's size check leaves it: PRUNED, no epoch, its violation stored."""
+    study.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={
+        "n_params": n_params, "epochs": 0, "infeasible": f"{n_params:,} parameters > constraints.max_params 1,500"},
+        system_attrs={"constraints:max_params": n_params / 1500 - 1}))
+
+
+def test_a_study_whose_every_trial_was_rejected_by_size_says_so_not_launch_again(tmp_path):
+    """20 of 20 trials over max_params end untrained: no trial is COMPLETE, yet the study ran."""
+    study = _study([], constraints={"max_params": 1500})
+    for n_params in (4480, 1834, 2860):
+        _rejected_before_training(study, n_params)
+    message = (r"^study '.*' has no feasible trial: 3 finished trial\(s\) over a constraint \(max_params 1,500\), "
+               r"none completed; 3 rejected before training \(the smallest had 1,834 parameters, trial 1\); "
+               r"loosen the constraint")
+    with pytest.raises(UserError, match=message):
+        export_config(study)
+    from searcher.monitor import render, take_snapshot
+    from searcher.report import collect
+
+    with pytest.raises(UserError, match=message):
+        collect(study)
+    snap = take_snapshot(study)
+    assert snap.best_trial is None and snap.infeasible == 3 and re.match(message, snap.no_feasible)
+    from rich.console import Console
+
+    console = Console(width=400, record=True)
+    console.print(render(snap))
+    assert "no best trial: study" in console.export_text()
+    from searcher.launch import print_summary
+
+    console = Console(width=400, record=True)
+    print_summary(study, console=console, url="sqlite:///searcher.db", default_url=True)
+    summary = console.export_text()
+    assert "no best trial: study" in summary and "searcher status" in summary
+    assert "searcher export" not in summary and "searcher retrain" not in summary and "searcher report" not in summary
 
 
 # --- real searches ----------------------------------------------------------------------
