@@ -209,7 +209,7 @@ def no_feasible_message(study: optuna.Study) -> str:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     over = infeasible(trials)
     name = study.study_name
-    if not complete and not over:
+    if not over:  # callers ask only when no feasible trial completed: so none completed at all
         return f"study {name!r} has no complete trials yet; run `searcher launch {name}`"
     untrained = [t for t in over if t.user_attrs.get("infeasible")]  # over max_params: rejected before training
     smallest = cheapest(untrained, "n_params")

@@ -99,7 +99,7 @@ def take_snapshot(study: optuna.Study) -> Snapshot:
         objectives=list(goal.names),
         best_cost=front.figures_of(best) if best else {},
         infeasible=len(over),
-        no_feasible=front.no_feasible_message(study) if best is None and (over or counts["COMPLETE"]) else None,
+        no_feasible=front.no_feasible_message(study) if best is None and over else None,
         front=[{"trial": t.number, "values": list(t.values), **front.figures_of(t)} for t in on_front],
     )
 

@@ -157,7 +157,7 @@ def _rejected_before_training(study: optuna.Study, n_params: int) -> None:
 
 
 def test_a_study_whose_every_trial_was_rejected_by_size_says_so_not_launch_again(tmp_path):
-    """20 of 20 trials over max_params end untrained: no trial is COMPLETE, yet the study ran."""
+    """Every trial over max_params ends untrained (20 of 20 in one real search): none is COMPLETE, yet it ran."""
     study = _study([], constraints={"max_params": 1500})
     for n_params in (4480, 1834, 2860):
         _rejected_before_training(study, n_params)

@@ -108,7 +108,7 @@ def gather(study: optuna.Study, *, top_k: int = TOP_K) -> ReportData:
     counts = Counter(r.state for r in rows)
     complete = [r for r in rows if r.value is not None and r.feasible]
     if not complete:
-        if any(r.value is not None for r in rows) or front.infeasible(trials):
+        if front.infeasible(trials):  # trials finished, but every one is over a constraint
             raise UserError(front.no_feasible_message(study))
         seen = ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s]) or "no trials"
         raise UserError(f"study '{name}' has no complete trials yet ({seen}); run searcher launch {name} first")
