@@ -99,15 +99,10 @@ class SearchRun:
 @pytest.fixture(scope="session")
 def digits_search(tmp_path_factory: pytest.TempPathFactory) -> SearchRun:
     """`searcher launch digits-mlp --workers 2 --trials 12` on real data, real processes."""
-    import subprocess
-    import sys
+    from cli_process import run_searcher
 
     folder = tmp_path_factory.mktemp("digits-search")
     run = SearchRun(folder, "digits-mlp")
-    out = subprocess.run(
-        [sys.executable, "-m", "searcher", "launch", "digits-mlp", "--workers", "2", "--trials", "12",
-         "--storage", run.url],
-        cwd=folder, capture_output=True, text=True, timeout=600,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
+    run_searcher("launch", "digits-mlp", "--workers", "2", "--trials", "12", "--storage", run.url, cwd=folder,
+                 check=True)
     return run

@@ -7,10 +7,7 @@ real `searcher launch` runs on digits (2 epochs), shared per module.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
@@ -18,6 +15,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState, create_trial
 
+from cli_process import run_searcher
 from searcher import front
 from searcher.errors import SpecError, UserError
 from searcher.export import export_config, write_export
@@ -190,19 +188,12 @@ def test_a_study_whose_every_trial_was_rejected_by_size_says_so_not_launch_again
 # --- real searches ----------------------------------------------------------------------
 
 
-def searcher(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "searcher", *args], cwd=cwd, capture_output=True, text=True,
-                         timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert out.returncode == 0, out.stdout + out.stderr
-    return out
-
-
 def _launch(folder: Path, name: str, trials: int, **sections) -> tuple[optuna.Study, str, str]:
     spec = with_(training=SHORT, budget={"n_trials": trials}, **sections)
     spec.pop("name", None)
     (folder / f"{name}.yaml").write_text(yaml.safe_dump(spec))
     url = f"sqlite:///{folder}/{name}.db"
-    out = searcher("launch", f"{name}.yaml", "--workers", "2", "--storage", url, cwd=folder)
+    out = run_searcher("launch", f"{name}.yaml", "--workers", "2", "--storage", url, cwd=folder, check=True)
     return optuna.load_study(study_name=name, storage=url), url, out.stdout
 
 
@@ -250,13 +241,13 @@ def test_a_network_over_max_params_ends_before_training(constrained):
         data = collect(study)
         assert data.best.number == front.ranked(study)[0].number and data.best.feasible
         assert all(r.feasible for r in data.complete)
-    status = json.loads(searcher("status", "small", "--json", "--storage", url, cwd=folder).stdout)
+    status = json.loads(run_searcher("status", "small", "--json", "--storage", url, cwd=folder, check=True).stdout)
     assert status["infeasible"] == len(front.infeasible(trials)) >= 2
     if front.ranked(study):
         best = front.ranked(study)[0]
         assert status["best_trial"] == best.number and front.is_feasible(best)
         assert status["best_cost"]["n_params"] == best.user_attrs["n_params"]
-        exported = yaml.safe_load(searcher("export", "small", "--storage", url, cwd=folder).stdout)
+        exported = yaml.safe_load(run_searcher("export", "small", "--storage", url, cwd=folder, check=True).stdout)
         assert exported["source"]["trial"] == best.number
         assert exported["source"]["picked"] == "best feasible validation value"
     else:
@@ -279,9 +270,9 @@ def test_two_objectives_make_a_pareto_front_without_pruning(pareto):
     on_front = front.front(complete, cost="n_params", maximize=True)
     assert {t.number for t in on_front} == {t.number for t in study.best_trials}, "the same front as Optuna's"
 
-    status = json.loads(searcher("status", "pareto", "--json", "--storage", url, cwd=folder).stdout)
+    status = json.loads(run_searcher("status", "pareto", "--json", "--storage", url, cwd=folder, check=True).stdout)
     assert [p["trial"] for p in status["front"]] == [t.number for t in on_front]
-    out = searcher("export", "pareto", "--smallest-within", "100", "--storage", url, cwd=folder).stdout
+    out = run_searcher("export", "pareto", "--smallest-within", "100", "--storage", url, cwd=folder, check=True).stdout
     assert yaml.safe_load(out)["source"]["n_params"] == min(t.user_attrs["n_params"] for t in complete)
     assert out.splitlines()[1].startswith("# cost: ") and "ms/example (batch 1)" in out.splitlines()[1]
 
@@ -293,7 +284,8 @@ def test_two_objectives_make_a_pareto_front_without_pruning(pareto):
     assert "curves" in data.figures and all(len(r.curve) == 2 for r in data.complete), "curves from the user attr"
     assert "tradeoff" in data.figures and "The Pareto front (val_accuracy against n_params)" in render_html(data)
 
-    run = searcher("confirm", "pareto", "--top", "2", "--seeds", "1", "--workers", "2", "--storage", url, cwd=folder)
+    run = run_searcher("confirm", "pareto", "--top", "2", "--seeds", "1", "--workers", "2", "--storage", url,
+                       cwd=folder, check=True)
     members = on_front[::-1][:2]  # the front's two best by accuracy (it may have only one)
     assert f"{len(members)} new run(s)" in run.stdout
     ranking = optuna.load_study(study_name="pareto", storage=url).user_attrs["confirmed_ranking"]

@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+import signal
 
 import optuna
 import pytest
-import yaml
 
-from test_launch import finished, run_searcher
+from cli_process import HeldTrials, run_searcher, start_searcher, wait_for
+from searches import digits_spec, finished, running
 
 pytestmark = pytest.mark.slow
 
 
-def _spec(tmp_path: Path, name: str, **changes) -> Path:
-    raw = yaml.safe_load(Path("studies/digits-mlp.yaml").read_text())
-    raw["name"] = name
-    for section, value in changes.items():
-        raw[section] = value if not isinstance(value, dict) else {**raw.get(section, {}), **value}
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
 def test_a_worker_is_recycled_after_n_trials(tmp_path):
-    spec = _spec(tmp_path, "recycle", runtime={"recycle_after_trials": 2}, training={"max_epochs": 3})
+    spec = digits_spec(tmp_path, "recycle", runtime={"recycle_after_trials": 2}, training={"max_epochs": 3})
     url = f"sqlite:///{tmp_path}/s.db"
     out = run_searcher("launch", str(spec), "--workers", "1", "--trials", "6", "--storage", url, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -65,49 +56,36 @@ def test_a_trial_past_the_memory_limit_fails_and_is_not_retried(tmp_path):
 
 
 def test_the_launcher_fails_a_killed_workers_trial_while_the_others_are_busy(tmp_path):
-    """No worker starts a trial (and so checks heartbeats) while this happens: the launcher's timer must."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
+    """No worker starts a trial (and so checks heartbeats) while this happens: the launcher's timer must.
 
-    spec = _spec(tmp_path, "stale", training={"max_epochs": 150, "patience": None}, pruner={"name": "none"},
-                 runtime={"heartbeat_interval": 1, "grace_period": 3}, baselines=[])
+    Both trials are held after their first epoch, and the worker that replaces the killed one
+    waits before its first trial, until the stale trial has failed.
+    """
+    spec = digits_spec(tmp_path, "stale", training={"max_epochs": 3, "patience": None}, pruner={"name": "none"},
+                       runtime={"heartbeat_interval": 1, "grace_period": 20}, baselines=[])
     url = f"sqlite:///{tmp_path}/s.db"
-    launch = subprocess.Popen([sys.executable, "-m", "searcher", "launch", str(spec), "--workers", "2", "--trials", "2",
-                               "--storage", url], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    held = HeldTrials(tmp_path)
+    launch = start_searcher("launch", str(spec), "--workers", "2", "--trials", "2", "--storage", url, cwd=tmp_path,
+                            env=held.env())
+
+    def trials() -> list[optuna.trial.FrozenTrial]:
+        return optuna.load_study(study_name="stale", storage=url).get_trials()
+
+    def two_running() -> list[optuna.trial.FrozenTrial] | None:
+        both = running(optuna.load_study(study_name="stale", storage=url))
+        return both if len(both) == 2 else None
+
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                trials = optuna.load_study(study_name="stale", storage=url).get_trials()
-            except KeyError:  # the launcher has not created the study yet
-                trials = []
-            running = [t for t in trials if t.state.name == "RUNNING" and "worker_pid" in t.user_attrs
-                       and t.intermediate_values]
-            if len(running) == 2:
-                break
-            assert time.monotonic() < deadline and launch.poll() is None, "two trials never ran at once"
-            time.sleep(0.3)
-        victim, busy = running
+        victim, busy = wait_for(two_running, what="two trials running at once", process=launch)
+        held.hold_new_workers()
         os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
-        killed_at = time.monotonic()
-        while True:
-            trials = {t.number: t for t in optuna.load_study(study_name="stale", storage=url).get_trials()}
-            if trials[victim.number].state.name == "FAIL":
-                failed_after = time.monotonic() - killed_at
-                break
-            assert time.monotonic() - killed_at < 60, "the stale trial was never failed"
-            time.sleep(0.2)
-        # The other worker was still inside its long trial: the launcher failed the stale one.
-        assert trials[busy.number].state.name == "RUNNING"
-        print(f"stale trial failed {failed_after:.1f} s after kill -9 (grace 3 s + heartbeat 1 s + tick 1 s)")
-        assert launch.wait(timeout=400) == 0, launch.stdout.read()
+        wait_for(lambda: trials()[victim.number].state.name == "FAIL", what="the killed worker's trial failed",
+                 process=launch)
+        assert trials()[busy.number].state.name == "RUNNING", "the other worker is still inside its trial"
+        held.release()
+        launch.finish(check=True)
     finally:
-        if launch.poll() is None:
-            launch.send_signal(signal.SIGINT)
-            launch.wait(timeout=60)
+        launch.stop()
     study = optuna.load_study(study_name="stale", storage=url)
     retries = [t for t in study.get_trials() if t.system_attrs.get("failed_trial") == victim.number]
     assert [t.state.name for t in retries] == ["COMPLETE"]

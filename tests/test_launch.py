@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import optuna
 import pytest
+
+from cli_process import STUDIES, HeldTrials, run_searcher, start_searcher, wait_for
+from searches import finished, running
 
 pytestmark = pytest.mark.slow
 
 
-def run_searcher(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "searcher", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
-
-
-def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in study.get_trials() if t.state.name in ("COMPLETE", "PRUNED")]
-
-
 def test_launch_two_workers_then_continue(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
-    first = run_searcher("launch", "digits-mlp", "--workers", "2", "--trials", "6", "--storage", url, cwd=tmp_path)
-    assert first.returncode == 0, first.stdout + first.stderr
+    held = HeldTrials(tmp_path)  # until both workers are inside a trial: neither can run them all
+    launch = start_searcher("launch", "digits-mlp", "--workers", "2", "--trials", "6", "--storage", url, cwd=tmp_path,
+                            env=held.env())
+    wait_for(lambda: len({t.user_attrs["worker_pid"] for t in running(optuna.load_study(
+        study_name="digits-mlp", storage=url))}) == 2, what="a trial in each worker", process=launch)
+    held.release()
+    first = launch.finish(check=True)
     study = optuna.load_study(study_name="digits-mlp", storage=url)
     done = finished(study)
     assert len(done) == 6
@@ -59,7 +53,7 @@ def test_launch_two_workers_then_continue(tmp_path):
 def test_a_changed_spec_cannot_join_the_study(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     spec = tmp_path / "digits-mlp.yaml"
-    spec.write_text(Path("studies/digits-mlp.yaml").read_text())
+    spec.write_text((STUDIES / "digits-mlp.yaml").read_text())
     assert run_searcher("launch", str(spec), "--workers", "1", "--trials", "1", "--storage", url, cwd=tmp_path).returncode == 0
     spec.write_text(spec.read_text().replace("max_epochs: 20", "max_epochs: 5"))
     out = run_searcher("worker", str(spec), "--storage", url, cwd=tmp_path)

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cli_process import run_searcher
 from searcher import front
 from searcher.data import class_weights, load_search_data, load_test_split
 from searcher.errors import DataError
@@ -268,26 +266,19 @@ def test_unreadable_image_is_named(tmp_path, monkeypatch):
 # --- end to end: init -> launch -> export -> retrain -> predict on the raw CSV rows ----------------
 
 
-def searcher(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "searcher", *args], cwd=cwd, capture_output=True, text=True,
-                         timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    if ok:
-        assert out.returncode == 0, out.stdout + out.stderr
-    return out
-
-
 @pytest.mark.slow
 def test_csv_with_a_categorical_column_and_string_target_end_to_end(tmp_path):
     data, test_file = wine_csv(tmp_path)
-    made = searcher("init", data.name, "--target", "cultivar", "--test", test_file.name, "-o", "wine.yaml",
-                    cwd=tmp_path)
+    made = run_searcher("init", data.name, "--target", "cultivar", "--test", test_file.name, "-o", "wine.yaml",
+                        cwd=tmp_path, check=True)
     # 142 training rows: init cross-validates (one validation split would hold 29 rows).
     assert "wrote wine.yaml: mlp on 142 training rows in 5 cross-validation folds / 36 test rows" in made.stdout
     assert "cellar (3)" in made.stdout
     spec_text = (tmp_path / "wine.yaml").read_text()
     assert "test_path: wine-test.csv" in spec_text and "standardized" in spec_text and "cv_folds: 5" in spec_text
     url = f"sqlite:///{tmp_path}/s.db"
-    launched = searcher("launch", "wine.yaml", "--workers", "1", "--trials", "3", "--storage", url, cwd=tmp_path)
+    launched = run_searcher("launch", "wine.yaml", "--workers", "1", "--trials", "3", "--storage", url, cwd=tmp_path,
+                            check=True)
     assert "data: 142 training rows in 5 cross-validation folds / 36 test rows" in launched.stdout
     assert "searcher export wine --storage" in launched.stdout and "--ensemble 3" in launched.stdout
     import optuna
@@ -300,15 +291,16 @@ def test_csv_with_a_categorical_column_and_string_target_end_to_end(tmp_path):
         assert t.value == pytest.approx(np.mean(t.user_attrs["cv_values"]), abs=1e-5)
         assert 1 <= t.user_attrs["best_epoch"] <= t.user_attrs["epochs"]
 
-    searcher("report", "wine", "--storage", url, "-o", "report.html", cwd=tmp_path)
+    run_searcher("report", "wine", "--storage", url, "-o", "report.html", cwd=tmp_path, check=True)
     page = (tmp_path / "report.html").read_text()
     assert "Cross-validated: every trial trained on each of 5 stratified folds of the 142 training rows" in page
     assert re.search(r"<td class='n'>\d\.\d{4} ± \d\.\d{4}</td>", page)  # the top trials' fold spread
 
-    exported = searcher("export", "wine", "--storage", url, "--ensemble", "2", "-o", "best.yaml", cwd=tmp_path)
+    exported = run_searcher("export", "wine", "--storage", url, "--ensemble", "2", "-o", "best.yaml", cwd=tmp_path,
+                            check=True)
     assert "wrote best.yaml" in exported.stdout
     assert "# final model: average of 10 models (2 configs x 5 folds): trials" in (tmp_path / "best.yaml").read_text()
-    retrained = searcher("retrain", "best.yaml", "-o", "best.keras", cwd=tmp_path)
+    retrained = run_searcher("retrain", "best.yaml", "-o", "best.keras", cwd=tmp_path, check=True)
     assert "test accuracy" in retrained.stdout and "average of 10 models (2 configs x 5 folds)" in retrained.stdout
     metrics = json.loads((tmp_path / "best.metrics.json").read_text())
     assert len(metrics["members"]) == 10 and {m["fold"] for m in metrics["members"]} == {1, 2, 3, 4, 5}
@@ -340,7 +332,7 @@ def test_bad_data_stores_nothing(tmp_path):
     write_csv(tmp_path / "broken.csv", ["x", "y"], [[i, i % 2] for i in range(10)] + [["oops", 1]])
     (tmp_path / "broken.yaml").write_text(
         "data: {dataset: csv, path: broken.csv, target: y}\nmodel: {kind: mlp}\nbudget: {n_trials: 2}\n")
-    out = searcher("launch", "broken.yaml", "--storage", f"sqlite:///{tmp_path}/s.db", cwd=tmp_path, ok=False)
+    out = run_searcher("launch", "broken.yaml", "--storage", f"sqlite:///{tmp_path}/s.db", cwd=tmp_path)
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == [
         "Error: broken.csv: column 'x', line 12: 'oops' is not a number (10 of its 11 values are); "
@@ -376,7 +368,7 @@ def test_init_writes_a_cnn_spec_for_an_image_folder(tmp_path, monkeypatch):
 def test_init_mistakes_are_one_line(tmp_path, args, message):
     wine_csv(tmp_path)
     (tmp_path / "wine.yaml").write_text("keep me\n")
-    out = searcher("init", *args, cwd=tmp_path, ok=False)
+    out = run_searcher("init", *args, cwd=tmp_path)
     assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert re.search(message, out.stderr)
     assert (tmp_path / "wine.yaml").read_text() == "keep me\n"

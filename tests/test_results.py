@@ -7,26 +7,16 @@ study work on a copy of its storage.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
-from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 
+from cli_process import run_searcher
 from searcher import front
 
 pytestmark = pytest.mark.slow
-
-
-def searcher(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "searcher", *args], cwd=cwd, capture_output=True, text=True,
-                         timeout=timeout, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert out.returncode == 0, out.stdout + out.stderr
-    return out
 
 
 def load(run) -> optuna.Study:
@@ -34,7 +24,8 @@ def load(run) -> optuna.Study:
 
 
 def test_status_json_matches_the_study(digits_search):
-    out = searcher("status", "digits-mlp", "--json", "--storage", digits_search.url, cwd=digits_search.folder)
+    out = run_searcher("status", "digits-mlp", "--json", "--storage", digits_search.url, cwd=digits_search.folder,
+                       check=True)
     status = json.loads(out.stdout)
     study = load(digits_search)
     counts = Counter(t.state.name for t in study.get_trials())
@@ -50,14 +41,16 @@ def test_status_json_matches_the_study(digits_search):
 def test_export_then_retrain_round_trip(digits_search, tmp_path):
     study = load(digits_search)
     best = front.ranked(study)[0]
-    searcher("export", "digits-mlp", "--storage", digits_search.url, "-o", str(tmp_path / "best.yaml"), cwd=tmp_path)
+    run_searcher("export", "digits-mlp", "--storage", digits_search.url, "-o", str(tmp_path / "best.yaml"),
+                 cwd=tmp_path, check=True)
     exported = yaml.safe_load((tmp_path / "best.yaml").read_text())
     assert exported["source"]["trial"] == best.number
     assert exported["source"]["value"] == pytest.approx(best.value)
     assert exported["config"] == best.user_attrs["config"], "the export is exactly the trial's config"
     assert (tmp_path / "best.yaml").read_text().startswith("# searcher export: study digits-mlp, trial")
 
-    out = searcher("retrain", str(tmp_path / "best.yaml"), "-o", str(tmp_path / "model.keras"), cwd=tmp_path)
+    out = run_searcher("retrain", str(tmp_path / "best.yaml"), "-o", str(tmp_path / "model.keras"), cwd=tmp_path,
+                       check=True)
     assert "test accuracy" in out.stdout
     metrics = json.loads((tmp_path / "model.metrics.json").read_text())
     assert 0.85 < metrics["test_accuracy"] <= 1.0
@@ -94,8 +87,8 @@ def test_export_rank_and_json(digits_search, tmp_path):
     # Ties in accuracy (common on 288 validation rows) break by the lower validation loss.
     complete = sorted((t for t in study.get_trials() if t.state.name == "COMPLETE"),
                       key=lambda t: (-t.value, t.user_attrs["val_loss_at_best"], t.number))
-    out = searcher("export", "digits-mlp", "--rank", "2", "--format", "json", "--storage", digits_search.url,
-                   cwd=tmp_path)
+    out = run_searcher("export", "digits-mlp", "--rank", "2", "--format", "json", "--storage", digits_search.url,
+                       cwd=tmp_path, check=True)
     document = json.loads(out.stdout)
     assert document["source"]["trial"] == complete[1].number
     assert document["source"]["picked"] == "rank 2 by validation value"
@@ -104,8 +97,8 @@ def test_export_rank_and_json(digits_search, tmp_path):
 def test_replay_reproduces_the_validation_curve(digits_search):
     study = load(digits_search)
     best = study.best_trial
-    out = searcher("replay", "digits-mlp", str(best.number), "--storage", digits_search.url,
-                   cwd=digits_search.folder)
+    out = run_searcher("replay", "digits-mlp", str(best.number), "--storage", digits_search.url,
+                       cwd=digits_search.folder, check=True)
     last = out.stdout.strip().splitlines()[-1]
     assert last.startswith(f"trial {best.number}: largest difference")
     difference = float(last.split("largest difference ")[1].split()[0])
@@ -116,8 +109,8 @@ def test_replay_reproduces_the_validation_curve(digits_search):
 
 def test_confirm_adds_runs_once_and_export_takes_the_winner(digits_search, tmp_path):
     run = digits_search.copy(tmp_path)
-    out = searcher("confirm", "digits-mlp", "--top", "3", "--seeds", "2", "--workers", "2", "--storage", run.url,
-                   cwd=tmp_path)
+    out = run_searcher("confirm", "digits-mlp", "--top", "3", "--seeds", "2", "--workers", "2", "--storage", run.url,
+                       cwd=tmp_path, check=True)
     assert "6 new run(s)" in out.stdout
     runs = optuna.load_study(study_name="digits-mlp--confirm", storage=run.url).get_trials()
     assert len(runs) == 6
@@ -127,11 +120,13 @@ def test_confirm_adds_runs_once_and_export_takes_the_winner(digits_search, tmp_p
     means = [r["mean"] for r in ranking]
     assert means == sorted(means, reverse=True)
 
-    again = searcher("confirm", "digits-mlp", "--top", "3", "--seeds", "2", "--storage", run.url, cwd=tmp_path)
+    again = run_searcher("confirm", "digits-mlp", "--top", "3", "--seeds", "2", "--storage", run.url, cwd=tmp_path,
+                         check=True)
     assert "0 new run(s)" in again.stdout
     assert len(optuna.load_study(study_name="digits-mlp--confirm", storage=run.url).get_trials()) == 6
 
-    exported = yaml.safe_load(searcher("export", "digits-mlp", "--storage", run.url, cwd=tmp_path).stdout)
+    exported = yaml.safe_load(run_searcher("export", "digits-mlp", "--storage", run.url, cwd=tmp_path,
+                                           check=True).stdout)
     assert exported["source"]["trial"] == ranking[0]["trial"]
     assert exported["source"]["picked"] == "confirmed best over 2 seeded runs"
 

@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
+from cli_process import wait_for
 from deploy_checks import assert_cli_accepts, env_names_searcher_reads
-from test_distributed import FINISHED, Database, wait_for, write_spec
+from searches import FINISHED, Database, digits_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SBATCH = ROOT / "deploy" / "slurm" / "searcher-worker.sbatch"
@@ -161,8 +162,8 @@ def test_an_array_task_runs_trials_and_a_requeue_loses_nothing(postgres_url, tmp
     pgpass.write_text(f"{url.host}:{url.port}:{url.database}:{url.username}:{url.password}\n")
     pgpass.chmod(0o600)
     storage = url.set(password=None).render_as_string(hide_password=False)
-    spec = write_spec(tmp_path, "slurm-digits", training={"max_epochs": 12, "patience": None},
-                      pruner={"name": "none"}, search={"batch_size": 32})
+    spec = digits_spec(tmp_path, "slurm-digits", training={"max_epochs": 12, "patience": None},
+                       pruner={"name": "none"}, search={"batch_size": 32})
     task = ArrayTask(tmp_path, storage=storage, pgpass=pgpass, study=spec)
 
     # First run: a CPU-only task that starts before the study exists, so its worker waits.
