@@ -21,6 +21,7 @@ from searcher.devices import (
     plan_warning,
     plan_workers,
 )
+from cli_process import HANG_GUARD
 from searcher.errors import UserError
 
 # --- planning ------------------------------------------------------------------------------
@@ -278,7 +279,7 @@ print(tf.config.threading.get_intra_op_parallelism_threads(), keras.mixed_precis
 def test_real_tensorflow_on_a_cpu_worker():
     placement = plan_workers(2, gpus=[], cpu_count=2)[0]
     result = subprocess.run([sys.executable, "-c", _REAL_WORKER], env={**os.environ, **placement.env()},
-                            capture_output=True, text=True, timeout=180)
+                            capture_output=True, text=True, timeout=HANG_GUARD)
     assert result.returncode == 0, result.stderr[-2000:]
     line, checks = result.stdout.strip().splitlines()[-2:]
     assert line == ("worker 0: CPU (no GPU visible), precision float32 (mixed precision off: no GPU), "
@@ -296,7 +297,7 @@ def test_claim_gpu_spreads_workers_over_gpus_and_frees_on_exit(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import sys,time; from searcher.devices import claim_gpu; "
-         f"g,h=claim_gpu('auto', gpus=['0','1'], lock_dir={str(tmp_path)!r}); print(g, flush=True); time.sleep(60)"],
+         f"g,h=claim_gpu('auto', gpus=['0','1'], lock_dir={str(tmp_path)!r}); print(g, flush=True); time.sleep(3600)"],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "0"

@@ -107,6 +107,7 @@ def _one_epoch(spec, digits_data, **knobs):
     return result
 
 
+@pytest.mark.slow  # one model per value
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_every_activation_trains(digits, activation):
     spec, data = digits
@@ -115,12 +116,14 @@ def test_every_activation_trains(digits, activation):
     assert 0.0 <= result.curve[0] <= 1.0
 
 
+@pytest.mark.slow  # one model per value
 @pytest.mark.parametrize("initializer", INITIALIZERS)
 def test_every_initializer_trains(digits, initializer):
     spec, data = digits
     assert math.isfinite(_one_epoch(spec, data, initializer=initializer).history["loss"][0])
 
 
+@pytest.mark.slow  # one model per value
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_every_optimizer_trains(digits, optimizer):
     spec, data = digits

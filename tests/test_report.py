@@ -155,9 +155,10 @@ def synthetic_study(tmp_path: Path) -> optuna.Study:
     return build_study(_storage(tmp_path))
 
 
-@pytest.fixture(params=["synthetic", "real-search"])
+@pytest.fixture(params=["synthetic", pytest.param("real-search", marks=pytest.mark.slow)])
 def report_study(request, synthetic_study: optuna.Study) -> optuna.Study:
-    """The study the generic tests run on: the planted one, and one from a real digits search."""
+    """The study the generic tests run on: the planted one, and one from a real digits search (slow: it
+    starts worker processes)."""
     if request.param == "synthetic":
         return synthetic_study
     run = request.getfixturevalue("digits_search")
