@@ -87,6 +87,11 @@ class SearchRun:
     def url(self) -> str:
         return f"sqlite:///{self.db}"
 
+    def study(self) -> "optuna.Study":
+        import optuna
+
+        return optuna.load_study(study_name=self.name, storage=self.url)
+
     def copy(self, folder) -> "SearchRun":
         import sqlite3
 

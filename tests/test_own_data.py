@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from cli_process import run_searcher
+from own_files import wine_csv, write_csv
 from searcher import front
 from searcher.data import class_weights, load_search_data, load_test_split
 from searcher.errors import DataError
@@ -19,43 +20,6 @@ from searcher.spec import DataSpec
 
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
-
-
-def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
-
-
-def wine_csv(folder: Path) -> tuple[Path, Path]:
-    """scikit-learn's wine (features from 0.1 to 1,680) with a categorical column and a string
-    target, as a training and a test file."""
-    from sklearn.datasets import load_wine
-    from sklearn.model_selection import train_test_split
-
-    wine = load_wine()
-    names = np.array(["barolo", "grignolino", "barbera"])
-    cellar = np.array(["north", "south", "east"])[np.arange(len(wine.target)) % 3]
-    header = list(wine.feature_names) + ["cellar", "cultivar"]  # one name holds a "/"
-    rows = [[f"{v:g}" for v in x] + [c, names[t]] for x, t, c in zip(wine.data, wine.target, cellar)]
-    train, test = train_test_split(rows, test_size=36, random_state=0, stratify=wine.target)
-    return write_csv(folder / "wine.csv", header, train), write_csv(folder / "wine-test.csv", header, test)
-
-
-def digits_png_folder(folder: Path, *, per_class: int = 30) -> Path:
-    """scikit-learn's digits as 8x8 grayscale PNG files, one subfolder per class."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    root = folder / "digits-png"
-    for label in range(10):
-        (root / f"digit-{label}").mkdir(parents=True)
-        for i, image in enumerate(digits.images[digits.target == label][:per_class]):
-            png = tf.io.encode_png((image * 255 / 16).astype("uint8")[..., None]).numpy()
-            (root / f"digit-{label}" / f"{i:03d}.png").write_bytes(png)
-    return root
 
 
 # --- preprocessing, fitted on the fit split and inside the model -----------------------------
@@ -96,24 +60,6 @@ def test_cross_validation_folds_partition_the_training_rows_each_with_its_own_pr
     assert len({f.preprocessing.mean for f in folds}) == 5
     assert load_search_data(DataSpec(dataset="npz", path=str(tmp_path / "c.npz"), cv_folds=5),
                             split_seed=3).val.y.tolist() == data.val.y.tolist()  # seeded
-
-
-def test_a_cross_validated_value_is_the_best_epoch_of_the_folds_mean_curve():
-    from searcher.objective import TrainResult, cv_score
-
-    def fold(*curve: float) -> TrainResult:
-        return TrainResult(model=None, history={"val_loss": list(curve)}, metric="val_loss", direction="minimize")
-
-    # Each fold's own best (0.10 at epoch 1, 0.12 at epoch 3) averages to 0.11, a curve no single
-    # epoch reaches; the folds' mean curve is 0.25, 0.20, 0.26: epoch 2, value 0.20.
-    folds = [fold(0.10, 0.20, 0.40), fold(0.40, 0.20, 0.12)]
-    score = cv_score(folds, "minimize")
-    assert (score.epoch, score.values) == (2, (0.20, 0.20)) and score.value == pytest.approx(0.20)
-    assert score.value > np.mean([f.best_value for f in folds])  # less optimistic than per-fold bests
-    longer = [fold(0.3, 0.2, 0.1), fold(0.3, 0.25)]  # a shorter curve bounds the epochs compared
-    assert cv_score(longer, "minimize").epoch == 2
-    accuracy = [TrainResult(None, {"val_accuracy": [0.8, 0.9]}, "val_accuracy", "maximize")]
-    assert (cv_score(accuracy, "maximize").epoch, cv_score(accuracy, "maximize").value) == (2, 0.9)
 
 
 def test_cross_validation_needs_k_examples_of_every_class(tmp_path):
@@ -182,27 +128,6 @@ def test_balanced_class_weights_make_each_class_weigh_the_same(tmp_path):
     assert weights[0] * 90 == pytest.approx(weights[1] * 10)
 
 
-# --- image folders ------------------------------------------------------------------------------
-
-
-def test_image_folder_is_decoded_once_and_cached(tmp_path, monkeypatch):
-    monkeypatch.setenv("SEARCHER_CACHE_DIR", str(tmp_path / "cache"))
-    root = digits_png_folder(tmp_path, per_class=10)
-    spec = DataSpec(dataset="images", path=str(root), color_mode="grayscale", test_fraction=0.2)
-    data = load_search_data(spec, split_seed=0)
-    assert data.input_shape == (8, 8, 1) and data.train.x.dtype == np.uint8
-    assert data.class_names == tuple(f"digit-{i}" for i in range(10))
-    assert len(list((tmp_path / "cache").glob("images-*.npz"))) == 1
-    from searcher import sources
-
-    def no_decoding(*args, **kwargs):
-        raise AssertionError("decoded again despite the cache")
-
-    monkeypatch.setattr(sources, "_decode_image", no_decoding)
-    again = sources.read(spec)
-    assert again.x_train.shape == (100, 8, 8, 1) and list(again.y_train[:2]) == ["digit-0", "digit-0"]
-
-
 # --- bad data: one line naming the file, column or array --------------------------------------
 
 
@@ -251,16 +176,6 @@ def test_bad_data_is_one_line_naming_the_place(tmp_path, make, message):
     with pytest.raises(DataError, match=message) as error:
         load_search_data(make(tmp_path), split_seed=0)
     assert "\n" not in str(error.value)
-
-
-def test_unreadable_image_is_named(tmp_path, monkeypatch):
-    monkeypatch.setenv("SEARCHER_CACHE_DIR", str(tmp_path / "cache"))
-    root = digits_png_folder(tmp_path, per_class=3)
-    broken = root / "digit-4" / "001.png"
-    broken.write_bytes(b"not a png at all")
-    with pytest.raises(DataError, match=rf"^{broken}: not a readable image \(Unknown image file format") as error:
-        load_search_data(DataSpec(dataset="images", path=str(root), test_fraction=0.2), split_seed=0)
-    assert "{{" not in str(error.value) and "[Op:" not in str(error.value)
 
 
 # --- end to end: init -> launch -> export -> retrain -> predict on the raw CSV rows ----------------
@@ -338,38 +253,3 @@ def test_bad_data_stores_nothing(tmp_path):
         "Error: broken.csv: column 'x', line 12: 'oops' is not a number (10 of its 11 values are); "
         "fix the value, or list the column in data.categorical"]
     assert not (tmp_path / "s.db").exists()
-
-
-def test_init_writes_a_cnn_spec_for_an_image_folder(tmp_path, monkeypatch):
-    from searcher.scaffold import init_spec
-    from searcher.spec import load_spec
-
-    monkeypatch.setenv("SEARCHER_CACHE_DIR", str(tmp_path / "cache"))
-    root = digits_png_folder(tmp_path, per_class=12)
-    made = init_spec(str(root), output=tmp_path / "pngs.yaml", workers=2, minutes=5)
-    spec = load_spec(made.path)
-    assert spec.model.kind == "cnn" and spec.data.dataset == "images"
-    assert (spec.data.color_mode, spec.data.image_size, spec.data.test_fraction) == ("grayscale", (8, 8), 0.2)
-    assert 12 <= spec.budget.n_trials <= 300 and spec.baselines[0].name == "plain-adam"
-    text = made.path.read_text()
-    assert "uint8 inputs 8x8x1, rescaled to [0, 1] (divided by 255)" in text
-    assert "about 5 minutes with 2 worker(s)" in text
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["wine.csv"], r"Error: --target: which column holds the class\? wine\.csv has columns alcohol, malic_acid"),
-        (["wine.csv", "--target", "kind"], r"Error: --target: wine\.csv has no column 'kind'"),
-        (["nothing.csv"], r"Error: nothing\.csv: no such file or folder"),
-        (["wine.csv", "--target", "cultivar", "-o", "wine.yaml"], r"Error: -o: wine\.yaml exists; pass --force"),
-    ],
-)
-def test_init_mistakes_are_one_line(tmp_path, args, message):
-    wine_csv(tmp_path)
-    (tmp_path / "wine.yaml").write_text("keep me\n")
-    out = run_searcher("init", *args, cwd=tmp_path)
-    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
-    assert re.search(message, out.stderr)
-    assert (tmp_path / "wine.yaml").read_text() == "keep me\n"
-

@@ -26,6 +26,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from browser import chromium_page, wait_for_plotly
+from made_trials import ROWS, cost_study
 from searcher import front
 from searcher.errors import UserError
 from searcher.report import ReportData, collect, render_html, write_report
@@ -353,3 +354,29 @@ def test_adam_knobs_sampled_for_some_trials_only_are_shown_and_do_not_break_the_
     assert data.best.params["optimizer"] == "adam" and data.best.params["beta_1"] == pytest.approx(0.86)
     page = render_html(data)
     assert "beta_1=0.86" in page and "epsilon=1.0e-07" in page
+
+
+def test_tradeoff_marks_the_front_the_baselines_and_what_a_point_buys():
+    import plotly.graph_objects as go
+
+    from searcher import tradeoff
+
+    study = cost_study(ROWS + [(0.976, 3_000, 0.35, False)])  # trial 6 ties trial 3: the earlier one stays
+    study.add_trial(create_trial(values=[0.95], user_attrs={"n_params": 4480, "latency_ms_b1": 0.3,
+                                                            "baseline": "tutorial"}))
+    d = tradeoff.collect(study)
+    assert (d.cost, d.multi, d.best) == ("n_params", False, 0)
+    assert d.front == (4, 3, 2, 0)
+    assert [(p.points, p.by, p.trial.number) for p in d.picks] == [
+        (0.5, "n_params", 3), (0.5, "latency_ms", 5), (1.0, "n_params", 3), (1.0, "latency_ms", 5)]
+    fig = tradeoff.draw(go, d)
+    assert [t.name for t in fig.data] == ["trial", "infeasible (over a constraint)", "Pareto front", "baseline"]
+    assert list(fig.data[2].x) == [2_000, 3_000, 9_000, 40_000] and fig.layout.xaxis.type == "log"
+    assert list(fig.data[1].x) == [90_000], "the trial over a constraint is drawn, never on the front"
+    page = tradeoff.tables_html(d)
+    assert "The Pareto front (val_accuracy against parameters): 4 trial(s)" in page
+    assert page.count("<tr") == 1 + 4 + 1 + 4
+
+    two = tradeoff.collect(cost_study([(0.98, 40_000, 0.5, False), (0.98, 9_000, 0.3, False), (0.97, 2_000, 0.2, False)],
+                                  objectives=("val_accuracy", "n_params")))
+    assert (two.multi, two.front, two.best) == (True, (2, 1), 1), "a tie on the metric goes to the cheaper"
