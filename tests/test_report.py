@@ -27,6 +27,7 @@ from optuna.trial import TrialState, create_trial
 
 from browser import chromium_page, wait_for_plotly
 from made_trials import ROWS, cost_study
+from scale_harness import build_large_study
 from searcher import front
 from searcher.errors import UserError
 from searcher.report import ReportData, collect, render_html, write_report
@@ -377,6 +378,26 @@ def test_tradeoff_marks_the_front_the_baselines_and_what_a_point_buys():
     assert "The Pareto front (val_accuracy against parameters): 4 trial(s)" in page
     assert page.count("<tr") == 1 + 4 + 1 + 4
 
-    two = tradeoff.collect(cost_study([(0.98, 40_000, 0.5, False), (0.98, 9_000, 0.3, False), (0.97, 2_000, 0.2, False)],
-                                  objectives=("val_accuracy", "n_params")))
+    rows = [(0.98, 40_000, 0.5, False), (0.98, 9_000, 0.3, False), (0.97, 2_000, 0.2, False)]
+    two = tradeoff.collect(cost_study(rows, objectives=("val_accuracy", "n_params")))
     assert (two.multi, two.front, two.best) == (True, (2, 1), 1), "a tie on the metric goes to the cheaper"
+
+
+@pytest.mark.slow  # thousands of trials
+def test_a_large_study_report_thins_its_curves_and_says_so(tmp_path):
+    """3,000 finished trials (add_trials, in memory: the report reads them as from any storage):
+    at most MAX_GREY_CURVES pruned curves, thousands of markers in WebGL, and the page says so."""
+    import optuna
+
+    from searcher.report import write_report
+    from searcher.report._figures import MAX_GREY_CURVES, MAX_LINES, MAX_POINTS
+
+    study = build_large_study(optuna.storages.InMemoryStorage(), "large", 3000)
+    pruned = sum(1 for t in study.get_trials(deepcopy=False) if t.state.name == "PRUNED")
+    complete = sum(1 for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE")
+    assert pruned > MAX_GREY_CURVES and complete > MAX_POINTS
+    page = write_report(study, tmp_path / "report.html").read_text()
+    assert f"curves of {MAX_GREY_CURVES} of the {pruned:,} pruned trials are drawn" in page
+    assert f"{complete:,} trials: box plots show the quartiles of all of them and only the outlying points" in page
+    assert f"{MAX_LINES:,} of the {complete:,} complete trials are drawn: the best {MAX_LINES // 2:,}" in page
+    assert '"scattergl"' in page  # thousands of markers drawn with WebGL
