@@ -146,7 +146,7 @@ def worker(
     """
     from searcher.launch import load_launch_spec, study_name
     from searcher.storage import resolve_url
-    from searcher.workers import WorkerOptions, run_worker
+    from searcher.worker import WorkerOptions, run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     import os

@@ -49,7 +49,7 @@ def stored_config(trial: optuna.trial.FrozenTrial) -> TrialConfig:
 def replay_trial(study: optuna.Study, number: int, *, data_dir: str | None = None) -> Replay:
     """Re-run a trial's exact config and seed for as many epochs as it ran; compare curves."""
     from searcher.data import load_search_data
-    from searcher.objective import train
+    from searcher.training import train
 
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials:
@@ -93,7 +93,7 @@ class ConfirmedConfig:
 
 def confirm_seed(config_seed: int, run: int) -> int:
     """A fresh seed per confirmation run, different from the search run's seed."""
-    from searcher.objective import trial_seed
+    from searcher.training import trial_seed
 
     return trial_seed(config_seed, 1000 + run)
 
@@ -105,7 +105,7 @@ def _run_one(config_json: dict[str, Any], seed: int, direction: str, data_dir: s
 
     import_tensorflow()  # a spawned process: quiet like the parent
     from searcher.data import load_search_data
-    from searcher.objective import cv_score, train_every_fold
+    from searcher.training import cv_score, train_every_fold
 
     config = TrialConfig.model_validate(config_json).model_copy(update={"seed": seed})
     data = load_search_data(config.data, split_seed=config.split_seed, data_dir=data_dir)

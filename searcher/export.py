@@ -165,7 +165,7 @@ def retrain(
     from searcher.cost import measure_cost
     from searcher.data import load_search_data, load_test_split
     from searcher.models import ensemble_model
-    from searcher.objective import cv_score, fold_models, train_every_fold
+    from searcher.training import cv_score, fold_models, train_every_fold
 
     if model_path.suffix != ".keras":
         raise UserError(f"-o: the model file must end in .keras, got {model_path.name}")
@@ -219,7 +219,7 @@ def score_test(model: Any, test: Any, class_names: tuple[str, ...]) -> dict[str,
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     from searcher.data import to_tf_dataset
-    from searcher.objective import roc_auc
+    from searcher.training import roc_auc
 
     probabilities = model.predict(to_tf_dataset(test, batch_size=256), verbose=0)
     # The cross-entropy without the L2 penalty, clipped as Keras clips it.

@@ -30,17 +30,8 @@ from searcher.data import check_search_data, describe_data
 from searcher.errors import UserError
 from searcher.spec import FILE_DATASETS, NAME_PATTERN, StudySpec, directions, load_spec, resolve_spec_path
 from searcher.storage import DEFAULT_SQLITE, BudgetLock, describe_db_error, mask_url, resolve_url
-from searcher.workers import (
-    EXIT_DONE,
-    EXIT_INTERRUPTED,
-    LaunchPlan,
-    raise_keyboard_interrupt,
-    WorkerProcess,
-    fail_orphaned_trials,
-    start_worker,
-    stop_workers,
-    supervise,
-)
+from searcher.supervisor import LaunchPlan, WorkerProcess, fail_orphaned_trials, start_worker, stop_workers, supervise
+from searcher.worker import EXIT_DONE, EXIT_INTERRUPTED, raise_keyboard_interrupt
 
 log = logging.getLogger(__name__)
 REFRESH_SECONDS = 1.0
