@@ -101,7 +101,7 @@ def measure_large(n: int, workdir: Path) -> dict[str, Any]:
 
     from searcher import study as studies
     from searcher.export import export_config
-    from searcher.monitor import render, take_snapshot
+    from searcher.status import render, take_snapshot
     from searcher.report import write_report
     from searcher.storage import open_storage
 

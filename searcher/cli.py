@@ -193,7 +193,7 @@ def init(
     Example: searcher init patients.csv --target diagnosis -o patients.yaml
     """
     from searcher.data import describe_data
-    from searcher.scaffold import init_spec
+    from searcher.init import init_spec
 
     made = init_spec(data, output=output, target=target, test_path=test, minutes=minutes, workers=workers, force=force)
     console.print(f"wrote {made.path}: {made.spec.model.kind} on {describe_data(made.summary)}", highlight=False)
@@ -245,7 +245,7 @@ def list_studies(
     """
     from rich.table import Table
 
-    from searcher.monitor import list_stored, render_stored
+    from searcher.status import list_stored, render_stored
     from searcher.spec import SHIPPED_STUDIES, load_spec
     from searcher.storage import mask_url, open_storage, resolve_url
 
@@ -278,7 +278,7 @@ def status(
     """
     import json
 
-    from searcher.monitor import render, take_snapshot
+    from searcher.status import render, take_snapshot
 
     snap = take_snapshot(_load_study(study, storage, name=name, seed=seed))
     if as_json:
@@ -329,11 +329,11 @@ def export(
     Example: searcher export digits-mlp --smallest-within 0.5 -o small.yaml
     """
     from searcher.export import export_config, write_export
-    from searcher.front import Pick
+    from searcher.ranking import PickByCost
 
     if fmt not in ("yaml", "json"):
         raise UserError(f"--format: must be yaml or json, got {fmt!r}")
-    pick = Pick(smallest_within=smallest_within, max_params=max_params, max_latency_ms=max_latency_ms)
+    pick = PickByCost(smallest_within=smallest_within, max_params=max_params, max_latency_ms=max_latency_ms)
     document = export_config(_load_study(study, storage, name=name, seed=seed), rank=rank, pick=pick, ensemble=ensemble)
     text = write_export(document, output, fmt=fmt)
     if output is None:

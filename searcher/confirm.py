@@ -19,7 +19,7 @@ import multiprocessing
 import optuna
 from optuna.trial import TrialState
 
-from searcher import front
+from searcher import ranking
 from searcher.errors import UserError
 from searcher.export import CONFIRMED_ATTR, ranked_trials
 from searcher.space import TrialConfig
@@ -113,15 +113,15 @@ def _run_one(config_json: dict[str, Any], seed: int, direction: str, data_dir: s
 
 
 def _metric_direction(study: optuna.Study) -> str:
-    return "maximize" if front.goal(study).maximize[0] else "minimize"
+    return "maximize" if ranking.goal(study).maximize[0] else "minimize"
 
 
 def candidates(study: optuna.Study, top: int | None) -> list[optuna.trial.FrozenTrial]:
     """What to confirm: in a two-objective study the Pareto front (best metric first), else the
     top trials; ``top`` caps either (default: the whole front, or 3). Feasible trials only."""
-    goal, ranked = front.goal(study), ranked_trials(study)
+    goal, ranked = ranking.goal(study), ranked_trials(study)
     if goal.multi:
-        on_front = front.front(ranked, cost=goal.cost, maximize=goal.maximize[0])[::-1]  # best metric first
+        on_front = ranking.front(ranked, cost=goal.cost, maximize=goal.maximize[0])[::-1]  # best metric first
         return on_front[:top] if top else on_front
     return ranked[:top or 3]
 
@@ -137,7 +137,7 @@ def confirm(
     """Run the missing (trial, seed) pairs for the candidates (``candidates``); return the ranking and runs added."""
     ranked = candidates(study, top)
     if not ranked:
-        raise UserError(front.no_feasible_message(study))
+        raise UserError(ranking.no_feasible_message(study))
     direction = _metric_direction(study)
     runs_study = optuna.create_study(study_name=study.study_name + CONFIRM_SUFFIX, storage=study._storage,
                                      direction=direction, load_if_exists=True)
@@ -160,7 +160,7 @@ def confirm(
                                              "seed": confirm_seed(t.user_attrs["seed"], run)}))
                 done[(t.number, run)] = value
                 log.info("trial %d run %d: %.4f", t.number, run, value)
-    ranking = [ConfirmedConfig(trial=t.number, single_run=front.metric_value(t), single_rank=rank,
+    ranking = [ConfirmedConfig(trial=t.number, single_run=ranking.metric_value(t), single_rank=rank,
                                n_params=t.user_attrs.get("n_params"),
                                values=tuple(done[(t.number, run)] for run in range(seeds)))
                for rank, t in enumerate(ranked, start=1)]

@@ -21,10 +21,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from searcher import front
+from searcher import ranking
 from searcher import study as studies
 from searcher.devices import detect_gpus, plan_warning, plan_workers
-from searcher.monitor import render, take_snapshot
+from searcher.status import render, take_snapshot
 from searcher.space import describe
 from searcher.data import check_search_data, describe_data
 from searcher.errors import UserError
@@ -236,16 +236,16 @@ def print_summary(study: optuna.Study, *, console: Console, url: str, default_ur
     """The best trial, the baselines against it, and the commands to run next."""
     snap = take_snapshot(study)
     console.print(render(snap))
-    ranked = front.ranked(study)
+    ranked = ranking.ranked(study)
     if ranked:
         best = ranked[0]
         for t in study.get_trials(deepcopy=False):
             if "baseline" not in t.user_attrs:
                 continue
             if t.state == optuna.trial.TrialState.COMPLETE:
-                over = "" if front.is_feasible(t) else ", infeasible"
-                console.print(f"  baseline {t.user_attrs['baseline']}: {front.metric_value(t):.4f} "
-                              f"({front.metric_value(best) - front.metric_value(t):+.4f} for the best{over})")
+                over = "" if ranking.is_feasible(t) else ", infeasible"
+                console.print(f"  baseline {t.user_attrs['baseline']}: {ranking.metric_value(t):.4f} "
+                              f"({ranking.metric_value(best) - ranking.metric_value(t):+.4f} for the best{over})")
             elif t.user_attrs.get("infeasible"):
                 console.print(f"  baseline {t.user_attrs['baseline']}: infeasible ({t.user_attrs['infeasible']})")
         if "config" in best.user_attrs:

@@ -16,7 +16,7 @@ import optuna
 
 from searcher.cost import measure_cost
 from searcher.data import SearchData
-from searcher.front import cost_of, violations
+from searcher.ranking import cost_of, violations
 from searcher.memory import MemoryGuard
 from searcher.space import TrialConfig, suggest_values, trial_config
 from searcher.spec import COST_OBJECTIVES, StudySpec, objective_names

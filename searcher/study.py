@@ -106,6 +106,7 @@ def pruning_off_reason(spec: StudySpec) -> str | None:
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """The Optuna pruner ``spec.pruner`` names; none when pruning is off (``pruning_off_reason``)."""
     p, max_epochs = spec.pruner, spec.training.max_epochs
     if pruning_off_reason(spec):
         return optuna.pruners.NopPruner()
@@ -207,6 +208,7 @@ def wait_until_ready(url: str, *, seconds: float, name: str | None = None, poll_
 
 
 def check_same_spec(study: optuna.Study, spec: StudySpec) -> None:
+    """Refuse a worker whose spec searches otherwise than the one the study was created from."""
     stored = study.user_attrs.get(HASH_ATTR)
     if stored is not None and stored != spec.search_hash():
         raise StorageError(

@@ -21,9 +21,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from searcher import front
+from searcher import ranking
 from searcher.cost import LARGE_BATCH, LATENCY_LARGE
-from searcher.monitor import format_cost
+from searcher.status import format_cost
 from searcher.space import describe
 
 WITHIN_POINTS = (0.5, 1.0)
@@ -34,14 +34,16 @@ class Point:
     number: int
     value: float  # the metric
     cost: float  # the drawn cost (``Tradeoff.cost``)
-    figures: dict[str, float | None]  # every cost figure (front.COSTS), plus latency at the large batch
+    figures: dict[str, float | None]  # every cost figure (ranking.COSTS), plus latency at the large batch
     config: str  # one line (space.describe), for the hover
     baseline: str | None = None
     feasible: bool = True
 
 
 @dataclass(frozen=True)
-class Pick:
+class CheapestWithin:
+    """The cheapest trial (by `by`) within `points` of the best: what a few points of the metric buy."""
+
     points: float  # within this many points of the best
     by: str  # "n_params" (smallest) or "latency_ms" (fastest)
     trial: Point
@@ -51,11 +53,11 @@ class Pick:
 class Tradeoff:
     metric: str
     maximize: bool
-    cost: str  # a front.COSTS name
+    cost: str  # a ranking.COSTS name
     multi: bool  # the cost is the study's second objective (else: drawn from the user attrs)
     points: tuple[Point, ...]  # complete trials that recorded the cost, by number
     front: tuple[int, ...]  # trial numbers on the Pareto front, cheapest first
-    picks: tuple[Pick, ...]
+    picks: tuple[CheapestWithin, ...]
     best: int  # the best feasible trial
 
     def point(self, number: int) -> Point:
@@ -64,21 +66,21 @@ class Tradeoff:
 
 def collect(study: optuna.Study) -> Tradeoff | None:
     """The study's trade-off, or None when fewer than 2 feasible complete trials record the cost."""
-    goal = front.goal(study)
+    goal = ranking.goal(study)
     cost = goal.cost or "n_params"
-    ranked = front.ranked(study)
+    ranked = ranking.ranked(study)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    points = tuple(_point(t, cost) for t in complete if front.cost_of(t, cost) is not None)
+    points = tuple(_point(t, cost) for t in complete if ranking.cost_of(t, cost) is not None)
     if sum(p.feasible for p in points) < 2:
         return None
     by_number = {p.number: p for p in points}
-    on_front = tuple(t.number for t in front.front(ranked, cost=cost, maximize=goal.maximize[0]))
+    on_front = tuple(t.number for t in ranking.front(ranked, cost=cost, maximize=goal.maximize[0]))
     picks = []
     for points_ in WITHIN_POINTS:
-        near = front.within(ranked, points_, maximize=goal.maximize[0])
+        near = ranking.within(ranked, points_, maximize=goal.maximize[0])
         for by in ("n_params", "latency_ms"):
-            if (t := front.cheapest(near, by)) is not None and t.number in by_number:
-                picks.append(Pick(points_, by, by_number[t.number]))
+            if (t := ranking.cheapest(near, by)) is not None and t.number in by_number:
+                picks.append(CheapestWithin(points_, by, by_number[t.number]))
     return Tradeoff(metric=goal.metric, maximize=goal.maximize[0], cost=cost, multi=goal.multi, points=points,
                     front=on_front, picks=tuple(picks), best=ranked[0].number)
 
@@ -89,9 +91,9 @@ def _point(t: FrozenTrial, cost: str) -> Point:
         text = describe(config) if isinstance(config, dict) else ""
     except (KeyError, TypeError):
         text = ""
-    return Point(number=t.number, value=front.metric_value(t), cost=front.cost_of(t, cost),
-                 figures={**front.figures_of(t), LATENCY_LARGE: t.user_attrs.get(LATENCY_LARGE)}, config=text,
-                 baseline=t.user_attrs.get("baseline"), feasible=front.is_feasible(t))
+    return Point(number=t.number, value=ranking.metric_value(t), cost=ranking.cost_of(t, cost),
+                 figures={**ranking.figures_of(t), LATENCY_LARGE: t.user_attrs.get(LATENCY_LARGE)}, config=text,
+                 baseline=t.user_attrs.get("baseline"), feasible=ranking.is_feasible(t))
 
 
 def _hover(p: Point, d: Tradeoff) -> str:
@@ -121,7 +123,7 @@ def draw(go: ModuleType, d: Tradeoff) -> Any:
                                   marker=marker, line=dict(shape="hv", color="#f58518") if mode != "markers" else None,
                                   text=[_hover(p, d) for p in rows], hoverinfo="text"))
     log = d.cost == "n_params"
-    return fig.update_layout(xaxis=dict(title=front.COST_LABELS[d.cost], type="log" if log else "linear"),
+    return fig.update_layout(xaxis=dict(title=ranking.COST_LABELS[d.cost], type="log" if log else "linear"),
                              yaxis_title=html.escape(d.metric), height=420, margin_t=36,
                              legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0))
 

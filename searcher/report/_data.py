@@ -14,10 +14,10 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from searcher import front, tradeoff
+from searcher import ranking, tradeoff
 from searcher.errors import UserError
 from searcher.export import CONFIRMED_ATTR
-from searcher.monitor import LOST_WORKER
+from searcher.status import LOST_WORKER
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,9 @@ class BaselineRow:
 
 @dataclass(frozen=True)
 class ReportData:
+    """Everything the report shows, as plain numbers gathered from one study (``gather``):
+    the sections and figures draw from it alone, so tests check it without plotly."""
+
     study_name: str
     dataset: str
     model_kind: str
@@ -108,12 +111,12 @@ def gather(study: optuna.Study, *, top_k: int = TOP_K) -> ReportData:
     counts = Counter(r.state for r in rows)
     complete = [r for r in rows if r.value is not None and r.feasible]
     if not complete:
-        if front.infeasible(trials):  # trials finished, but every one is over a constraint
-            raise UserError(front.no_feasible_message(study))
+        if ranking.infeasible(trials):  # trials finished, but every one is over a constraint
+            raise UserError(ranking.no_feasible_message(study))
         seen = ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s]) or "no trials"
         raise UserError(f"study '{name}' has no complete trials yet ({seen}); run searcher launch {name} first")
     maximize = study.directions[0] == StudyDirection.MAXIMIZE
-    place = {t.number: i for i, t in enumerate(front.ranked(study))}  # the one ranking export and status use
+    place = {t.number: i for i, t in enumerate(ranking.ranked(study))}  # the one ranking export and status use
     top = tuple(sorted(complete, key=lambda r: place.get(r.number, len(place)))[:top_k])
     best, kinds, budget = top[0], _param_kinds(trials), study.user_attrs.get("n_trials")
     importances, importance_note = _importances(study, complete, kinds)
@@ -141,7 +144,7 @@ def gather(study: optuna.Study, *, top_k: int = TOP_K) -> ReportData:
         importance_note=importance_note,
         data=study.user_attrs.get("data"),
         tradeoff=tradeoff.collect(study),
-        objectives=front.goal(study).names,
+        objectives=ranking.goal(study).names,
         spec_name=str(spec["name"]) if spec.get("name") else None,
         seed=spec.get("seed") if isinstance(spec.get("seed"), int) else None,
         split_seed=next((s for s in (_get(spec, "data", "split_seed"), spec.get("seed")) if isinstance(s, int)), None),
@@ -182,7 +185,7 @@ def _row(t: FrozenTrial) -> TrialRow:
         duration_s=t.duration.total_seconds() if t.duration is not None else None,
         curve=tuple(sorted((s, v) for s, v in curve.items() if math.isfinite(v))),
         fail_reason=str(ua["fail_reason"]) if ua.get("fail_reason") else None,
-        feasible=front.is_feasible(t),
+        feasible=ranking.is_feasible(t),
         cv_values=tuple(float(v) for v in ua.get("cv_values") or ()),
     )
 
@@ -202,10 +205,10 @@ def _param_kinds(trials: list[FrozenTrial]) -> dict[str, str]:
 def _metric_target(study: optuna.Study) -> Any:
     """The importance target of a two-objective study: its metric, negated when maximized (PED-ANOVA
     minimizes a target); None (the study's own value) with one objective."""
-    goal = front.goal(study)
+    goal = ranking.goal(study)
     if not goal.multi:
         return None
-    return (lambda t: -front.metric_value(t)) if goal.maximize[0] else front.metric_value
+    return (lambda t: -ranking.metric_value(t)) if goal.maximize[0] else ranking.metric_value
 
 
 def _importances(study: optuna.Study, complete: list[TrialRow], kinds: Mapping[str, str]) -> tuple[dict, str | None]:

@@ -139,7 +139,7 @@ def cheapest(trials: Sequence[FrozenTrial], cost: str) -> FrozenTrial | None:
 
 
 @dataclass(frozen=True)
-class Pick:
+class PickByCost:
     """How ``export`` chooses: the flags, validated at the edge."""
 
     smallest_within: float | None = None  # points of the metric below the best feasible trial
@@ -158,7 +158,7 @@ class Pick:
         return any(v is not None for v in (self.smallest_within, self.max_params, self.max_latency_ms))
 
 
-def pick_by_cost(study: optuna.Study, pick: Pick) -> tuple[FrozenTrial, str]:
+def pick_by_cost(study: optuna.Study, pick: PickByCost) -> tuple[FrozenTrial, str]:
     """The trial ``pick`` asks for among the feasible ones, and a phrase saying how it was chosen."""
     g = goal(study)
     pool = ranked(study)

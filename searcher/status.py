@@ -16,7 +16,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from searcher import front
+from searcher import ranking
 from searcher.study import finished
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
@@ -46,7 +46,7 @@ class Snapshot:
     running: list[RunningTrial] = field(default_factory=list)
     train_seconds: float = 0.0
     objectives: list[str] = field(default_factory=list)  # the metric first; a cost second in a two-objective study
-    best_cost: dict[str, Any] = field(default_factory=dict)  # the best trial's cost figures (front.COSTS)
+    best_cost: dict[str, Any] = field(default_factory=dict)  # the best trial's cost figures (ranking.COSTS)
     infeasible: int = 0  # finished trials over a constraint (never best)
     no_feasible: str | None = None  # why there is no best although trials completed
     front: list[dict[str, Any]] = field(default_factory=list)  # two objectives: the Pareto front, cheapest first
@@ -65,6 +65,8 @@ def fail_reason(trial: optuna.trial.FrozenTrial) -> str:
 
 
 def take_snapshot(study: optuna.Study) -> Snapshot:
+    """What ``status`` and the live view show: trials by state, failure reasons, the best feasible
+    trial and its cost, infeasible and running trials, the Pareto front of two objectives."""
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name for t in trials)
     reasons = Counter(fail_reason(t) for t in trials if t.state == TrialState.FAIL)
@@ -80,27 +82,27 @@ def take_snapshot(study: optuna.Study) -> Snapshot:
         for t in trials
         if t.state == TrialState.RUNNING
     ]
-    goal, ranked = front.goal(study), front.ranked(study)
+    goal, ranked = ranking.goal(study), ranking.ranked(study)
     best = ranked[0] if ranked else None
-    on_front = front.front(ranked, cost=goal.cost, maximize=goal.maximize[0]) if goal.multi else []
+    on_front = ranking.front(ranked, cost=goal.cost, maximize=goal.maximize[0]) if goal.multi else []
     seconds = sum(t.duration.total_seconds() for t in trials if t.duration and t.state.is_finished())
-    over = front.infeasible(trials)
+    over = ranking.infeasible(trials)
     return Snapshot(
         study=study.study_name,
         direction=", ".join("maximize" if m else "minimize" for m in goal.maximize),
         n_trials=study.user_attrs.get("n_trials"),
         counts={s: counts.get(s, 0) for s in STATES},
         fail_reasons=dict(reasons),
-        best_value=front.metric_value(best) if best else None,
+        best_value=ranking.metric_value(best) if best else None,
         best_trial=best.number if best else None,
         best_params=dict(best.params) if best else {},
         running=sorted(running, key=lambda r: r.number),
         train_seconds=round(seconds, 1),
         objectives=list(goal.names),
-        best_cost=front.figures_of(best) if best else {},
+        best_cost=ranking.figures_of(best) if best else {},
         infeasible=len(over),
-        no_feasible=front.no_feasible_message(study) if best is None and over else None,
-        front=[{"trial": t.number, "values": list(t.values), **front.figures_of(t)} for t in on_front],
+        no_feasible=ranking.no_feasible_message(study) if best is None and over else None,
+        front=[{"trial": t.number, "values": list(t.values), **ranking.figures_of(t)} for t in on_front],
     )
 
 
@@ -156,7 +158,7 @@ def render(snapshot: Snapshot, *, elapsed_s: float | None = None, eta_s: float |
 
 
 def format_cost(figures: dict[str, Any]) -> str:
-    """``4,480 params, 0.049 MB, 0.36 ms/example (batch 1), 0.31 s/epoch`` from ``front.figures_of``."""
+    """``4,480 params, 0.049 MB, 0.36 ms/example (batch 1), 0.31 s/epoch`` from ``ranking.figures_of``."""
     parts = []
     for name, text in (("n_params", "{:,.0f} params"), ("model_mb", "{:.3g} MB"),
                        ("latency_ms", "{:.3g} ms/example (batch 1)"), ("sec_per_epoch", "{:.3g} s/epoch")):
