@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from searcher.cost import COST_SECONDS
+from searcher.stored import COST_SECONDS
 
 from bench._common import (
     FINISHED,

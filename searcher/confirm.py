@@ -21,7 +21,8 @@ from optuna.trial import TrialState
 
 from searcher import ranking
 from searcher.errors import UserError
-from searcher.export import CONFIRMED_ATTR, ranked_trials
+from searcher.export import ranked_trials
+from searcher.stored import CONFIG, CONFIRMED, CURVE, N_PARAMS, OF_TRIAL, RUN, SEED
 from searcher.space import TrialConfig
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,9 @@ class Replay:
 
 
 def stored_config(trial: optuna.trial.FrozenTrial) -> TrialConfig:
-    if "config" not in trial.user_attrs:
+    if CONFIG not in trial.user_attrs:
         raise UserError(f"trial {trial.number} has no stored config (it never started training)")
-    return TrialConfig.model_validate(trial.user_attrs["config"])
+    return TrialConfig.model_validate(trial.user_attrs[CONFIG])
 
 
 def replay_trial(study: optuna.Study, number: int, *, data_dir: str | None = None) -> Replay:
@@ -57,7 +58,7 @@ def replay_trial(study: optuna.Study, number: int, *, data_dir: str | None = Non
     trial = trials[number]
     # A two-objective study cannot report intermediate values: its curve is a user attr.
     stored = [trial.intermediate_values[k] for k in sorted(trial.intermediate_values)] or \
-        list(trial.user_attrs.get("curve", ()))
+        list(trial.user_attrs.get(CURVE, ()))
     if not stored:
         raise UserError(f"trial {number} ({trial.state.name.lower()}) reported no epochs; nothing to compare")
     config = stored_config(trial)
@@ -141,7 +142,7 @@ def confirm(
     direction = _metric_direction(study)
     runs_study = optuna.create_study(study_name=study.study_name + CONFIRM_SUFFIX, storage=study._storage,
                                      direction=direction, load_if_exists=True)
-    done = {(t.user_attrs["of_trial"], t.user_attrs["run"]): t.value
+    done = {(t.user_attrs[OF_TRIAL], t.user_attrs[RUN]): t.value
             for t in runs_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     todo = [(t, run) for t in ranked for run in range(seeds) if (t.number, run) not in done]
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
@@ -149,21 +150,21 @@ def confirm(
         # spawn, not fork: TensorFlow must not be inherited half-initialised.
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {
-                pool.submit(_run_one, t.user_attrs["config"], confirm_seed(t.user_attrs["seed"], run), direction,
+                pool.submit(_run_one, t.user_attrs[CONFIG], confirm_seed(t.user_attrs[SEED], run), direction,
                             data_dir, threads): (t, run)
                 for t, run in todo
             }
             for future, (t, run) in futures.items():
                 value = future.result()
                 runs_study.add_trial(optuna.trial.create_trial(
-                    value=value, user_attrs={"of_trial": t.number, "run": run,
-                                             "seed": confirm_seed(t.user_attrs["seed"], run)}))
+                    value=value, user_attrs={OF_TRIAL: t.number, RUN: run,
+                                             SEED: confirm_seed(t.user_attrs[SEED], run)}))
                 done[(t.number, run)] = value
                 log.info("trial %d run %d: %.4f", t.number, run, value)
-    ranking = [ConfirmedConfig(trial=t.number, single_run=ranking.metric_value(t), single_rank=rank,
-                               n_params=t.user_attrs.get("n_params"),
-                               values=tuple(done[(t.number, run)] for run in range(seeds)))
-               for rank, t in enumerate(ranked, start=1)]
-    ranking.sort(key=lambda c: c.mean, reverse=direction == "maximize")
-    study.set_user_attr(CONFIRMED_ATTR, [c.to_json() for c in ranking])
-    return ranking, len(todo)
+    confirmed = [ConfirmedConfig(trial=t.number, single_run=ranking.metric_value(t), single_rank=rank,
+                                 n_params=t.user_attrs.get(N_PARAMS),
+                                 values=tuple(done[(t.number, run)] for run in range(seeds)))
+                 for rank, t in enumerate(ranked, start=1)]
+    confirmed.sort(key=lambda c: c.mean, reverse=direction == "maximize")
+    study.set_user_attr(CONFIRMED, [c.to_json() for c in confirmed])
+    return confirmed, len(todo)

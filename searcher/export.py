@@ -22,15 +22,13 @@ from typing import Any, Literal
 import optuna
 import yaml
 
-from searcher import ranking
-from searcher.cost import LATENCY_LARGE
-from searcher.status import format_cost
+from searcher import ranking, stored
 from searcher.errors import SpecError, UserError
+from searcher.formatting import format_cost
 from searcher.space import TrialConfig
 from searcher.spec import METRICS, validate_model
 
 FORMAT_VERSION = 1
-CONFIRMED_ATTR = "confirmed_ranking"
 
 
 def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -55,7 +53,7 @@ def pick_trial(study: optuna.Study, *, rank: int | None = None,
             raise UserError(f"--rank: must be between 1 and {len(ranked)} ({feasible.strip() or 'complete'} "
                             f"trials), got {rank}")
         return ranked[rank - 1], f"rank {rank} by validation value"
-    confirmed = study.user_attrs.get(CONFIRMED_ATTR)
+    confirmed = study.user_attrs.get(stored.CONFIRMED)
     if confirmed:
         number = confirmed[0]["trial"]
         trial = next(t for t in ranked if t.number == number)
@@ -75,25 +73,25 @@ def export_config(study: optuna.Study, *, rank: int | None = None, pick: ranking
         raise UserError(f"--ensemble: the study has {len(others) + 1} feasible complete trial(s), "
                         f"fewer than {ensemble}")
     for t in (trial, *others):
-        if "config" not in t.user_attrs:
+        if stored.config_of(t) is None:
             raise UserError(f"trial {t.number} of {study.study_name!r} has no stored config (not run by searcher)")
     source = {
         "study": study.study_name,
         "trial": trial.number,
         "picked": why,
-        "metric": trial.user_attrs["config"]["training"]["metric"],
+        "metric": trial.user_attrs[stored.CONFIG]["training"]["metric"],
         "direction": "maximize" if ranking.goal(study).maximize[0] else "minimize",
         "value": ranking.metric_value(trial),
-        "n_params": trial.user_attrs.get("n_params"),
-        "cost": {**ranking.figures_of(trial), LATENCY_LARGE: trial.user_attrs.get(LATENCY_LARGE)},
-        "baseline": trial.user_attrs.get("baseline"),
-        "spec_hash": study.user_attrs.get("spec_hash"),
+        "n_params": trial.user_attrs.get(stored.N_PARAMS),
+        "cost": {**ranking.figures_of(trial), stored.LATENCY_LARGE: trial.user_attrs.get(stored.LATENCY_LARGE)},
+        "baseline": trial.user_attrs.get(stored.BASELINE),
+        "spec_hash": study.user_attrs.get(stored.SPEC_HASH),
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    document = {"searcher_export": FORMAT_VERSION, "source": source, "config": trial.user_attrs["config"]}
+    document = {"searcher_export": FORMAT_VERSION, "source": source, "config": trial.user_attrs[stored.CONFIG]}
     if others:
         source["ensemble"] = [trial.number] + [t.number for t in others]
-        document["ensemble"] = [{"trial": t.number, "value": ranking.metric_value(t), "config": t.user_attrs["config"]}
+        document["ensemble"] = [{"trial": t.number, "value": ranking.metric_value(t), "config": t.user_attrs[stored.CONFIG]}
                                 for t in others]
     return document
 

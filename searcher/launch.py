@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from searcher import ranking
+from searcher import ranking, stored
 from searcher import study as studies
 from searcher.devices import detect_gpus, plan_warning, plan_workers
 from searcher.status import render, take_snapshot
@@ -106,7 +106,7 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
     n_trials = request.trials or spec.budget.n_trials
     study = create_study(spec, url, n_trials=n_trials, name=name)
     if data_summary is not None:
-        study.set_user_attr(studies.DATA_ATTR, data_summary)
+        study.set_user_attr(stored.DATA, data_summary)
     if studies.budget_left(study, n_trials) <= 0:
         console.print(f"{name}: the study already has {n_trials} finished trials; raise --trials to continue.")
         print_summary(study, console=console, url=url, default_url=request.storage is None)
@@ -211,10 +211,10 @@ def _log_finished(study: optuna.Study, reported: set[int], console: Console) -> 
         if t.state.is_finished() and t.number not in reported:
             reported.add(t.number)
             value = "/".join(f"{v:.4g}" for v in t.values) if t.values else "-"
-            if t.user_attrs.get("infeasible"):
-                value += f" (infeasible: {t.user_attrs['infeasible']})"
+            if t.user_attrs.get(stored.INFEASIBLE):
+                value += f" (infeasible: {t.user_attrs[stored.INFEASIBLE]})"
             console.print(f"trial {t.number} {t.state.name.lower()} {value} "
-                          f"epochs={t.user_attrs.get('epochs', '?')} pid={t.user_attrs.get('worker_pid', '?')}")
+                          f"epochs={t.user_attrs.get(stored.EPOCHS, '?')} pid={t.user_attrs.get(stored.WORKER_PID, '?')}")
 
 
 def _workers_table(slots: list[WorkerProcess], snap) -> Table:
@@ -240,21 +240,21 @@ def print_summary(study: optuna.Study, *, console: Console, url: str, default_ur
     if ranked:
         best = ranked[0]
         for t in study.get_trials(deepcopy=False):
-            if "baseline" not in t.user_attrs:
+            if stored.BASELINE not in t.user_attrs:
                 continue
             if t.state == optuna.trial.TrialState.COMPLETE:
                 over = "" if ranking.is_feasible(t) else ", infeasible"
-                console.print(f"  baseline {t.user_attrs['baseline']}: {ranking.metric_value(t):.4f} "
+                console.print(f"  baseline {t.user_attrs[stored.BASELINE]}: {ranking.metric_value(t):.4f} "
                               f"({ranking.metric_value(best) - ranking.metric_value(t):+.4f} for the best{over})")
-            elif t.user_attrs.get("infeasible"):
-                console.print(f"  baseline {t.user_attrs['baseline']}: infeasible ({t.user_attrs['infeasible']})")
-        if "config" in best.user_attrs:
-            console.print(f"  best config: {describe(best.user_attrs['config'])}", highlight=False)
+            elif t.user_attrs.get(stored.INFEASIBLE):
+                console.print(f"  baseline {t.user_attrs[stored.BASELINE]}: infeasible ({t.user_attrs[stored.INFEASIBLE]})")
+        if (config := stored.config_of(best)) is not None:
+            console.print(f"  best config: {describe(config)}", highlight=False)
     name = study.study_name
     flag = "" if default_url and url.endswith(DEFAULT_SQLITE) else f" --storage '{mask_url(url)}'"
     # A cross-validated study's final model averages fold models; averaging the top configs' too
     # is cheap on the small data sets that cross-validate, and steadier than one config.
-    folds = ranked[0].user_attrs.get("config", {}).get("data", {}).get("cv_folds") if ranked else None
+    folds = (stored.config_of(ranked[0]) or {}).get("data", {}).get("cv_folds") if ranked else None
     ensemble = " --ensemble 3" if folds and len(ranked) >= 3 else ""
     # Without a best trial there is nothing to report, export or retrain; the summary said why.
     results = (f"searcher report {name}{flag} -o {name}-report.html",) if ranked else ()

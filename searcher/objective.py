@@ -14,10 +14,11 @@ from typing import Any
 import keras
 import optuna
 
+from searcher import stored
 from searcher.cost import measure_cost
 from searcher.data import SearchData
-from searcher.ranking import cost_of, violations
 from searcher.memory import MemoryGuard
+from searcher.ranking import cost_of, violations
 from searcher.space import TrialConfig, suggest_values, trial_config
 from searcher.spec import COST_OBJECTIVES, StudySpec, objective_names
 from searcher.training import (
@@ -68,7 +69,7 @@ class _RecordCurve(keras.callbacks.Callback):
         value = (logs or {}).get(self.metric)
         if value is not None:
             self.curve.append(float(value))
-            self.trial.set_user_attr("curve", self.curve)
+            self.trial.set_user_attr(stored.CURVE, self.curve)
 
 
 class Objective:
@@ -87,16 +88,16 @@ class Objective:
     def config_for(self, trial: optuna.Trial) -> TrialConfig:
         values = suggest_values(trial, self.spec)
         # A retry of a trial whose worker died carries the original's user attrs: same seed.
-        seed = trial.user_attrs.get("seed", trial_seed(self.spec.seed, trial.number))
+        seed = trial.user_attrs.get(stored.SEED, trial_seed(self.spec.seed, trial.number))
         return trial_config(self.spec, values, seed=seed)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
-        trial.set_user_attr("worker_pid", os.getpid())
-        trial.set_user_attr("worker_host", self._host)
+        trial.set_user_attr(stored.WORKER_PID, os.getpid())
+        trial.set_user_attr(stored.WORKER_HOST, self._host)
         config = self.config_for(trial)
-        trial.set_user_attr("config", config.to_dict())
-        trial.set_user_attr("seed", config.seed)
-        trial.set_user_attr("threads", os.environ.get("TF_NUM_INTRAOP_THREADS"))
+        trial.set_user_attr(stored.CONFIG, config.to_dict())
+        trial.set_user_attr(stored.SEED, config.seed)
+        trial.set_user_attr(stored.THREADS, os.environ.get("TF_NUM_INTRAOP_THREADS"))
         limits = self.spec.constraints.limits() if self.spec.constraints else {}
         if "max_params" in limits:
             self._reject_if_too_big(trial, config, limits["max_params"])
@@ -121,22 +122,22 @@ class Objective:
                                                epochs=len(result.curve), jit_compile=self.jit_compile)
         except KeyboardInterrupt:
             if not guard.tripped:
-                trial.set_user_attr("fail_reason", "interrupted")
+                trial.set_user_attr(stored.FAIL_REASON, "interrupted")
                 raise
-            trial.set_user_attr("fail_reason", "out of memory")
-            trial.set_user_attr("fail_detail", f"worker resident memory {guard.peak_mb:.0f} MB > "
+            trial.set_user_attr(stored.FAIL_REASON, "out of memory")
+            trial.set_user_attr(stored.FAIL_DETAIL, f"worker resident memory {guard.peak_mb:.0f} MB > "
                                                f"runtime.max_worker_memory_mb {self.spec.runtime.max_worker_memory_mb}")
             raise TrialFailed("out of memory", f"resident memory {guard.peak_mb:.0f} MB") from None
         except TrialFailed as e:
-            trial.set_user_attr("fail_reason", e.reason)
-            trial.set_user_attr("fail_detail", str(e)[:300])
+            trial.set_user_attr(stored.FAIL_REASON, e.reason)
+            trial.set_user_attr(stored.FAIL_DETAIL, str(e)[:300])
             raise
         except Exception as e:
-            trial.set_user_attr("fail_reason", "exception")
-            trial.set_user_attr("fail_detail", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300])
+            trial.set_user_attr(stored.FAIL_REASON, "exception")
+            trial.set_user_attr(stored.FAIL_DETAIL, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300])
             raise
         finally:
-            trial.set_user_attr("peak_rss_mb", round(guard.peak_mb))
+            trial.set_user_attr(stored.PEAK_RSS_MB, round(guard.peak_mb))
         direction = self.spec.training.direction
         summary = result.summary() | (cross_validated(folds, direction) if len(folds) > 1 else {})
         for key, value in summary.items():
@@ -161,12 +162,12 @@ class Objective:
         finished trial, and is never "best".
         """
         n_params = count_params(config, self.data, jit_compile=self.jit_compile)
-        trial.set_user_attr("n_params", n_params)
+        trial.set_user_attr(stored.N_PARAMS, n_params)
         if n_params <= max_params:
             return
         for key, value in violations({"max_params": max_params}, {"n_params": n_params}).items():
             trial.set_constraint(key, value)
         reason = f"{n_params:,} parameters > constraints.max_params {max_params:,}; not trained"
-        trial.set_user_attr("infeasible", reason)
-        trial.set_user_attr("epochs", 0)
+        trial.set_user_attr(stored.INFEASIBLE, reason)
+        trial.set_user_attr(stored.EPOCHS, 0)
         raise optuna.TrialPruned(reason)

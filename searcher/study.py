@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from typing import Any
 
 import optuna
 import sqlalchemy
@@ -20,13 +19,12 @@ from optuna.trial import TrialState
 
 from searcher.errors import StorageError
 from searcher.space import baseline_params, grid_search_space
-from searcher.spec import StudySpec, directions, objective_names, parse_spec
+from searcher import stored
+from searcher.spec import StudySpec, directions, objective_names
 from searcher.storage import mask_url, open_storage
 
 log = logging.getLogger(__name__)
 
-SPEC_ATTR, HASH_ATTR, BUDGET_ATTR, BASELINES_ATTR = "spec", "spec_hash", "n_trials", "baselines_enqueued"
-DATA_ATTR = "data"  # the data summary (rows, features, classes, preprocessing): data.SearchData.summary
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -52,7 +50,7 @@ def retry_interrupted(study: optuna.Study, trial_id: int, spec: StudySpec) -> bo
 
     before = waiting()
     # The retry starts clean: it has not failed (yet).
-    frozen.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k not in ("fail_reason", "fail_detail")}
+    frozen.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k not in (stored.FAIL_REASON, stored.FAIL_DETAIL)}
     _stale_trial_callback(spec)(study, frozen)
     return waiting() > before
 
@@ -137,23 +135,23 @@ def create_or_continue(spec: StudySpec, storage: optuna.storages.BaseStorage, *,
         directions=directions(spec),
         load_if_exists=True,
     )
-    stored_hash = study.user_attrs.get(HASH_ATTR)
+    stored_hash = study.user_attrs.get(stored.SPEC_HASH)
     if stored_hash is None:
         study.set_metric_names(list(objective_names(spec)))  # shown by optuna-dashboard and plots
-        study.set_user_attr(SPEC_ATTR, spec.to_dict())
-        study.set_user_attr(HASH_ATTR, spec.search_hash())
+        study.set_user_attr(stored.SPEC, spec.to_dict())
+        study.set_user_attr(stored.SPEC_HASH, spec.search_hash())
     else:
         check_same_spec(study, spec)
-    if n_trials is not None or BUDGET_ATTR not in study.user_attrs:
-        study.set_user_attr(BUDGET_ATTR, n_trials or spec.budget.n_trials)
-    if not study.user_attrs.get(BASELINES_ATTR):
+    if n_trials is not None or stored.BUDGET not in study.user_attrs:
+        study.set_user_attr(stored.BUDGET, n_trials or spec.budget.n_trials)
+    if not study.user_attrs.get(stored.BASELINES_ENQUEUED):
         for baseline in spec.baselines:
             study.enqueue_trial(
                 baseline_params(spec, baseline.params),
-                user_attrs={"baseline": baseline.name, "baseline_note": baseline.note},
+                user_attrs={stored.BASELINE: baseline.name, stored.BASELINE_NOTE: baseline.note},
                 skip_if_exists=True,
             )
-        study.set_user_attr(BASELINES_ATTR, True)
+        study.set_user_attr(stored.BASELINES_ENQUEUED, True)
     return study
 
 
@@ -189,7 +187,7 @@ def wait_until_ready(url: str, *, seconds: float, name: str | None = None, poll_
         try:
             storage = open_storage(url)
             try:
-                if name is not None and not load(name, storage, url=url).user_attrs.get(BASELINES_ATTR):
+                if name is not None and not load(name, storage, url=url).user_attrs.get(stored.BASELINES_ENQUEUED):
                     raise StorageError(f"study {name!r} in {mask_url(url)} is still being created")
             finally:
                 storage.engine.dispose()
@@ -209,20 +207,12 @@ def wait_until_ready(url: str, *, seconds: float, name: str | None = None, poll_
 
 def check_same_spec(study: optuna.Study, spec: StudySpec) -> None:
     """Refuse a worker whose spec searches otherwise than the one the study was created from."""
-    stored = study.user_attrs.get(HASH_ATTR)
-    if stored is not None and stored != spec.search_hash():
+    stored_hash = study.user_attrs.get(stored.SPEC_HASH)
+    if stored_hash is not None and stored_hash != spec.search_hash():
         raise StorageError(
-            f"study {study.study_name!r} was created from a different spec (hash {stored}, yours "
+            f"study {study.study_name!r} was created from a different spec (hash {stored_hash}, yours "
             f"{spec.search_hash()}); a worker must use the same spec, or launch under another name (--name)"
         )
-
-
-def stored_spec(study: optuna.Study) -> StudySpec:
-    """The spec the study was created from."""
-    raw: dict[str, Any] | None = study.user_attrs.get(SPEC_ATTR)
-    if raw is None:
-        raise StorageError(f"study {study.study_name!r} was not created by searcher (no stored spec)")
-    return parse_spec(raw, source=f"study {study.study_name}")
 
 
 def count_states(study: optuna.Study) -> Counter[str]:

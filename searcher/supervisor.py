@@ -19,6 +19,7 @@ from pathlib import Path
 
 import optuna
 
+from searcher import stored
 from searcher.devices import WorkerPlacement
 from searcher.storage import STORAGE_ENV
 from searcher.worker import EXIT_DONE, EXIT_FAILURES, EXIT_RECYCLE
@@ -119,7 +120,7 @@ def fail_orphaned_trials(study: optuna.Study, pids: set[int]) -> int:
     """Fail RUNNING trials of our (now dead) workers; returns how many."""
     failed = 0
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if trial.user_attrs.get("worker_pid") in pids:
+        if trial.user_attrs.get(stored.WORKER_PID) in pids:
             try:
                 study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
                 failed += 1

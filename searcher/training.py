@@ -18,6 +18,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from searcher import stored
 from searcher.data import SearchData, Split, class_weights, to_tf_dataset
 from searcher.models import build_model
 from searcher.space import TrialConfig
@@ -70,12 +71,12 @@ class TrainResult:
         """
         losses = self.history.get("val_loss") or []
         return {
-            "n_params": int(self.model.count_params()),
-            "epochs": len(self.curve),
-            "best_epoch": self.best_epoch,
-            "val_loss_at_best": float(losses[self.best_epoch - 1]) if len(losses) >= self.best_epoch else None,
-            "sec_per_epoch": round(statistics.median(self.epoch_seconds), 4),
-            "train_seconds": round(sum(self.epoch_seconds), 3),
+            stored.N_PARAMS: int(self.model.count_params()),
+            stored.EPOCHS: len(self.curve),
+            stored.BEST_EPOCH: self.best_epoch,
+            stored.VAL_LOSS_AT_BEST: float(losses[self.best_epoch - 1]) if len(losses) >= self.best_epoch else None,
+            stored.SEC_PER_EPOCH: round(statistics.median(self.epoch_seconds), 4),
+            stored.TRAIN_SECONDS: round(sum(self.epoch_seconds), 3),
         }
 
 
@@ -265,9 +266,9 @@ def cross_validated(results: list[TrainResult], direction: str) -> dict[str, Any
     score = cv_score(results, direction)
     losses = [r.history.get("val_loss") or [] for r in results]
     return {
-        "cv_values": [round(v, 6) for v in score.values],
-        "best_epoch": score.epoch,
-        "val_loss_at_best": (statistics.fmean(float(loss[score.epoch - 1]) for loss in losses)
+        stored.CV_VALUES: [round(v, 6) for v in score.values],
+        stored.BEST_EPOCH: score.epoch,
+        stored.VAL_LOSS_AT_BEST: (statistics.fmean(float(loss[score.epoch - 1]) for loss in losses)
                              if all(len(loss) >= score.epoch for loss in losses) else None),
     }
 

@@ -20,6 +20,7 @@ from typing import Callable
 import optuna
 import sqlalchemy.exc
 
+from searcher import stored
 from searcher import study as studies
 from searcher.devices import RuntimeOptions, WorkerPlacement, configure_tensorflow
 from searcher.memory import rss_mb
@@ -71,10 +72,10 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions,
         with lock:  # several compose workers start at once: one creates the study and its baselines
             studies.create_or_continue(spec, storage, n_trials=None, name=name)
         study = join()
-    n_trials = int(study.user_attrs.get(studies.BUDGET_ATTR, spec.budget.n_trials))
+    n_trials = int(study.user_attrs.get(stored.BUDGET, spec.budget.n_trials))
     data = getattr(objective, "data", None)  # the stand-in of the tests has none
-    if data is not None and studies.DATA_ATTR not in study.user_attrs:
-        study.set_user_attr(studies.DATA_ATTR, data.summary())
+    if data is not None and stored.DATA not in study.user_attrs:
+        study.set_user_attr(stored.DATA, data.summary())
     streak = _FailureStreak()
     runner = _ReleaseFirst(objective, lock)
     ran, settled_mb = 0, None

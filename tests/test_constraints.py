@@ -296,14 +296,14 @@ def test_two_objectives_make_a_pareto_front_without_pruning(pareto):
     run = searcher("confirm", "pareto", "--top", "2", "--seeds", "1", "--workers", "2", "--storage", url, cwd=folder)
     members = on_front[::-1][:2]  # the front's two best by accuracy (it may have only one)
     assert f"{len(members)} new run(s)" in run.stdout
-    ranking = optuna.load_study(study_name="pareto", storage=url).user_attrs["confirmed_ranking"]
-    assert {r["trial"] for r in ranking} == {t.number for t in members}
+    confirmed = optuna.load_study(study_name="pareto", storage=url).user_attrs["confirmed_ranking"]
+    assert {r["trial"] for r in confirmed} == {t.number for t in members}
 
 
 def test_tradeoff_marks_the_front_the_baselines_and_what_a_point_buys():
     import plotly.graph_objects as go
 
-    from searcher import tradeoff
+    from searcher.report import _tradeoff as tradeoff
 
     study = _study(ROWS + [(0.976, 3_000, 0.35, False)])  # trial 6 ties trial 3: the earlier one stays
     study.add_trial(create_trial(values=[0.95], user_attrs={"n_params": 4480, "latency_ms_b1": 0.3,

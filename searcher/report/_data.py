@@ -14,10 +14,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from searcher import ranking, tradeoff
+from searcher import ranking, stored
 from searcher.errors import UserError
-from searcher.export import CONFIRMED_ATTR
-from searcher.status import LOST_WORKER
+from searcher.report import _tradeoff
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ class ReportData:
     confirmed: tuple[Mapping[str, Any], ...] = ()  # `searcher confirm`'s ranking, best first
     importance_note: str | None = None  # why `importances` is empty
     data: Mapping[str, Any] | None = None  # rows, features, classes and preprocessing (data.SearchData.summary)
-    tradeoff: tradeoff.Tradeoff | None = None  # metric against cost: the Pareto front and the cheap picks
+    tradeoff: _tradeoff.Tradeoff | None = None  # metric against cost: the Pareto front and the cheap picks
     objectives: tuple[str, ...] = ()  # the metric, then the cost in a two-objective study
     spec_name: str | None = None  # the spec the study was created from (its name can differ: --name, --seed)
     seed: int | None = None
@@ -105,7 +104,7 @@ class ReportData:
 def gather(study: optuna.Study, *, top_k: int = TOP_K) -> ReportData:
     """Everything but the figure plan (figures=(), notes={}); raise UserError when no trial is complete."""
     name = study.study_name
-    spec = study.user_attrs.get("spec") if isinstance(study.user_attrs.get("spec"), Mapping) else {}
+    spec = stored.spec_dict(study)
     trials = study.get_trials(deepcopy=False)
     rows = tuple(_row(t) for t in trials)
     counts = Counter(r.state for r in rows)
@@ -118,7 +117,7 @@ def gather(study: optuna.Study, *, top_k: int = TOP_K) -> ReportData:
     maximize = study.directions[0] == StudyDirection.MAXIMIZE
     place = {t.number: i for i, t in enumerate(ranking.ranked(study))}  # the one ranking export and status use
     top = tuple(sorted(complete, key=lambda r: place.get(r.number, len(place)))[:top_k])
-    best, kinds, budget = top[0], _param_kinds(trials), study.user_attrs.get("n_trials")
+    best, kinds, budget = top[0], _param_kinds(trials), stored.budget(study)
     importances, importance_note = _importances(study, complete, kinds)
     return ReportData(
         study_name=name,
@@ -126,7 +125,7 @@ def gather(study: optuna.Study, *, top_k: int = TOP_K) -> ReportData:
         model_kind=str(_get(spec, "model", "kind") or best.knob("kind") or "?"),
         metric=str(_get(spec, "training", "metric") or _get(best.config, "training", "metric") or "value"),
         maximize=maximize,
-        spec_hash=str(study.user_attrs.get("spec_hash", "?")),
+        spec_hash=str(study.user_attrs.get(stored.SPEC_HASH, "?")),
         budget=budget if isinstance(budget, int) else None,
         counts={s: counts[s] for s in STATES},
         total_train_s=sum(r.duration_s for r in rows if r.duration_s is not None),
@@ -137,13 +136,13 @@ def gather(study: optuna.Study, *, top_k: int = TOP_K) -> ReportData:
         trials=rows,
         param_kinds=kinds,
         importances=importances,
-        fail_reasons=dict(Counter(r.fail_reason or LOST_WORKER for r in rows if r.state == "fail")),
+        fail_reasons=dict(Counter(r.fail_reason or stored.LOST_WORKER for r in rows if r.state == "fail")),
         figures=(),
         notes={},
-        confirmed=tuple(study.user_attrs.get(CONFIRMED_ATTR) or ()),
+        confirmed=tuple(study.user_attrs.get(stored.CONFIRMED) or ()),
         importance_note=importance_note,
-        data=study.user_attrs.get("data"),
-        tradeoff=tradeoff.collect(study),
+        data=study.user_attrs.get(stored.DATA),
+        tradeoff=_tradeoff.collect(study),
         objectives=ranking.goal(study).names,
         spec_name=str(spec["name"]) if spec.get("name") else None,
         seed=spec.get("seed") if isinstance(spec.get("seed"), int) else None,
@@ -174,19 +173,19 @@ def _row(t: FrozenTrial) -> TrialRow:
     value = t.values[0] if t.state == TrialState.COMPLETE and t.values else None  # the metric, in any study
     finite = value is not None and math.isfinite(value)
     # A two-objective study has no intermediate values: its curve is the `curve` user attr.
-    curve = t.intermediate_values or dict(enumerate(ua.get("curve") or ()))
+    curve = t.intermediate_values or dict(enumerate(ua.get(stored.CURVE) or ()))
     num = lambda k, typ: typ(ua[k]) if isinstance(ua.get(k), (int, float)) else None  # noqa: E731
     return TrialRow(
         number=t.number, state=t.state.name.lower(), value=value if finite else None, params=dict(t.params),
-        config=ua["config"] if isinstance(ua.get("config"), Mapping) else {},
-        baseline=str(ua["baseline"]) if ua.get("baseline") else None,
-        n_params=num("n_params", int), epochs=num("epochs", int), best_epoch=num("best_epoch", int),
-        sec_per_epoch=num("sec_per_epoch", float),
+        config=stored.config_of(t) or {},
+        baseline=str(ua[stored.BASELINE]) if ua.get(stored.BASELINE) else None,
+        n_params=num(stored.N_PARAMS, int), epochs=num(stored.EPOCHS, int), best_epoch=num(stored.BEST_EPOCH, int),
+        sec_per_epoch=num(stored.SEC_PER_EPOCH, float),
         duration_s=t.duration.total_seconds() if t.duration is not None else None,
         curve=tuple(sorted((s, v) for s, v in curve.items() if math.isfinite(v))),
-        fail_reason=str(ua["fail_reason"]) if ua.get("fail_reason") else None,
+        fail_reason=str(ua[stored.FAIL_REASON]) if ua.get(stored.FAIL_REASON) else None,
         feasible=ranking.is_feasible(t),
-        cv_values=tuple(float(v) for v in ua.get("cv_values") or ()),
+        cv_values=tuple(float(v) for v in ua.get(stored.CV_VALUES) or ()),
     )
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable
 
+from searcher.report import _tradeoff
 from searcher.report._data import ReportData, TrialRow, key, varying
 from searcher.report._text import choice, esc, fmt
 
@@ -309,3 +310,15 @@ def _cost(fid: str, title: str, attr: str, label: str, log_x: bool) -> Figure:
 
 COST_TIME = _cost("cost_time", "Seconds per epoch", "sec_per_epoch", "seconds per epoch", False)
 COST_PARAMS = _cost("cost_params", "Parameter count", "n_params", "parameters", True)
+
+
+def _draw_tradeoff(go: ModuleType, d: ReportData) -> Any:
+    return _tradeoff.draw(go, d.tradeoff)
+
+
+def _tradeoff_why_not(d: ReportData) -> str | None:
+    return None if d.tradeoff is not None else "needs 2 feasible complete trials that record their cost"
+
+
+TRADEOFF = Figure("tradeoff", "The metric against the cost (parameters, or the second objective): the Pareto front "
+                              "highlighted, baselines marked; hover for the config", _draw_tradeoff, _tradeoff_why_not)

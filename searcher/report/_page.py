@@ -11,7 +11,6 @@ from typing import Any, Callable
 
 from searcher.report import _figures as F
 from searcher.report import _tables
-from searcher.report import _tradeoff
 from searcher.report._data import ReportData
 from searcher.report._figures import Figure
 from searcher.report._text import esc
@@ -49,7 +48,7 @@ SECTIONS: tuple[Section, ...] = (
     _tables.best_config,
     _tables.top_trials,
     _tables.confirmed,
-    Grid("Accuracy against cost: the Pareto front", 1, (_tradeoff.FIGURE,), after=_tradeoff.tables),
+    Grid("Accuracy against cost: the Pareto front", 1, (F.TRADEOFF,), after=_tables.tradeoff),
     Grid("Optimization history", 1, (F.HISTORY,)),
     Grid("What mattered", 1, (F.IMPORTANCE, F.PARALLEL)),
     Grid("Learning rate against regularization", 2, (F.LR_L2, F.LR_DROPOUT)),
