@@ -455,9 +455,9 @@ def confirm(
     from searcher.confirm import confirm as run_confirm
     from searcher.devices import import_tensorflow
 
-    loaded = _load_study(study, storage, name=name, seed=seed)
-    import_tensorflow()  # the seeds come from searcher.objective, which imports Keras
-    ranking, added = run_confirm(loaded, top=top, seeds=seeds, workers=workers, data_dir=data_dir)
+    loaded, opened = _open_study(study, storage, name=name, seed=seed)
+    import_tensorflow()  # the seeds come from searcher.training, which imports Keras
+    ranking, added = run_confirm(loaded, storage=opened, top=top, seeds=seeds, workers=workers, data_dir=data_dir)
     table = Table("rank", "trial", "mean", "spread (sd)", "runs", "single-run value", "single-run rank", "params",
                   box=None, header_style="bold")
     for rank, c in enumerate(ranking, start=1):
@@ -472,12 +472,18 @@ def confirm(
 
 def _load_study(study: str, storage: str | None, *, name: str | None = None, seed: int | None = None):
     """The stored study that ``launch STUDY`` with the same --name / --seed made."""
+    return _open_study(study, storage, name=name, seed=seed)[0]
+
+
+def _open_study(study: str, storage: str | None, *, name: str | None = None, seed: int | None = None):
+    """That study and the storage it was loaded from."""
     from searcher import study as studies
     from searcher.launch import study_name
     from searcher.storage import open_storage, resolve_url
 
     url = resolve_url(storage)
-    return studies.load(study_name(study, name=name, seed=seed), open_storage(url, create=False), url=url)
+    opened = open_storage(url, create=False)
+    return studies.load(study_name(study, name=name, seed=seed), opened, url=url), opened
 
 
 def _quiet_libraries() -> None:

@@ -130,17 +130,20 @@ def candidates(study: optuna.Study, top: int | None) -> list[optuna.trial.Frozen
 def confirm(
     study: optuna.Study,
     *,
+    storage: optuna.storages.BaseStorage,
     top: int | None,
     seeds: int,
     workers: int = 1,
     data_dir: str | None = None,
 ) -> tuple[list[ConfirmedConfig], int]:
-    """Run the missing (trial, seed) pairs for the candidates (``candidates``); return the ranking and runs added."""
+    """Run the missing (trial, seed) pairs for the candidates (``candidates``); return the ranking and runs added.
+
+    The runs are a study of their own beside ``study``, in ``storage`` (the one ``study`` was loaded from)."""
     ranked = candidates(study, top)
     if not ranked:
         raise UserError(ranking.no_feasible_message(study))
     direction = _metric_direction(study)
-    runs_study = optuna.create_study(study_name=study.study_name + CONFIRM_SUFFIX, storage=study._storage,
+    runs_study = optuna.create_study(study_name=study.study_name + CONFIRM_SUFFIX, storage=storage,
                                      direction=direction, load_if_exists=True)
     done = {(t.user_attrs[OF_TRIAL], t.user_attrs[RUN]): t.value
             for t in runs_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}

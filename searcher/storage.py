@@ -250,7 +250,7 @@ class BudgetLock:
     def __init__(self, url: str, name: str, *, storage: optuna.storages.RDBStorage | None = None) -> None:
         self._url, self._held = url, False
         self._key = _lock_key(name)
-        self._storage = storage
+        self._rdb = storage  # its sessions join the lock's transaction (PostgreSQL)
         self._file = None
         self._engine = storage.engine if storage is not None else None
         self._connection = None
@@ -286,8 +286,8 @@ class BudgetLock:
                 self._connection.close()
                 self._connection = self._transaction = None
                 raise
-            if self._storage is not None:
-                self._storage.scoped_session.registry.set(
+            if self._rdb is not None:
+                self._rdb.scoped_session.registry.set(
                     sqlalchemy.orm.Session(bind=self._connection, join_transaction_mode="create_savepoint"))
         self.wait_seconds.append(time.perf_counter() - began)
         self._held, self._held_since = True, time.perf_counter()
@@ -320,8 +320,8 @@ class BudgetLock:
         if self._file is not None:
             fcntl.flock(self._file, fcntl.LOCK_UN)
         elif self._connection is not None:
-            if self._storage is not None:
-                self._storage.scoped_session.remove()  # this thread's next session uses the pool again
+            if self._rdb is not None:
+                self._rdb.scoped_session.remove()  # this thread's next session uses the pool again
             try:
                 self._transaction.commit()  # publishes the new trial and drops the lock, at once
             except sqlalchemy.exc.SQLAlchemyError as e:

@@ -9,6 +9,7 @@ workers: a FAILED trial is a crash or a retry, not a result.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections import Counter
@@ -34,16 +35,17 @@ def _stale_trial_callback(spec: StudySpec) -> optuna.storages.RetryHeartbeatStal
     )
 
 
-def retry_interrupted(study: optuna.Study, trial_id: int, spec: StudySpec) -> bool:
+def retry_interrupted(study: optuna.Study, number: int, spec: StudySpec) -> bool:
     """Queue a trial that a SIGTERM cut short to run again, as a stale trial is retried (same
     params and seed, up to ``runtime.max_retries``); return whether it was queued.
 
     A worker stopped on purpose (a Slurm time limit, a Kubernetes eviction, Ctrl-C) then loses
     no trial. One left RUNNING without being failed is the stale-trial check's to retry.
     """
-    frozen = study._storage.get_trial(trial_id)
-    if frozen.state != TrialState.FAIL:
+    failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number == number]
+    if not failed:
         return False
+    frozen = copy.copy(failed[0])  # its user attrs are replaced below, not the study's copy
 
     def waiting() -> int:
         return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))

@@ -122,9 +122,9 @@ def fail_orphaned_trials(study: optuna.Study, pids: set[int]) -> int:
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if trial.user_attrs.get(stored.WORKER_PID) in pids:
             try:
-                study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
                 failed += 1
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass
+            except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+                pass  # it finished meanwhile: tell refuses a finished trial (ValueError), or the update lost the race
     return failed
 

@@ -109,7 +109,7 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions,
                 log.error("worker %d stops: %d trials failed in a row", options.index, streak.count)
                 return EXIT_FAILURES
     except KeyboardInterrupt:
-        retried = runner.trial is not None and studies.retry_interrupted(study, runner.trial._trial_id, spec)
+        retried = runner.trial is not None and studies.retry_interrupted(study, runner.trial.number, spec)
         log.info("worker %d interrupted; its running trial was marked failed%s", options.index,
                  " and queued to run again with the same params and seed" if retried else "")
         return EXIT_INTERRUPTED
