@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from searcher import ranking
 from searcher.errors import UserError
 from searcher.export import ranked_trials
-from searcher.stored import CONFIG, CONFIRMED, CURVE, N_PARAMS, OF_TRIAL, RUN, SEED
+from searcher.stored import CONFIG, CONFIRMED, CURVE, N_PARAMS, OF_TRIAL, RUN, SEED, THREADS
 from searcher.space import TrialConfig
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,15 @@ def stored_config(trial: optuna.trial.FrozenTrial) -> TrialConfig:
     if CONFIG not in trial.user_attrs:
         raise UserError(f"trial {trial.number} has no stored config (it never started training)")
     return TrialConfig.model_validate(trial.user_attrs[CONFIG])
+
+
+def use_trial_threads(study: optuna.Study, number: int) -> None:
+    """Give this process the thread count the trial's worker had (before TensorFlow is imported):
+    float sums depend on how the work is split, so a replay on other threads drifts."""
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is not None and trial.user_attrs.get(THREADS):
+        os.environ["TF_NUM_INTRAOP_THREADS"] = str(trial.user_attrs[THREADS])
+        os.environ["TF_NUM_INTEROP_THREADS"] = "1"
 
 
 def replay_trial(study: optuna.Study, number: int, *, data_dir: str | None = None) -> Replay:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import time
 from dataclasses import dataclass
@@ -27,8 +26,7 @@ from searcher.devices import detect_gpus, plan_warning, plan_workers
 from searcher.status import render, take_snapshot
 from searcher.space import describe
 from searcher.data import check_search_data, describe_data
-from searcher.errors import UserError
-from searcher.spec import FILE_DATASETS, NAME_PATTERN, StudySpec, directions, load_spec, resolve_spec_path
+from searcher.spec import FILE_DATASETS, StudySpec, directions
 from searcher.storage import DEFAULT_SQLITE, BudgetLock, describe_db_error, mask_url, resolve_url
 from searcher.supervisor import LaunchPlan, WorkerProcess, fail_orphaned_trials, start_worker, stop_workers, supervise
 from searcher.worker import EXIT_DONE, EXIT_INTERRUPTED, raise_keyboard_interrupt
@@ -54,30 +52,6 @@ class LaunchRequest:
     log_dir: Path = Path("searcher-logs")
 
 
-def load_launch_spec(source: str, seed: int | None, *, mixed_precision: bool | None = None,
-                     xla: bool | None = None) -> tuple[StudySpec, Path]:
-    """The spec with the command line's overrides: the seed (a different study), and the
-    runtime options, which change how fast a trial runs, not what it computes."""
-    spec = load_spec(source)
-    if seed is not None:
-        spec = spec.model_copy(update={"seed": seed})
-    runtime = {k: v for k, v in (("mixed_precision", mixed_precision), ("xla", xla)) if v is not None}
-    if runtime:
-        spec = spec.model_copy(update={"runtime": spec.runtime.model_copy(update=runtime)})
-    return spec, resolve_spec_path(source).resolve()
-
-
-def study_name(base: str, *, name: str | None = None, seed: int | None = None) -> str:
-    """The study's name in its storage: ``--name``, else ``base`` (the spec's name), with
-    ``-seed<N>`` under ``--seed N``, so repeats over seeds sit side by side in one database."""
-    if name is None:
-        return base if seed is None else f"{base}-seed{seed}"
-    if not re.fullmatch(NAME_PATTERN, name):
-        raise UserError(f"--name: must start with a letter or digit and hold only letters, digits, '_', '.' "
-                        f"and '-', got {name!r}")
-    return name
-
-
 def create_study(spec: StudySpec, url: str, *, n_trials: int, name: str | None = None) -> optuna.Study:
     """Create the study (or continue it with budget ``n_trials``) and enqueue its baselines once.
 
@@ -92,9 +66,9 @@ def create_study(spec: StudySpec, url: str, *, n_trials: int, name: str | None =
 
 def launch(request: LaunchRequest, *, console: Console) -> int:
     """Run the search to its budget; return the process exit code (130 when interrupted)."""
-    spec, spec_path = load_launch_spec(request.study, request.seed, mixed_precision=request.mixed_precision,
+    spec, spec_path = studies.load_launch_spec(request.study, request.seed, mixed_precision=request.mixed_precision,
                                        xla=request.xla)
-    name = study_name(spec.name, name=request.name, seed=request.seed)
+    name = studies.study_name(spec.name, name=request.name, seed=request.seed)
     if request.name is None and name != spec.name:
         console.print(f"study {name}: spec {spec.name} with --seed {request.seed} (--name picks another name)",
                       highlight=False)

@@ -11,22 +11,48 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import time
 from collections import Counter
+from pathlib import Path
 
 import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
-from searcher.errors import StorageError
-from searcher.space import baseline_params, grid_search_space
 from searcher import stored
-from searcher.spec import StudySpec, directions, objective_names
+from searcher.errors import StorageError, UserError
+from searcher.space import baseline_params, grid_search_space
+from searcher.spec import NAME_PATTERN, StudySpec, directions, load_spec, objective_names, resolve_spec_path
 from searcher.storage import mask_url, open_storage
 
 log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def load_launch_spec(source: str, seed: int | None, *, mixed_precision: bool | None = None,
+                     xla: bool | None = None) -> tuple[StudySpec, Path]:
+    """The spec with the command line's overrides: the seed (a different study), and the
+    runtime options, which change how fast a trial runs, not what it computes."""
+    spec = load_spec(source)
+    if seed is not None:
+        spec = spec.model_copy(update={"seed": seed})
+    runtime = {k: v for k, v in (("mixed_precision", mixed_precision), ("xla", xla)) if v is not None}
+    if runtime:
+        spec = spec.model_copy(update={"runtime": spec.runtime.model_copy(update=runtime)})
+    return spec, resolve_spec_path(source).resolve()
+
+
+def study_name(base: str, *, name: str | None = None, seed: int | None = None) -> str:
+    """The study's name in its storage: ``--name``, else ``base`` (the spec's name), with
+    ``-seed<N>`` under ``--seed N``, so repeats over seeds sit side by side in one database."""
+    if name is None:
+        return base if seed is None else f"{base}-seed{seed}"
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise UserError(f"--name: must start with a letter or digit and hold only letters, digits, '_', '.' "
+                        f"and '-', got {name!r}")
+    return name
 
 
 def _stale_trial_callback(spec: StudySpec) -> optuna.storages.RetryHeartbeatStaleTrialCallback:

@@ -22,15 +22,69 @@ import sqlalchemy.exc
 
 from searcher import stored
 from searcher import study as studies
-from searcher.devices import RuntimeOptions, WorkerPlacement, configure_tensorflow
+from searcher.devices import LOCK_DIR_ENV, RuntimeOptions, WorkerPlacement, claim_gpu, configure_tensorflow, detect_gpus
 from searcher.memory import rss_mb
 from searcher.spec import StudySpec
-from searcher.storage import BudgetLock, describe_db_error
+from searcher.storage import BudgetLock, describe_db_error, resolve_url
 
 log = logging.getLogger(__name__)
 
 ObjectiveFunc = Callable[[optuna.Trial], float]
 EXIT_DONE, EXIT_FAILURES, EXIT_RECYCLE, EXIT_INTERRUPTED = 0, 3, 75, 130
+
+
+@dataclass(frozen=True)
+class WorkerRequest:
+    """What ``searcher worker`` was asked: the spec and its overrides, the study, and this process's place."""
+
+    study: str  # a spec name in studies/ or a path
+    storage: str | None = None
+    data_dir: str | None = None
+    seed: int | None = None
+    name: str | None = None
+    create: bool = False
+    timeout: float | None = None
+    gpu: str | None = None  # "auto" or an index: claim that GPU before TensorFlow starts
+    mixed_precision: bool | None = None
+    xla: bool | None = None
+    wait: float | None = None  # seconds to wait for the storage (and the study, unless creating it)
+    index: int = 0
+    parent_pid: int | None = None
+    deadline: float | None = None
+
+
+def serve(request: WorkerRequest) -> int:
+    """``searcher worker``: log to the console, wait for the storage if asked, claim a GPU, then run
+    trials (``run_worker``); return the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    optuna.logging.set_verbosity(optuna.logging.INFO)  # a worker's log lists its trials
+    spec, _ = studies.load_launch_spec(request.study, request.seed, mixed_precision=request.mixed_precision,
+                                       xla=request.xla)
+    joins = studies.study_name(spec.name, name=request.name, seed=request.seed)
+    if request.wait:
+        studies.wait_until_ready(resolve_url(request.storage), seconds=request.wait,
+                                 name=None if request.create else joins)
+    gpu_lock = _claim_gpu(request.gpu) if request.gpu is not None else None
+    deadline = request.deadline
+    if request.timeout:
+        deadline = min(deadline or float("inf"), time.time() + request.timeout)
+    options = WorkerOptions(index=request.index, deadline=deadline, parent_pid=request.parent_pid,
+                            data_dir=request.data_dir, create=request.create, study_name=joins)
+    code = run_worker(spec, resolve_url(request.storage), options)
+    if gpu_lock is not None:
+        gpu_lock.close()
+    return code
+
+
+def _claim_gpu(gpu: str):
+    """Lock a GPU for this process and make it the only one visible; the lock, to close when done.
+
+    Before TensorFlow is imported: the visible devices are fixed when its runtime starts.
+    """
+    lock_dir = os.environ.get(LOCK_DIR_ENV, "/tmp/searcher-gpu-locks")
+    claimed, lock = claim_gpu(gpu, gpus=detect_gpus(), lock_dir=lock_dir)
+    os.environ.update(CUDA_VISIBLE_DEVICES=claimed, TF_FORCE_GPU_ALLOW_GROWTH="true", CUDA_DEVICE_ORDER="PCI_BUS_ID")
+    return lock
 
 
 @dataclass(frozen=True)
