@@ -1,4 +1,4 @@
-"""Issue 12: hundreds of workers on one PostgreSQL with ``max_connections=100``.
+"""Hundreds of workers on one PostgreSQL with ``max_connections=100``.
 
 Real worker processes (``searcher.worker.run_worker``, forked from this interpreter) with
 a stand-in for training (tests/scale_harness.py) reach the server through PgBouncer in

@@ -22,8 +22,7 @@ N_CURVES = 5  # top trials drawn in colour among the learning curves
 # Past these, a plot shows no more than a sample does, and a 10,000-trial page took long to open.
 MAX_GREY_CURVES = 300  # pruned learning curves drawn (evenly spaced by trial number)
 MAX_POINTS = 2000  # per plot: more points are drawn with WebGL, and box plots show outliers only
-# Parallel-coordinate lines: past a few hundred they are a solid band, and 2,000 took 2.4 s to
-# draw in Chromium (a third of a 10,000-trial page's opening time).
+# Parallel-coordinate lines: past a few hundred they are a solid band, and slow to draw (bench/README.md, section 8).
 MAX_LINES = 500
 Draw = Callable[[ModuleType, ReportData], Any]  # (plotly.graph_objects, data) -> go.Figure
 

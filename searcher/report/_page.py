@@ -84,8 +84,7 @@ def render_html(data: ReportData) -> str:
 
 
 # Figures are drawn after the page has painted, one per task in page order, not by inline
-# scripts while it loads: a 10,000-trial page showed nothing for 7 s (parallel coordinates alone
-# took 1.7 s in Chromium without a GPU); now its text and tables show at once and figures fill in.
+# scripts while it loads, so a large study's text and tables show at once (bench/README.md, section 8).
 _DRAW_FIGURES_JS = """(function () {
   const pending = [...document.querySelectorAll('script[type="text/x-searcher-figure"]')];
   function next() {
