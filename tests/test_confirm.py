@@ -34,9 +34,9 @@ def test_confirm_adds_runs_once_and_export_takes_the_winner(digits_search, tmp_p
     runs = optuna.load_study(study_name="digits-mlp--confirm", storage=run.url).get_trials()
     assert len(runs) == 6
     assert Counter(t.user_attrs["of_trial"] for t in runs).most_common()[0][1] == 2
-    ranking = run.study().user_attrs["confirmed_ranking"]
-    assert [r["runs"] for r in ranking] == [2, 2, 2]
-    means = [r["mean"] for r in ranking]
+    confirmed = run.study().user_attrs["confirmed_ranking"]
+    assert [r["runs"] for r in confirmed] == [2, 2, 2]
+    means = [r["mean"] for r in confirmed]
     assert means == sorted(means, reverse=True)
 
     again = run_searcher("confirm", "digits-mlp", "--top", "3", "--seeds", "2", "--storage", run.url, cwd=tmp_path,
@@ -46,12 +46,12 @@ def test_confirm_adds_runs_once_and_export_takes_the_winner(digits_search, tmp_p
 
     exported = yaml.safe_load(run_searcher("export", "digits-mlp", "--storage", run.url, cwd=tmp_path,
                                            check=True).stdout)
-    assert exported["source"]["trial"] == ranking[0]["trial"]
+    assert exported["source"]["trial"] == confirmed[0]["trial"]
     assert exported["source"]["picked"] == "confirmed best over 2 seeded runs"
 
     from searcher.report import collect, render_html
 
     data = collect(run.study())
-    assert [c["trial"] for c in data.confirmed] == [r["trial"] for r in ranking]
+    assert [c["trial"] for c in data.confirmed] == [r["trial"] for r in confirmed]
     page = render_html(data)
-    assert "Confirmed over fresh seeds" in page and f"#{ranking[0]['trial']}" in page
+    assert "Confirmed over fresh seeds" in page and f"#{confirmed[0]['trial']}" in page

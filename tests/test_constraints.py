@@ -18,7 +18,7 @@ from optuna.trial import TrialState, create_trial
 
 from cli_process import run_searcher
 from made_trials import cost_study
-from searcher import front
+from searcher import ranking
 from searcher.errors import SpecError, UserError
 from searcher.export import export_config
 from searcher.spec import directions, load_spec, objective_names, parse_spec
@@ -80,7 +80,7 @@ def test_no_feasible_trial_is_said_everywhere():
                r"trials \(searcher launch no-name-.* --trials N\)$")
     with pytest.raises(UserError, match=message):
         export_config(study)
-    from searcher.monitor import take_snapshot
+    from searcher.status import take_snapshot
 
     snap = take_snapshot(study)
     assert snap.best_trial is None and snap.infeasible == 1
@@ -104,7 +104,7 @@ def test_a_study_whose_every_trial_was_rejected_by_size_says_so_not_launch_again
                r"loosen the constraint")
     with pytest.raises(UserError, match=message):
         export_config(study)
-    from searcher.monitor import render, take_snapshot
+    from searcher.status import render, take_snapshot
     from searcher.report import collect
 
     with pytest.raises(UserError, match=message):
@@ -177,15 +177,15 @@ def test_a_network_over_max_params_ends_before_training(constrained):
 
     from searcher.report import collect
 
-    if front.ranked(study):
+    if ranking.ranked(study):
         data = collect(study)
-        assert data.best.number == front.ranked(study)[0].number and data.best.feasible
+        assert data.best.number == ranking.ranked(study)[0].number and data.best.feasible
         assert all(r.feasible for r in data.complete)
     status = json.loads(run_searcher("status", "small", "--json", "--storage", url, cwd=folder, check=True).stdout)
-    assert status["infeasible"] == len(front.infeasible(trials)) >= 2
-    if front.ranked(study):
-        best = front.ranked(study)[0]
-        assert status["best_trial"] == best.number and front.is_feasible(best)
+    assert status["infeasible"] == len(ranking.infeasible(trials)) >= 2
+    if ranking.ranked(study):
+        best = ranking.ranked(study)[0]
+        assert status["best_trial"] == best.number and ranking.is_feasible(best)
         assert status["best_cost"]["n_params"] == best.user_attrs["n_params"]
         exported = yaml.safe_load(run_searcher("export", "small", "--storage", url, cwd=folder, check=True).stdout)
         assert exported["source"]["trial"] == best.number
@@ -207,7 +207,7 @@ def test_two_objectives_make_a_pareto_front_without_pruning(pareto):
         assert t.values[1] == t.user_attrs["n_params"]
         assert not t.intermediate_values and len(t.user_attrs["curve"]) == t.user_attrs["epochs"] == 2
         assert t.values[0] == pytest.approx(max(t.user_attrs["curve"]))
-    on_front = front.front(complete, cost="n_params", maximize=True)
+    on_front = ranking.front(complete, cost="n_params", maximize=True)
     assert {t.number for t in on_front} == {t.number for t in study.best_trials}, "the same front as Optuna's"
 
     status = json.loads(run_searcher("status", "pareto", "--json", "--storage", url, cwd=folder, check=True).stdout)
@@ -228,5 +228,5 @@ def test_two_objectives_make_a_pareto_front_without_pruning(pareto):
                        cwd=folder, check=True)
     members = on_front[::-1][:2]  # the front's two best by accuracy (it may have only one)
     assert f"{len(members)} new run(s)" in run.stdout
-    ranking = optuna.load_study(study_name="pareto", storage=url).user_attrs["confirmed_ranking"]
-    assert {r["trial"] for r in ranking} == {t.number for t in members}
+    confirmed = optuna.load_study(study_name="pareto", storage=url).user_attrs["confirmed_ranking"]
+    assert {r["trial"] for r in confirmed} == {t.number for t in members}

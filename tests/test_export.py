@@ -10,7 +10,7 @@ import yaml
 
 from cli_process import run_searcher
 from made_trials import ROWS, cost_study
-from searcher import front
+from searcher import ranking
 from searcher.errors import UserError
 from searcher.export import export_config, write_export
 
@@ -18,7 +18,7 @@ from searcher.export import export_config, write_export
 @pytest.mark.slow
 def test_export_then_retrain_round_trip(digits_search, tmp_path):
     study = digits_search.study()
-    best = front.ranked(study)[0]
+    best = ranking.ranked(study)[0]
     run_searcher("export", "digits-mlp", "--storage", digits_search.url, "-o", str(tmp_path / "best.yaml"),
                  cwd=tmp_path, check=True)
     exported = yaml.safe_load((tmp_path / "best.yaml").read_text())
@@ -74,7 +74,7 @@ def test_export_rank_and_json(digits_search, tmp_path):
 
 
 def test_export_header_says_how_the_trial_was_picked(tmp_path):
-    document = export_config(cost_study(ROWS), pick=front.Pick(smallest_within=0.5))
+    document = export_config(cost_study(ROWS), pick=ranking.PickByCost(smallest_within=0.5))
     assert document["source"]["trial"] == 3
     text = write_export(document, tmp_path / "small.yaml", fmt="yaml")
     assert text.startswith("# searcher export: study no-name-")
@@ -86,4 +86,4 @@ def test_export_header_says_how_the_trial_was_picked(tmp_path):
     assert two["source"]["picked"] == ("best feasible val_accuracy on the Pareto front "
                                        "(val_accuracy (maximize), n_params (minimize))")
     with pytest.raises(UserError, match=r"^--rank cannot be combined with --smallest-within"):
-        export_config(cost_study(ROWS), rank=1, pick=front.Pick(max_params=5))
+        export_config(cost_study(ROWS), rank=1, pick=ranking.PickByCost(max_params=5))

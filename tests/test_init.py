@@ -11,7 +11,7 @@ from own_files import digits_png_folder, wine_csv
 
 
 def test_init_writes_a_cnn_spec_for_an_image_folder(tmp_path, monkeypatch):
-    from searcher.scaffold import init_spec
+    from searcher.init import init_spec
     from searcher.spec import load_spec
 
     monkeypatch.setenv("SEARCHER_CACHE_DIR", str(tmp_path / "cache"))

@@ -13,7 +13,7 @@ keras = pytest.importorskip("keras")
 
 from searcher.data import Preprocessing, load_search_data  # noqa: E402
 from searcher.models import build_model  # noqa: E402
-from searcher.objective import train  # noqa: E402
+from searcher.training import train  # noqa: E402
 from searcher.space import baseline_params, suggest_values, trial_config  # noqa: E402
 
 

@@ -9,7 +9,8 @@ from searcher.data import load_search_data
 
 def test_a_nan_loss_fails_the_trial_with_reason_nan_and_the_search_goes_on(tmp_path):
     """A learning rate of 1e12 blows SGD up in the first epoch; the next trial still completes."""
-    from searcher.objective import Objective, TrialFailed
+    from searcher.objective import Objective
+    from searcher.training import TrialFailed
     from searcher.spec import parse_spec
 
     spec = parse_spec({"name": "nan", "data": {"dataset": "digits"}, "model": {"kind": "mlp"},

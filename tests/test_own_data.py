@@ -13,7 +13,7 @@ import pytest
 
 from cli_process import run_searcher
 from own_files import wine_csv, write_csv
-from searcher import front
+from searcher import ranking
 from searcher.data import class_weights, load_search_data, load_test_split
 from searcher.errors import DataError
 from searcher.spec import DataSpec
@@ -219,7 +219,7 @@ def test_csv_with_a_categorical_column_and_string_target_end_to_end(tmp_path):
     assert "test accuracy" in retrained.stdout and "average of 10 models (2 configs x 5 folds)" in retrained.stdout
     metrics = json.loads((tmp_path / "best.metrics.json").read_text())
     assert len(metrics["members"]) == 10 and {m["fold"] for m in metrics["members"]} == {1, 2, 3, 4, 5}
-    ranked = front.ranked(study)[:2]
+    ranked = ranking.ranked(study)[:2]
     assert {m["trial"] for m in metrics["members"]} == {t.number for t in ranked}
     for trial in ranked:  # all folds of a config trained for the one epoch count its score belongs to
         assert len({m["best_epoch"] for m in metrics["members"] if m["trial"] == trial.number}) == 1

@@ -28,7 +28,7 @@ from optuna.trial import TrialState, create_trial
 from browser import chromium_page, wait_for_plotly
 from made_trials import ROWS, cost_study
 from scale_harness import build_large_study
-from searcher import front
+from searcher import ranking
 from searcher.errors import UserError
 from searcher.report import ReportData, collect, render_html, write_report
 
@@ -201,7 +201,7 @@ def test_collect_agrees_with_optuna(report_study: optuna.Study) -> None:
     assert {k: v for k, v in data.counts.items() if v} == dict(states)
     assert data.best.value == report_study.best_value
     # Optuna's best_trial is the first of tied trials; searcher breaks ties by the lower validation loss
-    best = front.ranked(report_study)[0]
+    best = ranking.ranked(report_study)[0]
     assert data.best.number == best.number
     assert data.best.config == best.user_attrs["config"]
     values = [r.value for r in data.top]
@@ -360,7 +360,7 @@ def test_adam_knobs_sampled_for_some_trials_only_are_shown_and_do_not_break_the_
 def test_tradeoff_marks_the_front_the_baselines_and_what_a_point_buys():
     import plotly.graph_objects as go
 
-    from searcher import tradeoff
+    from searcher.report import _tradeoff as tradeoff
 
     study = cost_study(ROWS + [(0.976, 3_000, 0.35, False)])  # trial 6 ties trial 3: the earlier one stays
     study.add_trial(create_trial(values=[0.95], user_attrs={"n_params": 4480, "latency_ms_b1": 0.3,

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from cli_process import run_searcher
-from searcher import front
+from searcher import ranking
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ def test_status_json_matches_the_study(digits_search):
     counts = Counter(t.state.name for t in study.get_trials())
     assert status["counts"] == {s: counts.get(s, 0) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
     assert status["finished"] == 12 == counts["COMPLETE"] + counts["PRUNED"]
-    best = front.ranked(study)[0]  # Optuna's best_trial, with ties broken by the lower validation loss
+    best = ranking.ranked(study)[0]  # Optuna's best_trial, with ties broken by the lower validation loss
     assert best.value == study.best_value
     assert status["best_trial"] == best.number
     assert status["best_value"] == pytest.approx(study.best_value)

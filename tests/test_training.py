@@ -7,7 +7,7 @@ import pytest
 
 
 def test_a_cross_validated_value_is_the_best_epoch_of_the_folds_mean_curve():
-    from searcher.objective import TrainResult, cv_score
+    from searcher.training import TrainResult, cv_score
 
     def fold(*curve: float) -> TrainResult:
         return TrainResult(model=None, history={"val_loss": list(curve)}, metric="val_loss", direction="minimize")
