@@ -62,6 +62,10 @@ def run_searcher(*args: str, cwd: Path, env: dict[str, str | None] | None = None
     return out
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class SearcherProcess:
     """A ``searcher`` command still running. Its output goes to files, not pipes, so a
     command that prints a lot never blocks while the test waits for something else."""
@@ -69,8 +73,11 @@ class SearcherProcess:
     def __init__(self, args: tuple[str, ...], *, cwd: Path, env: dict[str, str | None] | None) -> None:
         self._out: IO[str] = tempfile.TemporaryFile("w+")
         self._err: IO[str] = tempfile.TemporaryFile("w+")
+        # Ctrl-C as in a terminal, even when the suite itself was started with SIGINT ignored (in
+        # the background of a script, under nohup): a child would inherit that and ignore it too.
         self.popen = subprocess.Popen(_command(args), cwd=cwd, env=searcher_env(env), stdout=self._out,
-                                      stderr=self._err, stdin=subprocess.DEVNULL, text=True)
+                                      stderr=self._err, stdin=subprocess.DEVNULL, text=True,
+                                      preexec_fn=_default_sigint)
         self.pid = self.popen.pid
 
     def poll(self) -> int | None:
