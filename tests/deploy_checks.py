@@ -12,7 +12,6 @@ import importlib.metadata
 import re
 import shlex
 import sys
-import tomllib
 from pathlib import Path
 
 import typer
@@ -101,6 +100,8 @@ CONSTRAINTS_HEADER = """\
 
 def runtime_requirements(pyproject: Path) -> list[Requirement]:
     """The ``[project] dependencies`` of pyproject.toml (no extras)."""
+    import tomllib  # Python 3.11+; only these checks need it
+
     return [Requirement(line) for line in tomllib.loads(pyproject.read_text())["project"]["dependencies"]]
 
 
