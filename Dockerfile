@@ -13,16 +13,16 @@
 # one constraints.txt pins (its CUDA libraries belong to it; pip must never replace it).
 #
 # Moving TensorFlow: change the tensorflow pin in constraints.txt (regenerate it: see its
-# header), both tags below, and both digests. A digest is the one the registry reports for
-# the tag, for linux/amd64 (the only platform these images are published for):
+# header), both tags below, and both digests. Look a tag's digest up in the registry:
 #   docker buildx imagetools inspect tensorflow/tensorflow:2.21.0-gpu
 #   docker buildx imagetools inspect tensorflow/tensorflow:2.21.0
-# then write FROM tensorflow/tensorflow:TAG@sha256:DIGEST. With a digest, a tag that is moved
-# or re-pushed upstream cannot change what is built; the tag stays for people to read.
+# and write FROM tensorflow/tensorflow:TAG@sha256:DIGEST, with the "Digest:" line it prints
+# first (for a multi-platform tag, the index, which serves every platform). With a digest, a
+# tag that is moved or re-pushed upstream cannot change what is built. The tag stays for
+# people to read: Docker pulls by the digest and ignores it, so keep the two in step.
 #
-# The CPU base is pinned by the digest Docker Hub publishes for 2.21.0 (linux/amd64). The GPU
-# base is pinned by its exact version tag only: no published digest for 2.21.0-gpu was at hand
-# when this was written. Add it with the command above before relying on rebuilds.
+# The CPU base is pinned by the digest Docker Hub lists for 2.21.0 (linux/amd64). The GPU base
+# is pinned by its exact version tag only: add its digest with the command above.
 ARG VARIANT=gpu
 
 FROM tensorflow/tensorflow:2.21.0-gpu AS base-gpu
