@@ -32,10 +32,11 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from deploy_checks import assert_cli_accepts, env_names_searcher_reads, markdown_commands, searcher_args
-from searcher import sources, workers
+from searcher import sources
 from searcher.cli import app
 from searcher.spec import SHIPPED_STUDIES, load_spec
 from searcher.storage import RECONNECT_SECONDS
+from searcher.worker import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_RECYCLE
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "kubernetes"
@@ -701,9 +702,9 @@ def test_the_worker_job_runs_one_gpu_per_pod_and_fails_instead_of_looping(render
     assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}, "preemption first"
     user_error = _exit_code_of(["worker", str(tmp_path / "no-such-spec.yaml")])
     usage_error = _exit_code_of(["worker", "digits-mlp", "--no-such-flag"])
-    assert _rule_codes(job, "FailJob", container["name"]) == {user_error, usage_error, workers.EXIT_FAILURES}
+    assert _rule_codes(job, "FailJob", container["name"]) == {user_error, usage_error, EXIT_FAILURES}
     killed_starting = 128 + signal.SIGTERM  # before the worker's handler is set: the default action
-    retried = {EXIT_DB_UNAVAILABLE, workers.EXIT_RECYCLE, workers.EXIT_INTERRUPTED, killed_starting}
+    retried = {EXIT_DB_UNAVAILABLE, EXIT_RECYCLE, EXIT_INTERRUPTED, killed_starting}
     assert _rule_codes(job, "Ignore", container["name"]) == retried
     # 69 is replaced uncounted; what keeps a database that never comes back from replacing pods
     # forever is the new pod's start-up wait, which ends in an exit the policy fails the Job on.
