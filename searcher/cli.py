@@ -136,7 +136,7 @@ def worker(
     mixed_precision: MixedPrecisionOpt = None,
     xla: XlaOpt = None,
     wait: WaitOpt = None,
-    worker_index: Annotated[int, typer.Option("--worker-index", hidden=True)] = 0,
+    worker_index: Annotated[Optional[int], typer.Option("--worker-index", hidden=True)] = None,
     parent_pid: Annotated[Optional[int], typer.Option("--parent-pid", hidden=True)] = None,
     deadline: Annotated[Optional[float], typer.Option("--deadline", hidden=True)] = None,
 ) -> None:
@@ -153,7 +153,7 @@ def worker(
 
     import optuna
 
-    from searcher.devices import LOCK_DIR_ENV, claim_gpu, detect_gpus
+    from searcher.devices import LOCK_DIR_ENV, claim_gpu, detect_gpus, worker_index_from_env
 
     optuna.logging.set_verbosity(optuna.logging.INFO)  # a worker's log lists its trials
     spec, _ = load_launch_spec(study, seed, mixed_precision=mixed_precision, xla=xla)
@@ -170,6 +170,8 @@ def worker(
         os.environ.update(CUDA_VISIBLE_DEVICES=claimed, TF_FORCE_GPU_ALLOW_GROWTH="true", CUDA_DEVICE_ORDER="PCI_BUS_ID")
     if timeout:
         deadline = min(deadline or float("inf"), time.time() + timeout)
+    if worker_index is None:  # a job array task or an Indexed Job pod: the scheduler numbers it
+        worker_index = worker_index_from_env(os.environ)
     options = WorkerOptions(index=worker_index, deadline=deadline, parent_pid=parent_pid, data_dir=data_dir,
                             create=create, study_name=joins)
     code = run_worker(spec, resolve_url(storage), options)

@@ -24,7 +24,7 @@ import optuna
 import sqlalchemy.exc
 
 from searcher import study as studies
-from searcher.devices import RuntimeOptions, WorkerPlacement, configure_tensorflow
+from searcher.devices import RuntimeOptions, WorkerPlacement, configure_tensorflow, cpu_fallback_allowed
 from searcher.memory import rss_mb
 from searcher.spec import StudySpec
 from searcher.storage import STORAGE_ENV, BudgetLock, describe_db_error
@@ -136,8 +136,10 @@ def _log_lock_waits(index: int, lock: BudgetLock) -> None:
 def training_objective(spec: StudySpec, options: WorkerOptions) -> ObjectiveFunc:
     """The real objective: TensorFlow placed and configured first, then the data loaded once."""
     placement = WorkerPlacement.from_env(options.index, os.environ)
+    # Before TensorFlow starts: what the scheduler gave this worker, whatever TF then finds.
+    log.info("worker %d: assigned %s", options.index, placement.describe())
     runtime = RuntimeOptions(mixed_precision=spec.runtime.mixed_precision, xla=spec.runtime.xla)
-    line = configure_tensorflow(placement, runtime)
+    line = configure_tensorflow(placement, runtime, allow_cpu_fallback=cpu_fallback_allowed(os.environ))
     log.info("%s; pid %d on %s; study %s", line, os.getpid(), socket.gethostname(), options.study_name or spec.name)
 
     from searcher.data import check_model_kind, load_search_data
