@@ -169,6 +169,9 @@ def _storage_trouble(error: BaseException) -> BaseException | None:
 
 def raise_keyboard_interrupt(signum: int, frame: object) -> None:
     # Optuna fails the running trial on KeyboardInterrupt, so SIGTERM leaves nothing RUNNING.
+    # One is enough: scancel signals every process of the job and the batch shell forwards its
+    # TERM too; a second interrupt would cut short the failing and re-queueing of the trial.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
