@@ -255,7 +255,8 @@ def test_assigned_gpu_that_tensorflow_cannot_see_stops_the_worker():
 def test_the_cpu_fallback_is_explicit():
     line = configure_tensorflow(WorkerPlacement(2, "3", 2, 2), RuntimeOptions(), tf=_FakeTF(n_gpus=0),
                                 keras=_FakeKeras(), allow_cpu_fallback=True)
-    assert line.startswith("worker 2: CPU (GPU 3 assigned but TensorFlow sees no GPU: SEARCHER_ALLOW_CPU_FALLBACK set)")
+    assert line.startswith("worker 2: CPU (GPU 3 assigned but TensorFlow sees no GPU: "
+                           "SEARCHER_ALLOW_CPU_FALLBACK set)")
     assert [cpu_fallback_allowed({"SEARCHER_ALLOW_CPU_FALLBACK": v}) for v in ("1", "true", "0", "")] == [
         True, True, False, False]
     assert not cpu_fallback_allowed({})

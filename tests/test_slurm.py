@@ -125,24 +125,29 @@ class Timeline:
     def __init__(self, cluster: SlurmCluster) -> None:
         self.cluster, self.t0 = cluster, time.monotonic()
         self.events: list[tuple[float, str]] = []
+        self.jobs: list[str] = []
+        self.logs: list[Path] = []
         self._states: dict[str, tuple[str, int]] = {}
         self._lines: Counter[Path] = Counter()
+
+    def submitted(self, job: str, *logs: Path, what: str) -> None:
+        """Follow ``job`` and its task logs from now on."""
+        self.jobs.append(job)
+        self.logs.extend(logs)
+        self.mark(f"submitted {what}")
 
     def mark(self, what: str) -> None:
         self.events.append((time.monotonic() - self.t0, what))
 
-    def seconds(self, prefix: str) -> float:
-        """When the first event starting with ``prefix`` happened."""
-        return next(t for t, what in self.events if what.startswith(prefix))
-
-    def poll(self, job: str, logs: list[Path]) -> None:
-        for info in self.cluster.jobs(job):
-            task = f"{info.fields.get('ArrayJobId', info.job_id)}_{info.fields.get('ArrayTaskId', '')}".rstrip("_")
-            state = (info.state, info.restarts)
-            if self._states.get(task) != state:
-                self._states[task] = state
-                self.mark(f"{task} {info.state} (Reason={info.reason}, Restarts={info.restarts})")
-        for log in logs:
+    def poll(self) -> None:
+        for job in self.jobs:
+            for info in self.cluster.jobs(job):
+                task = f"{info.fields.get('ArrayJobId', info.job_id)}_{info.fields.get('ArrayTaskId', '')}".rstrip("_")
+                state = (info.state, info.restarts)
+                if self._states.get(task) != state:
+                    self._states[task] = state
+                    self.mark(f"{task} {info.state} (Reason={info.reason}, Restarts={info.restarts})")
+        for log in self.logs:
             if not log.exists():
                 continue
             lines = log.read_text(errors="replace").splitlines()
@@ -151,16 +156,17 @@ class Timeline:
                     self.mark(f"{log.name}: {line.strip()[:160]}")
             self._lines[log] = len(lines)
 
-    def wait(self, condition: Callable[[], Any], *, job: str, logs: list[Path], what: str, timeout: float = 300) -> Any:
+    def wait(self, condition: Callable[[], Any], *, what: str, timeout: float = 300) -> Any:
         """Poll until ``condition()`` is truthy. A hang guard, not a speed check: the machine is busy."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self.poll(job, logs)
+            self.poll()
             if result := condition():
                 self.mark(what)
                 return result
             time.sleep(0.5)
-        tails = "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}" for log in logs if log.exists())
+        tails = "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}" for log in self.logs
+                          if log.exists())
         pytest.fail(f"{what}: not after {timeout} s\n{self}\n{tails}\n{self.cluster.log_tail()}")
 
     def __str__(self) -> str:
@@ -195,7 +201,7 @@ class SlurmStudy:
         assert created.returncode == 0, created.stdout + created.stderr
         assert f"budget {budget} trials, 0 finished" in created.stdout, created.stdout
 
-    def submit(self, *options: str, hold: bool = False, cpu_fallback: bool = True) -> str:
+    def submit(self, *options: str, hold: bool = False, cpu_fallback: bool = True, venv: Path | None = None) -> str:
         """``sbatch OPTIONS deploy/slurm/searcher-worker.sbatch`` in the study folder; the job id.
 
         One CPU and a small memory request instead of the script's 8 CPUs and 32G (two tasks fit
@@ -207,6 +213,8 @@ class SlurmStudy:
                                                                                          env.get("PYTHONPATH")])))
         if not cpu_fallback:
             env.pop("SEARCHER_ALLOW_CPU_FALLBACK")
+        if venv is not None:
+            env["SEARCHER_VENV"] = str(venv)
         return self.cluster.sbatch("--cpus-per-task=1", "--mem=1G", *options, str(SBATCH), env=env, cwd=self.folder)
 
     def log(self, job: str, task: int) -> Path:
@@ -240,18 +248,17 @@ def test_an_array_of_workers_reaches_the_budget_each_with_its_index_and_gpu(slur
     timeline = Timeline(slurm_cluster)
     # Submitted before the study exists: the tasks wait for it (--wait 300), as after a quick sbatch.
     job = study.submit("--array=0-1", "--time=10")
-    timeline.mark(f"submitted array {job}")
     logs = [study.log(job, 0), study.log(job, 1)]
+    timeline.submitted(job, *logs, what=f"array {job}_[0-1]")
     timeline.wait(lambda: all(log.exists() and "waiting up to 300 s" in log.read_text() for log in logs),
-                  job=job, logs=logs, what="both tasks running, waiting for the study")
+                  what="both tasks running, waiting for the study")
     # Slurm's own record of the GPU it gave each task (shown while the task runs).
     gres = {i: _task(slurm_cluster, job, i).fields.get("GRES", "") for i in (0, 1)}
     gpus = {i: re.fullmatch(r"gpu:1\(IDX:(\d)\)", gres[i])[1] for i in (0, 1)}
     assert gpus[0] != gpus[1], f"two tasks running at once got one GPU each: {gres}"
     study.create(budget=4)
     timeline.mark("study created (budget 4)")
-    timeline.wait(lambda: all(_ended(slurm_cluster, job, i) for i in (0, 1)), job=job, logs=logs,
-                  what="both tasks COMPLETED")
+    timeline.wait(lambda: all(_ended(slurm_cluster, job, i) for i in (0, 1)), what="both tasks COMPLETED")
     print(f"\narray test timeline:\n{timeline}\nstates: {dict(study.states())}")
 
     done = study.db.assert_budget_reached("slurm-array", 4)
@@ -269,19 +276,32 @@ def test_an_array_of_workers_reaches_the_budget_each_with_its_index_and_gpu(slur
     assert {t.user_attrs["worker_pid"] for t in done} <= set(pids.values()), (pids, [t.user_attrs for t in done])
 
 
+def _venv_whose_worker_exits(folder: Path, code: int) -> Path:
+    """A venv for the script's site block whose ``searcher`` only says the database is away."""
+    bin_dir = folder / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "activate").write_text(f'PATH="{bin_dir}:$PATH"\n')
+    fake = bin_dir / "searcher"
+    fake.write_text(f'#!/bin/sh\necho "Error: the database stayed unreachable (stand-in)"\nexit {code}\n')
+    fake.chmod(0o755)
+    return folder
+
+
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_a_task_near_its_time_limit_requeues_itself_and_its_rerun_finishes_the_study(slurm_cluster, postgres_url,
-                                                                                      tmp_path):
+def test_a_task_requeues_itself_near_its_time_limit_and_while_the_database_is_away(slurm_cluster, postgres_url,
+                                                                                    tmp_path):
     study = SlurmStudy(slurm_cluster, postgres_url, tmp_path, "slurm-requeue")
     study.create(budget=2)
     timeline = Timeline(slurm_cluster)
     # The script's own --signal=B:USR1@120; the first trial of the first run holds after one epoch.
     job = study.submit("--array=3-3", "--time=10", hold=True)
     task, log = f"{job}_3", study.log(job, 3)
-    timeline.mark(f"submitted {task}")
-    timeline.wait(lambda: log.exists() and "test hold: trial" in log.read_text(), job=job, logs=[log],
-                  what="first trial held mid-training")
+    timeline.submitted(job, log, what=task)
+    # On the node's other CPU meanwhile: a worker that exits 69 (database unavailable) every time.
+    away = study.submit("--array=0-0", "--time=10", venv=_venv_whose_worker_exits(tmp_path / "fake-venv", 69))
+    timeline.submitted(away, away_log := study.log(away, 0), what=f"{away}_0 (exits 69)")
+    timeline.wait(lambda: log.exists() and "test hold: trial" in log.read_text(), what="first trial held mid-training")
     victim = study.db.trials("slurm-requeue", "RUNNING")
     assert len(victim) == 1 and victim[0].intermediate_values, victim
     victim = victim[0]
@@ -291,28 +311,33 @@ def test_a_task_near_its_time_limit_requeues_itself_and_its_rerun_finishes_the_s
     minutes = (ran + 120) // 60
     slurm_cluster.run("scontrol", "update", f"JobId={task}", f"TimeLimit={minutes}")
     timeline.mark(f"time limit set to {minutes} min at {ran} s of run time: USR1 due")
-    timeline.wait(lambda: "stopping the worker (timelimit)" in log.read_text(), job=job, logs=[log],
-                  what="USR1 reached the batch shell", timeout=120)
-    timeline.wait(lambda: "time limit near; requeueing" in log.read_text(), job=job, logs=[log],
-                  what="worker stopped, scontrol requeue", timeout=120)
+    timeline.wait(lambda: "stopping the worker (timelimit)" in log.read_text(), what="USR1 reached the batch shell")
+    timeline.wait(lambda: "time limit near; requeueing" in log.read_text(), what="worker stopped, scontrol requeue")
 
     trials = {t.number: t for t in study.db.trials("slurm-requeue")}
     failed = trials[victim.number]
     assert failed.state.name == "FAIL" and failed.user_attrs["fail_reason"] == "interrupted", failed
-    queued = [t for t in trials.values() if t.state.name == "WAITING" and t.system_attrs.get("failed_trial") is not None]
+    queued = [t for t in trials.values() if t.state.name == "WAITING" and "failed_trial" in t.system_attrs]
     assert [(t.system_attrs["failed_trial"], t.params) for t in queued] == [(victim.number, victim.params)], trials
     assert not [t for t in trials.values() if t.state.name == "RUNNING"], trials
     at_requeue = dict(study.states())
 
     requeued = timeline.wait(lambda: (info := _task(slurm_cluster, job, 3)) and info.restarts == 1
-                             and info.state in ("PENDING", "REQUEUED") and info, job=job, logs=[log],
-                             what="requeued (PENDING, Restarts=1)")
+                             and info.state in ("PENDING", "REQUEUED") and info, what="requeued (PENDING, Restarts=1)")
     # The rerun gets room again; at 2 minutes the signal would be due as soon as it started.
     slurm_cluster.run("scontrol", "update", f"JobId={task}", "TimeLimit=10")
-    timeline.wait(lambda: "(restart 1)" in log.read_text(), job=job, logs=[log], what="rerun started")
-    timeline.wait(lambda: _ended(slurm_cluster, job, 3, restarts=1), job=job, logs=[log], what="rerun COMPLETED")
+    timeline.wait(lambda: "(restart 1)" in log.read_text(), what="rerun started")
+    timeline.wait(lambda: _ended(slurm_cluster, job, 3, restarts=1), what="rerun COMPLETED")
+    timeline.wait(lambda: _ended(slurm_cluster, away, 0, "FAILED"), what=f"{away}_0 FAILED after its requeues")
     print(f"\nrequeue test timeline:\n{timeline}\nstates at the requeue: {at_requeue}; "
           f"final: {dict(study.states())}")
+
+    gave_up = _task(slurm_cluster, away, 0)
+    assert (gave_up.restarts, gave_up.fields["ExitCode"]) == (3, "69:0"), gave_up.fields
+    away_text = away_log.read_text()
+    assert away_text.count("database unavailable (exit 69); requeueing") == 3, away_text
+    assert [f"(restart {n})" in away_text for n in range(4)] == [True] * 4, away_text
+    assert "database still unavailable after 3 requeues; giving up" in away_text
 
     assert requeued.reason == "BeginTime", requeued.fields  # held for cred_expire, then runs under the same id
     done = study.db.assert_budget_reached("slurm-requeue", 2)
@@ -336,18 +361,16 @@ def test_scancel_stops_without_requeue_and_a_gpu_tensorflow_cannot_see_stops_the
     # Two tasks at once: one without the CPU fallback (the fake GPU is invisible to TensorFlow),
     # one whose first trial holds until scancel.
     no_gpu = study.submit("--array=0-0", "--time=10", cpu_fallback=False)
+    timeline.submitted(no_gpu, no_gpu_log := study.log(no_gpu, 0), what=f"{no_gpu}_0 (no CPU fallback)")
     held = study.submit("--array=1-1", "--time=10", hold=True)
-    timeline.mark(f"submitted {no_gpu}_0 (no CPU fallback) and {held}_1 (held)")
-    no_gpu_log, held_log = study.log(no_gpu, 0), study.log(held, 1)
-    logs = [no_gpu_log, held_log]
-    timeline.wait(lambda: _ended(slurm_cluster, no_gpu, 0, "FAILED"), job=no_gpu, logs=logs,
-                  what=f"{no_gpu}_0 FAILED")
-    timeline.wait(lambda: held_log.exists() and "test hold: trial" in held_log.read_text(), job=held, logs=logs,
+    timeline.submitted(held, held_log := study.log(held, 1), what=f"{held}_1 (held)")
+    timeline.wait(lambda: _ended(slurm_cluster, no_gpu, 0, "FAILED"), what=f"{no_gpu}_0 FAILED")
+    timeline.wait(lambda: held_log.exists() and "test hold: trial" in held_log.read_text(),
                   what=f"{held}_1 trial held mid-training")
     slurm_cluster.scancel(f"{held}_1")
     timeline.mark(f"scancel {held}_1")
     timeline.wait(lambda: _ended(slurm_cluster, held, 1, "CANCELLED") and not slurm_cluster.run(
-        "squeue", "-h", "-j", held).stdout.strip(), job=held, logs=logs, what="cancelled and gone from the queue")
+        "squeue", "-h", "-j", held).stdout.strip(), what="cancelled and gone from the queue")
     print(f"\nscancel test timeline:\n{timeline}\nfinal: {dict(study.states())}")
 
     failed = _task(slurm_cluster, no_gpu, 0)
@@ -366,5 +389,6 @@ def test_scancel_stops_without_requeue_and_a_gpu_tensorflow_cannot_see_stops_the
     assert states["RUNNING"] == 0 and states["FAIL"] == 1 and states["WAITING"] >= 1, states
     failed_trial = study.db.trials("slurm-cancel", "FAIL")[0]
     assert failed_trial.user_attrs["fail_reason"] == "interrupted", failed_trial.user_attrs
-    retry = [t for t in study.db.trials("slurm-cancel", "WAITING") if t.system_attrs.get("failed_trial") == failed_trial.number]
+    retry = [t for t in study.db.trials("slurm-cancel", "WAITING")
+             if t.system_attrs.get("failed_trial") == failed_trial.number]
     assert len(retry) == 1 and retry[0].params == failed_trial.params
