@@ -194,11 +194,13 @@ def init(
     """
     from searcher.data import describe_data
     from searcher.scaffold import init_spec
+    from searcher.sizing import describe as describe_budget
 
     made = init_spec(data, output=output, target=target, test_path=test, minutes=minutes, workers=workers, force=force)
     console.print(f"wrote {made.path}: {made.spec.model.kind} on {describe_data(made.summary)}", highlight=False)
-    console.print(f"budget {made.spec.budget.n_trials} trials (~{made.trial_seconds:.1f} s each, {made.workers} "
-                  f"worker(s), about {minutes:g} min); next: searcher launch {made.path}", highlight=False)
+    if made.sizing.note:
+        console.print(made.sizing.note, highlight=False, markup=False)
+    console.print(f"budget {describe_budget(made.sizing)}; next: searcher launch {made.path}", highlight=False)
 
 
 @app.command()
