@@ -212,7 +212,9 @@ def create(
     name: NameOpt = None,
     wait: WaitOpt = None,
 ) -> None:
-    """Create the study (or set the budget of an existing one), enqueue its baselines, and exit.
+    """Create the study (or raise the budget of an existing one), enqueue its baselines, and exit.
+
+    It never lowers a stored budget (a re-run create Job keeps one raised meanwhile); `searcher budget` does.
 
     For clusters, where workers start as separate jobs: run it once, then start `searcher worker`.
 
@@ -227,12 +229,37 @@ def create(
     url = resolve_url(storage)
     if wait:
         studies.wait_until_ready(url, seconds=wait)
-    n_trials = trials or spec.budget.n_trials
-    states = studies.count_states(create_study(spec, url, n_trials=n_trials, name=stored_name))
-    console.print(f"study {stored_name} in {mask_url(url)}: budget {n_trials} trials, {studies.finished(states)} "
+    created, note = create_study(spec, url, n_trials=trials, name=stored_name)
+    if note:
+        console.print(note, highlight=False, markup=False)
+    states = studies.count_states(created)
+    console.print(f"study {stored_name} in {mask_url(url)}: budget {created.user_attrs[studies.BUDGET_ATTR]} trials, "
+                  f"{studies.finished(states)} "
                   f"finished, {states['WAITING']} waiting to run; start workers with `searcher worker {study}"
                   + ("" if stored_name == spec.name else f" --name {stored_name}") + "`",
                   highlight=False, markup=False)
+
+
+@app.command()
+def budget(
+    study: Annotated[str, typer.Argument(help="The study name.")],
+    n_trials: Annotated[int, typer.Argument(metavar="N", min=1, help="The new study-wide budget of finished trials.")],
+    storage: StorageOpt = None,
+    name: NameOpt = None,
+    seed: ReadSeedOpt = None,
+) -> None:
+    """Raise or lower a study's budget while it runs; its workers, on every host, take it up before their next trial.
+
+    It cannot go below the trials already finished. `searcher create` and `launch` without --trials
+    raise a budget below the spec's back to it: lower budget.n_trials in the spec too.
+
+    Example: searcher budget digits-mlp 120
+    """
+    from searcher.launch import change_budget, study_name
+    from searcher.storage import resolve_url
+
+    change = change_budget(resolve_url(storage), study_name(study, name=name, seed=seed), n_trials)
+    console.print(change.describe(), highlight=False, markup=False)
 
 
 @app.command("studies")

@@ -29,7 +29,7 @@ from searcher.space import describe
 from searcher.data import check_search_data, describe_data
 from searcher.errors import UserError
 from searcher.spec import FILE_DATASETS, NAME_PATTERN, StudySpec, directions, load_spec, resolve_spec_path
-from searcher.storage import DEFAULT_SQLITE, BudgetLock, describe_db_error, mask_url, resolve_url
+from searcher.storage import DEFAULT_SQLITE, BudgetLock, describe_db_error, mask_url, open_storage, resolve_url
 from searcher.workers import (
     EXIT_DONE,
     EXIT_INTERRUPTED,
@@ -87,16 +87,33 @@ def study_name(base: str, *, name: str | None = None, seed: int | None = None) -
     return name
 
 
-def create_study(spec: StudySpec, url: str, *, n_trials: int, name: str | None = None) -> optuna.Study:
-    """Create the study (or continue it with budget ``n_trials``) and enqueue its baselines once.
+def create_study(spec: StudySpec, url: str, *, n_trials: int | None, name: str | None = None,
+                 exact: bool = False) -> tuple[optuna.Study, str | None]:
+    """Create the study (or continue it) and enqueue its baselines once; return it with a line
+    to show when its budget is not the one asked for.
 
-    Under the study's budget lock: launches and ``searcher create`` running at once make one
-    study and one set of baselines. ``name``: the study's name (default: the spec's).
+    The budget ``n_trials`` (None: the spec's) only grows an existing study's, unless ``exact``
+    (``launch --trials``), which sets it as ``searcher budget`` does: up or down, not below the
+    trials finished. Under the study's budget lock: launches and ``searcher create`` running at
+    once make one study and one set of baselines. ``name``: the study's name (default: the spec's).
     """
     name = name or spec.name
     storage = studies.open_study_storage(spec, url)
     with BudgetLock(url, name, storage=storage):
-        return studies.create_or_continue(spec, storage, n_trials=n_trials, name=name)
+        study = studies.create_or_continue(spec, storage, n_trials=n_trials, name=name)
+        if exact and n_trials is not None:
+            studies.set_budget(study, n_trials, storage=storage, flag="--trials")
+            return study, None
+        return study, studies.kept_budget_note(study, n_trials or spec.budget.n_trials)
+
+
+def change_budget(url: str, name: str, n_trials: int) -> studies.BudgetChange:
+    """``searcher budget``: set a stored study's budget, under its budget lock, for the workers
+    that run it (on any host) to take up before their next trial."""
+    storage = open_storage(url, create=False)
+    study = studies.load(name, storage, url=url)
+    with BudgetLock(url, name, storage=storage):
+        return studies.set_budget(study, n_trials, storage=storage)
 
 
 def launch(request: LaunchRequest, *, console: Console) -> int:
@@ -112,12 +129,15 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
     if spec.data.dataset in FILE_DATASETS:  # a user's own file: check it before anything is stored
         data_summary = check_search_data(spec, split_seed=spec.split_seed, data_dir=request.data_dir)
         console.print(f"data: {describe_data(data_summary)}", highlight=False)
-    n_trials = request.trials or spec.budget.n_trials
-    study = create_study(spec, url, n_trials=n_trials, name=name)
+    study, note = create_study(spec, url, n_trials=request.trials, name=name, exact=request.trials is not None)
+    if note:
+        console.print(note, highlight=False, markup=False)
+    n_trials = study.user_attrs[studies.BUDGET_ATTR]
     if data_summary is not None:
         study.set_user_attr(studies.DATA_ATTR, data_summary)
     if studies.budget_left(study, n_trials) <= 0:
-        console.print(f"{name}: the study already has {n_trials} finished trials; raise --trials to continue.")
+        console.print(f"{name}: the study already has {n_trials} finished trials; raise --trials (or "
+                      f"`searcher budget {name} N`) to continue.", highlight=False, markup=False)
         print_summary(study, console=console, url=url, default_url=request.storage is None)
         return EXIT_DONE
 
