@@ -266,19 +266,8 @@ def print_summary(study: optuna.Study, *, console: Console, url: str, default_ur
     snap = take_snapshot(study)
     console.print(render(snap))
     ranked = front.ranked(study)
-    if ranked:
-        best = ranked[0]
-        for t in study.get_trials(deepcopy=False):
-            if "baseline" not in t.user_attrs:
-                continue
-            if t.state == optuna.trial.TrialState.COMPLETE:
-                over = "" if front.is_feasible(t) else ", infeasible"
-                console.print(f"  baseline {t.user_attrs['baseline']}: {front.metric_value(t):.4f} "
-                              f"({front.metric_value(best) - front.metric_value(t):+.4f} for the best{over})")
-            elif t.user_attrs.get("infeasible"):
-                console.print(f"  baseline {t.user_attrs['baseline']}: infeasible ({t.user_attrs['infeasible']})")
-        if "config" in best.user_attrs:
-            console.print(f"  best config: {describe(best.user_attrs['config'])}", highlight=False)
+    if ranked and "config" in ranked[0].user_attrs:
+        console.print(f"  best config: {describe(ranked[0].user_attrs['config'])}", highlight=False)
     name = study.study_name
     flag = "" if default_url and url.endswith(DEFAULT_SQLITE) else f" --storage '{mask_url(url)}'"
     # A cross-validated study's final model averages fold models; averaging the top configs' too
