@@ -89,8 +89,8 @@ def test_a_running_study_grows_from_6_to_10_trials_and_both_workers_go_on(tmp_pa
     raw = yaml.safe_load(Path("studies/digits-mlp.yaml").read_text())
     # Every trial runs all its epochs (no pruning, no early stopping). The budget is raised once
     # both workers run their first trial: the first budget then still holds four trial starts,
-    # two trial lengths of 16 epochs per worker, far longer than the raise takes to land.
-    raw["training"].update(max_epochs=16, patience=None)
+    # two trial lengths of 24 epochs per worker, far longer than the raise takes to land.
+    raw["training"].update(max_epochs=24, patience=None)
     raw.update(pruner={"name": "none"}, budget={"n_trials": 6})
     (tmp_path / "grow.yaml").write_text(yaml.safe_dump(raw))
     url = f"sqlite:///{tmp_path}/s.db"
