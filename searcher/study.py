@@ -9,27 +9,52 @@ workers: a FAILED trial is a crash or a retry, not a result.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
+from searcher import stored
 from searcher.errors import StorageError, UserError
 from searcher.space import baseline_params, grid_search_space
-from searcher.spec import StudySpec, directions, objective_names, parse_spec
+from searcher.spec import NAME_PATTERN, StudySpec, directions, load_spec, objective_names, resolve_spec_path
 from searcher.storage import mask_url, open_storage
 
 log = logging.getLogger(__name__)
 
-SPEC_ATTR, HASH_ATTR, BUDGET_ATTR, BASELINES_ATTR = "spec", "spec_hash", "n_trials", "baselines_enqueued"
-DATA_ATTR = "data"  # the data summary (rows, features, classes, preprocessing): data.SearchData.summary
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def load_launch_spec(source: str, seed: int | None, *, mixed_precision: bool | None = None,
+                     xla: bool | None = None) -> tuple[StudySpec, Path]:
+    """The spec with the command line's overrides: the seed (a different study), and the
+    runtime options, which change how fast a trial runs, not what it computes."""
+    spec = load_spec(source)
+    if seed is not None:
+        spec = spec.model_copy(update={"seed": seed})
+    runtime = {k: v for k, v in (("mixed_precision", mixed_precision), ("xla", xla)) if v is not None}
+    if runtime:
+        spec = spec.model_copy(update={"runtime": spec.runtime.model_copy(update=runtime)})
+    return spec, resolve_spec_path(source).resolve()
+
+
+def study_name(base: str, *, name: str | None = None, seed: int | None = None) -> str:
+    """The study's name in its storage: ``--name``, else ``base`` (the spec's name), with
+    ``-seed<N>`` under ``--seed N``, so repeats over seeds sit side by side in one database."""
+    if name is None:
+        return base if seed is None else f"{base}-seed{seed}"
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise UserError(f"--name: must start with a letter or digit and hold only letters, digits, '_', '.' "
+                        f"and '-', got {name!r}")
+    return name
 
 
 def _stale_trial_callback(spec: StudySpec) -> optuna.storages.RetryHeartbeatStaleTrialCallback:
@@ -38,23 +63,24 @@ def _stale_trial_callback(spec: StudySpec) -> optuna.storages.RetryHeartbeatStal
     )
 
 
-def retry_interrupted(study: optuna.Study, trial_id: int, spec: StudySpec) -> bool:
+def retry_interrupted(study: optuna.Study, number: int, spec: StudySpec) -> bool:
     """Queue a trial that a SIGTERM cut short to run again, as a stale trial is retried (same
     params and seed, up to ``runtime.max_retries``); return whether it was queued.
 
     A worker stopped on purpose (a Slurm time limit, a Kubernetes eviction, Ctrl-C) then loses
     no trial. One left RUNNING without being failed is the stale-trial check's to retry.
     """
-    frozen = study._storage.get_trial(trial_id)
-    if frozen.state != TrialState.FAIL:
+    failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number == number]
+    if not failed:
         return False
+    frozen = copy.copy(failed[0])  # its user attrs are replaced below, not the study's copy
 
     def waiting() -> int:
         return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
     before = waiting()
     # The retry starts clean: it has not failed (yet).
-    frozen.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k not in ("fail_reason", "fail_detail")}
+    frozen.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k not in (stored.FAIL_REASON, stored.FAIL_DETAIL)}
     _stale_trial_callback(spec)(study, frozen)
     return waiting() > before
 
@@ -108,6 +134,7 @@ def pruning_off_reason(spec: StudySpec) -> str | None:
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """The Optuna pruner ``spec.pruner`` names; none when pruning is off (``pruning_off_reason``)."""
     p, max_epochs = spec.pruner, spec.training.max_epochs
     if pruning_off_reason(spec):
         return optuna.pruners.NopPruner()
@@ -140,34 +167,34 @@ def create_or_continue(spec: StudySpec, storage: optuna.storages.BaseStorage, *,
         directions=directions(spec),
         load_if_exists=True,
     )
-    stored_hash = study.user_attrs.get(HASH_ATTR)
+    stored_hash = study.user_attrs.get(stored.SPEC_HASH)
     if stored_hash is None:
         study.set_metric_names(list(objective_names(spec)))  # shown by optuna-dashboard and plots
-        study.set_user_attr(SPEC_ATTR, spec.to_dict())
-        study.set_user_attr(HASH_ATTR, spec.search_hash())
+        study.set_user_attr(stored.SPEC, spec.to_dict())
+        study.set_user_attr(stored.SPEC_HASH, spec.search_hash())
     else:
         check_same_spec(study, spec)
     asked = n_trials or spec.budget.n_trials
-    stored = study.user_attrs.get(BUDGET_ATTR)
-    if stored is None or asked > stored:
-        study.set_user_attr(BUDGET_ATTR, asked)
-    if not study.user_attrs.get(BASELINES_ATTR):
+    before = stored.budget(study)
+    if before is None or asked > before:
+        study.set_user_attr(stored.BUDGET, asked)
+    if not study.user_attrs.get(stored.BASELINES_ENQUEUED):
         for baseline in spec.baselines:
             study.enqueue_trial(
                 baseline_params(spec, baseline.params),
-                user_attrs={"baseline": baseline.name, "baseline_note": baseline.note},
+                user_attrs={stored.BASELINE: baseline.name, stored.BASELINE_NOTE: baseline.note},
                 skip_if_exists=True,
             )
-        study.set_user_attr(BASELINES_ATTR, True)
+        study.set_user_attr(stored.BASELINES_ENQUEUED, True)
     return study
 
 
 def kept_budget_note(study: optuna.Study, asked: int) -> str | None:
     """One line when ``create_or_continue`` was asked for less than the stored budget and kept it."""
-    stored = study.user_attrs.get(BUDGET_ATTR)
-    if stored is None or asked >= stored:
+    kept = stored.budget(study)
+    if kept is None or asked >= kept:
         return None
-    return (f"{study.study_name}: kept the budget of {stored} trials (asked {asked}): creating never lowers a "
+    return (f"{study.study_name}: kept the budget of {kept} trials (asked {asked}): creating never lowers a "
             f"budget; lower it with `searcher budget {study.study_name} {asked}`")
 
 
@@ -198,7 +225,7 @@ def set_budget(study: optuna.Study, n_trials: int, *, storage: optuna.storages.R
                flag: str = "N") -> BudgetChange:
     """Set the study-wide budget to ``n_trials``, up or down, but not below the trials finished.
 
-    Workers re-read it before each trial (``stored_budget``), so a running study grows or
+    Workers re-read it before each trial (``budget_in_database``), so a running study grows or
     shrinks without a restart. Call it under the study's budget lock. ``flag`` names the
     argument in the error (``--trials`` for launch).
     """
@@ -207,20 +234,20 @@ def set_budget(study: optuna.Study, n_trials: int, *, storage: optuna.storages.R
     if n_trials < done:
         raise UserError(f"{flag}: {study.study_name} has {done} finished trials; its budget cannot go below that "
                         f"(got {n_trials})")
-    before = study.user_attrs.get(BUDGET_ATTR)
+    before = stored.budget(study)
     if before != n_trials:
-        study.set_user_attr(BUDGET_ATTR, n_trials)
+        study.set_user_attr(stored.BUDGET, n_trials)
     return BudgetChange(study.study_name, before, n_trials, done, states["RUNNING"])
 
 
-def stored_budget(storage: optuna.storages.RDBStorage, name: str) -> int | None:
+def budget_in_database(storage: optuna.storages.RDBStorage, name: str) -> int | None:
     """The study's budget as the database holds it now: one attribute, read in this thread's
     Optuna session (inside the budget lock's transaction when held), never a cached copy."""
     session = storage.scoped_session()
     try:
         value = session.execute(sqlalchemy.text(
             "SELECT a.value_json FROM study_user_attributes a JOIN studies s ON s.study_id = a.study_id "
-            "WHERE s.study_name = :name AND a.key = :key"), {"name": name, "key": BUDGET_ATTR}).scalar()
+            "WHERE s.study_name = :name AND a.key = :key"), {"name": name, "key": stored.BUDGET}).scalar()
     finally:
         session.close()
     return None if value is None else int(json.loads(value))
@@ -258,7 +285,7 @@ def wait_until_ready(url: str, *, seconds: float, name: str | None = None, poll_
         try:
             storage = open_storage(url)
             try:
-                if name is not None and not load(name, storage, url=url).user_attrs.get(BASELINES_ATTR):
+                if name is not None and not load(name, storage, url=url).user_attrs.get(stored.BASELINES_ENQUEUED):
                     raise StorageError(f"study {name!r} in {mask_url(url)} is still being created")
             finally:
                 storage.engine.dispose()
@@ -277,20 +304,13 @@ def wait_until_ready(url: str, *, seconds: float, name: str | None = None, poll_
 
 
 def check_same_spec(study: optuna.Study, spec: StudySpec) -> None:
-    stored = study.user_attrs.get(HASH_ATTR)
-    if stored is not None and stored != spec.search_hash():
+    """Refuse a worker whose spec searches otherwise than the one the study was created from."""
+    stored_hash = study.user_attrs.get(stored.SPEC_HASH)
+    if stored_hash is not None and stored_hash != spec.search_hash():
         raise StorageError(
-            f"study {study.study_name!r} was created from a different spec (hash {stored}, yours "
+            f"study {study.study_name!r} was created from a different spec (hash {stored_hash}, yours "
             f"{spec.search_hash()}); a worker must use the same spec, or launch under another name (--name)"
         )
-
-
-def stored_spec(study: optuna.Study) -> StudySpec:
-    """The spec the study was created from."""
-    raw: dict[str, Any] | None = study.user_attrs.get(SPEC_ATTR)
-    if raw is None:
-        raise StorageError(f"study {study.study_name!r} was not created by searcher (no stored spec)")
-    return parse_spec(raw, source=f"study {study.study_name}")
 
 
 def count_states(study: optuna.Study) -> Counter[str]:

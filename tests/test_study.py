@@ -7,11 +7,12 @@ from __future__ import annotations
 import optuna
 import pytest
 
+from searcher import stored
 from searcher import study as studies
 from searcher.errors import UserError
 from searcher.spec import load_spec
 from searcher.storage import open_storage, resolve_url
-from searcher.workers import WorkerOptions, run_worker
+from searcher.worker import WorkerOptions, run_worker
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -30,10 +31,10 @@ def test_a_creating_worker_keeps_the_stored_budget(tmp_path):
     spec = load_spec("digits-mlp")
     storage = open_storage(f"sqlite:///{tmp_path}/s.db")
     fresh = studies.create_or_continue(spec, storage, n_trials=None, name="fresh")
-    assert fresh.user_attrs[studies.BUDGET_ATTR] == spec.budget.n_trials == 80
+    assert fresh.user_attrs[stored.BUDGET] == spec.budget.n_trials == 80
     studies.create_or_continue(spec, storage, n_trials=300, name="raised")  # `searcher create --trials 300`
     again = studies.create_or_continue(spec, storage, n_trials=None, name="raised")  # a restarted compose worker
-    assert again.user_attrs[studies.BUDGET_ATTR] == 300
+    assert again.user_attrs[stored.BUDGET] == 300
     assert len(again.get_trials()) == len(spec.baselines), "baselines are enqueued once"
 
 
@@ -41,15 +42,15 @@ def test_creating_again_raises_a_budget_but_never_lowers_it(tmp_path):
     spec = load_spec("digits-mlp")
     storage = open_storage(f"sqlite:///{tmp_path}/s.db")
     study = studies.create_or_continue(spec, storage, n_trials=6, name="s")
-    assert study.user_attrs[studies.BUDGET_ATTR] == 6, "a new study takes the budget asked, even below the spec's"
+    assert study.user_attrs[stored.BUDGET] == 6, "a new study takes the budget asked, even below the spec's"
     studies.set_budget(study, 10, storage=storage)  # `searcher budget s 10`
     again = studies.create_or_continue(spec, storage, n_trials=6, name="s")  # the create Job run again
-    assert again.user_attrs[studies.BUDGET_ATTR] == 10
+    assert again.user_attrs[stored.BUDGET] == 10
     assert studies.kept_budget_note(again, 6) == (
         "s: kept the budget of 10 trials (asked 6): creating never lowers a budget; lower it with "
         "`searcher budget s 6`")
     raised = studies.create_or_continue(spec, storage, n_trials=None, name="s")  # the spec asks 80
-    assert raised.user_attrs[studies.BUDGET_ATTR] == 80 and studies.kept_budget_note(raised, 80) is None
+    assert raised.user_attrs[stored.BUDGET] == 80 and studies.kept_budget_note(raised, 80) is None
 
 
 def test_a_budget_shrinks_to_what_has_finished_and_no_further(url):
@@ -59,7 +60,7 @@ def test_a_budget_shrinks_to_what_has_finished_and_no_further(url):
     _finish(study, 5)
     with pytest.raises(UserError, match=r"^N: shrink has 5 finished trials; its budget cannot go below that \(got 4\)$"):
         studies.set_budget(study, 4, storage=storage)
-    assert study.user_attrs[studies.BUDGET_ATTR] == 20, "a refused change changes nothing"
+    assert study.user_attrs[stored.BUDGET] == 20, "a refused change changes nothing"
     change = studies.set_budget(study, 5, storage=storage)
     assert (change.before, change.after, change.finished) == (20, 5, 5)
     assert change.describe() == "shrink: budget 20 -> 5 trials (5 finished, 0 running); no new trial starts"
@@ -72,12 +73,12 @@ def test_the_budget_is_read_from_the_database_not_from_a_study_loaded_before(url
     spec = load_spec("digits-mlp")
     storage = open_storage(url)
     held = studies.create_or_continue(spec, storage, n_trials=6, name="fresh")
-    assert studies.stored_budget(storage, "fresh") == 6
+    assert studies.budget_in_database(storage, "fresh") == 6
     elsewhere = open_storage(url)  # another host's connection
     studies.set_budget(studies.load("fresh", elsewhere, url=url), 10, storage=elsewhere)
-    assert studies.stored_budget(storage, "fresh") == 10
-    assert held.user_attrs[studies.BUDGET_ATTR] == 10
-    assert studies.stored_budget(storage, "no-such-study") is None
+    assert studies.budget_in_database(storage, "fresh") == 10
+    assert held.user_attrs[stored.BUDGET] == 10
+    assert studies.budget_in_database(storage, "no-such-study") is None
 
 
 class _RaisesTheBudget:
@@ -101,7 +102,7 @@ def test_a_running_worker_takes_up_a_raised_budget_before_its_next_trial(url, ca
     storage = open_storage(url)
     studies.create_or_continue(spec, storage, n_trials=6, name="grows")
     objective = _RaisesTheBudget(url, "grows")
-    caplog.set_level("INFO", logger="searcher.workers")
+    caplog.set_level("INFO", logger="searcher.worker")
     code = run_worker(spec, url, WorkerOptions(study_name="grows"), make_objective=lambda spec, options: objective)
     assert code == 0
     study = studies.load("grows", storage, url=url)
