@@ -446,7 +446,7 @@ def test_a_shaped_spec_launches(tmp_path, monkeypatch):
     lines = result.output.splitlines()
     assert lines[0].startswith("wrote pngs.yaml: cnn on ")
     assert lines[1].startswith("--minutes 1 is too short here: even shaped (5 epochs per trial (was 40); ")
-    assert lines[2] == "budget 8 trials, about 11 min here with 1 worker(s) (a trial: ~82 s); next: searcher launch pngs.yaml"
+    assert lines[2] == "budget 8 trials, about 11 min here with 1 worker(s) (a trial: ~81 s); next: searcher launch pngs.yaml"
     out = searcher("launch", "pngs.yaml", "--workers", "1", "--trials", "2", "--storage", f"sqlite:///{tmp_path}/s.db",
                    cwd=tmp_path)
     assert "pngs: 1 worker(s)" in out.stdout and "budget 2 trials" in out.stdout
