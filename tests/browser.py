@@ -48,6 +48,7 @@ def chromium_page(*, width: int = 1400, height: int = 900) -> Iterator[tuple[obj
         browser = p.chromium.launch(executable_path=executable, args=list(CHROMIUM_ARGS))
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(BROWSER_TIMEOUT_MS)  # goto and every wait, not only wait_for_plotly
             page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
             yield page, errors
