@@ -214,7 +214,7 @@ def _scan_with_tensorflow(path: Path, header: list[str], text_columns: tuple[str
             is_text = ~missing if as_text[j] else ~missing & ~number
             words, codes = tf.unique(tf.boolean_mask(stripped, is_text), out_idx=tf.int32)
             out.append((values, missing, tf.cast(tf.where(is_text)[:, 0], tf.int32), words, codes))
-        return line_numbers, out
+        return line_numbers, tuple(out)  # tf.data takes tuples, not lists
 
     lines = (tf.data.TextLineDataset(str(path)).enumerate(start=1).skip(1)
              .filter(lambda _, line: tf.strings.length(tf.strings.strip(line)) > 0)
