@@ -126,21 +126,21 @@ def _one_hot(column, vocabulary: tuple[str, ...], *, fill: str | None, name: str
     """One-hot slots: "other" (a value the fit split never had), the vocabulary, then "missing"
     (every spelling of a missing cell), unless ``fill`` names the value a missing cell takes.
 
-    Built from Keras's own layers so that the saved file loads without searcher: a lookup
-    of the raw string, then a fixed (non-trained) table from lookup index to slot.
+    Built from Keras's own layers so that the saved file loads without searcher: a one-hot
+    lookup of the raw string, then a fixed (non-trained) matrix from lookup slot to slot
+    (a matrix product: it converts to TensorFlow Lite at any batch size).
     """
     fill = fill if fill in vocabulary else None  # a column with no value in the fit split has no most frequent
     variants = [v for v in missing_variants() if v not in vocabulary]
     lookup = keras.layers.StringLookup(vocabulary=list(vocabulary) + variants, num_oov_indices=1,
-                                       name=f"lookup_{name}")(column)
+                                       output_mode="one_hot", name=f"lookup_{name}")(column)
     width = len(vocabulary) + (1 if fill is not None else 2)
     slots = np.zeros((1 + len(vocabulary) + len(variants), width), dtype="float32")
     slots[np.arange(1 + len(vocabulary)), np.arange(1 + len(vocabulary))] = 1.0
     missing_slot = width - 1 if fill is None else 1 + vocabulary.index(fill)
     slots[1 + len(vocabulary):, missing_slot] = 1.0
-    one_hot = keras.layers.Embedding(len(slots), width, embeddings_initializer=keras.initializers.Constant(slots),
-                                     trainable=False, name=f"onehot_{name}")(lookup)
-    return keras.layers.Reshape((width,), name=f"slots_{name}")(one_hot)
+    return keras.layers.Dense(width, use_bias=False, kernel_initializer=keras.initializers.Constant(slots),
+                              trainable=False, name=f"slots_{name}")(lookup)
 
 
 def _scaled(x, pre: Preprocessing):
