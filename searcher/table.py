@@ -202,8 +202,12 @@ def _scan_with_tensorflow(path: Path, header: list[str], text_columns: tuple[str
     tf = import_tensorflow()
     as_text = [name in text_columns for name in header]
 
-    def scan_batch(line_numbers, lines):
-        lines = tf.strings.regex_replace(lines, "\r$", "")
+    def scan_batch(batch, lines):
+        # Line numbers and blank lines per batch: per line, tf.data's own steps cost more than the parsing.
+        line_numbers = batch * _BATCH_LINES + 2 + tf.range(tf.size(lines, out_type=tf.int64))
+        filled = tf.strings.length(tf.strings.strip(lines)) > 0
+        lines = tf.strings.regex_replace(tf.boolean_mask(lines, filled), "\r$", "")
+        line_numbers = tf.boolean_mask(line_numbers, filled)
         cells = tf.io.decode_csv(lines, record_defaults=[[""]] * len(header))
         out = []
         for j, cell in enumerate(cells):
@@ -216,9 +220,8 @@ def _scan_with_tensorflow(path: Path, header: list[str], text_columns: tuple[str
             out.append((values, missing, tf.cast(tf.where(is_text)[:, 0], tf.int32), words, codes))
         return line_numbers, tuple(out)  # tf.data takes tuples, not lists
 
-    lines = (tf.data.TextLineDataset(str(path)).enumerate(start=1).skip(1)
-             .filter(lambda _, line: tf.strings.length(tf.strings.strip(line)) > 0)
-             .batch(_BATCH_LINES).map(scan_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+    lines = (tf.data.TextLineDataset(str(path)).skip(1).batch(_BATCH_LINES).enumerate()
+             .map(scan_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
     numbers, parts = [], [[] for _ in header]
     try:
         for line_numbers, batch in lines:
