@@ -192,7 +192,7 @@ def test_survey_shaped_table_init_launch_export_retrain_and_score_without_search
     assert "# features: 'id' is left out: every value is different, like an ID" in text
     assert "missing: mean" in text
     url = f"sqlite:///{tmp_path}/s.db"
-    searcher("launch", "survey.yaml", "--workers", "1", "--trials", "2", "--storage", url, cwd=tmp_path)
+    searcher("launch", "survey.yaml", "--workers", "1", "--trials", "1", "--storage", url, cwd=tmp_path)
     searcher("export", "survey", "--storage", url, "-o", "best.yaml", cwd=tmp_path)
     retrained = searcher("retrain", "best.yaml", "-o", "best.keras", "--serve", "served", cwd=tmp_path)
     assert "(best.keras, loaded back)" in retrained.stdout and "SavedModel: " in retrained.stdout
