@@ -24,6 +24,7 @@ import yaml
 
 from searcher import front
 from searcher.cost import LATENCY_LARGE
+from searcher.devices import TrainingRuntime
 from searcher.monitor import format_cost
 from searcher.errors import SpecError, UserError
 from searcher.space import TrialConfig
@@ -88,6 +89,8 @@ def export_config(study: optuna.Study, *, rank: int | None = None, pick: front.P
         "cost": {**front.figures_of(trial), LATENCY_LARGE: trial.user_attrs.get(LATENCY_LARGE)},
         "baseline": trial.user_attrs.get("baseline"),
         "spec_hash": study.user_attrs.get("spec_hash"),
+        # How the trial trained (XLA, precision, threads): retrain trains the same way.
+        "runtime": trial.user_attrs.get(TrainingRuntime.ATTR) or TrainingRuntime().to_dict(),
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     document = {"searcher_export": FORMAT_VERSION, "source": source, "config": trial.user_attrs["config"]}
@@ -165,21 +168,25 @@ def retrain(
     from searcher.cost import measure_cost
     from searcher.data import load_search_data, load_test_split
     from searcher.models import ensemble_model
+    from searcher.devices import apply_runtime
     from searcher.objective import cv_score, fold_models, train_every_fold
 
     if model_path.suffix != ".keras":
         raise UserError(f"-o: the model file must end in .keras, got {model_path.name}")
     started = time.perf_counter()
+    runtime = TrainingRuntime.from_dict(source.get("runtime"))
+    apply_runtime(runtime)
     config = configs[0]
     data = load_search_data(config.data, split_seed=config.split_seed, data_dir=data_dir)
     direction = source.get("direction") or METRICS[config.training.metric]
     # One list of fold results per config: scored as the search scored it.
-    trained = [train_every_fold(member, data, direction=direction, max_epochs=epochs) for member in configs]
+    trained = [train_every_fold(member, data, direction=direction, runtime=runtime, max_epochs=epochs)
+               for member in configs]
     scored = [cv_score(folds, direction) for folds in trained]
     result = trained[0][0]
     if data.folds:  # every fold again, for the one epoch count its score belongs to
         members = [m for member, score in zip(configs, scored)
-                   for m in fold_models(member, data, epochs=score.epoch, direction=direction)]
+                   for m in fold_models(member, data, epochs=score.epoch, direction=direction, runtime=runtime)]
     else:
         members = [folds[0].model for folds in trained]
     model = ensemble_model(members)

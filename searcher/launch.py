@@ -29,12 +29,14 @@ from searcher.space import describe
 from searcher.data import check_search_data, describe_data
 from searcher.errors import UserError
 from searcher.spec import FILE_DATASETS, NAME_PATTERN, StudySpec, directions, load_spec, resolve_spec_path
-from searcher.storage import DEFAULT_SQLITE, BudgetLock, describe_db_error, mask_url, resolve_url
+from searcher.outage import DatabaseUnavailable, Outage, is_unreachable
+from searcher.storage import DEFAULT_SQLITE, RECONNECT_SECONDS, BudgetLock, describe_db_error, mask_url, resolve_url
 from searcher.workers import (
     EXIT_DONE,
     EXIT_INTERRUPTED,
+    EXIT_UNAVAILABLE,
     LaunchPlan,
-    raise_keyboard_interrupt,
+    StopOnce,
     WorkerProcess,
     fail_orphaned_trials,
     start_worker,
@@ -87,14 +89,16 @@ def study_name(base: str, *, name: str | None = None, seed: int | None = None) -
     return name
 
 
-def create_study(spec: StudySpec, url: str, *, n_trials: int, name: str | None = None) -> optuna.Study:
+def create_study(spec: StudySpec, url: str, *, n_trials: int, name: str | None = None,
+                 outage: Outage | None = None) -> optuna.Study:
     """Create the study (or continue it with budget ``n_trials``) and enqueue its baselines once.
 
     Under the study's budget lock: launches and ``searcher create`` running at once make one
     study and one set of baselines. ``name``: the study's name (default: the spec's).
     """
     name = name or spec.name
-    storage = studies.open_study_storage(spec, url)
+    # With an outage to follow (launch) a lost database is waited for in the watch loop, not in each connect.
+    storage = studies.open_study_storage(spec, url, outage=outage, reconnect_seconds=0 if outage else RECONNECT_SECONDS)
     with BudgetLock(url, name, storage=storage):
         return studies.create_or_continue(spec, storage, n_trials=n_trials, name=name)
 
@@ -113,7 +117,8 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
         data_summary = check_search_data(spec, split_seed=spec.split_seed, data_dir=request.data_dir)
         console.print(f"data: {describe_data(data_summary)}", highlight=False)
     n_trials = request.trials or spec.budget.n_trials
-    study = create_study(spec, url, n_trials=n_trials, name=name)
+    outage = Outage(minutes=spec.runtime.db_outage_minutes)
+    study = create_study(spec, url, n_trials=n_trials, name=name, outage=outage)
     if data_summary is not None:
         study.set_user_attr(studies.DATA_ATTR, data_summary)
     if studies.budget_left(study, n_trials) <= 0:
@@ -140,9 +145,14 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
         console.print(f"  worker {slot.placement.index}: {slot.placement.describe()}")
         start_worker(slot, plan)
 
-    previous = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    # One-shot: a second Ctrl-C or SIGTERM must not cut short the stopping of the workers.
+    previous = {signum: signal.signal(signum, stop) for stop in [StopOnce()] for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
-        _watch(study, slots, plan, console=console)
+        _watch(study, slots, plan, console=console, outage=outage)
+    except DatabaseUnavailable as e:
+        console.print(f"[red]{e}: stopping workers; run the same launch again when the database is back[/]")
+        stop_workers(slots)
+        return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: stopping workers...[/]")
         stop_workers(slots)
@@ -152,7 +162,8 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
                       f"Run the same launch again to continue; interrupted trials run again first.")
         return EXIT_INTERRUPTED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     print_summary(study, console=console, url=url, default_url=request.storage is None)
     crashed = [s for s in slots if s.last_exit not in (EXIT_DONE, None)]
     for slot in crashed:
@@ -177,8 +188,12 @@ def _goal_lines(spec: StudySpec) -> list[str]:
     return lines
 
 
-def _watch(study: optuna.Study, slots: list[WorkerProcess], plan: LaunchPlan, *, console: Console) -> None:
-    """Supervise until every worker is done; redraw the view (or log finished trials)."""
+def _watch(study: optuna.Study, slots: list[WorkerProcess], plan: LaunchPlan, *, console: Console,
+           outage: Outage) -> None:
+    """Supervise until every worker is done; redraw the view (or log finished trials).
+
+    A lost database is waited for (one log line when lost, one when back), up to
+    ``runtime.db_outage_minutes``; then DatabaseUnavailable."""
     started = time.monotonic()
     initial = take_snapshot(study).finished
     reported: set[int] = set()
@@ -199,9 +214,14 @@ def _watch(study: optuna.Study, slots: list[WorkerProcess], plan: LaunchPlan, *,
                                 refresh=True)
                 else:
                     _log_finished(study, reported, console)
-            except optuna.exceptions.StorageInternalError as e:
-                # A database restart cut a query short; the workers wait it out, and so does the view.
-                log.warning("storage error, retrying: %s", describe_db_error(e))
+            except Exception as e:
+                if is_unreachable(e):  # the workers wait it out, and so does the view
+                    outage.lost(e)
+                    outage.check_deadline()
+                elif isinstance(e, optuna.exceptions.StorageInternalError):
+                    log.warning("storage error, retrying: %s", describe_db_error(e))
+                else:
+                    raise
             if all(s.finished for s in slots):
                 return
             time.sleep(REFRESH_SECONDS)

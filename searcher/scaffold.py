@@ -245,12 +245,15 @@ def _measure_trial(raw: dict[str, Any], search_data: SearchData) -> float:
     from searcher.devices import import_tensorflow
 
     import_tensorflow()  # before searcher.objective imports Keras: without TensorFlow's start-up lines
+    from searcher.devices import TrainingRuntime, apply_runtime
     from searcher.objective import train
     from searcher.space import suggest_values, trial_config
 
     spec = parse_spec({**raw, "name": "init-timing"}, source="searcher init")
+    runtime = TrainingRuntime.from_spec(spec.runtime)  # what the written spec's workers will use
+    apply_runtime(runtime)
     config = trial_config(spec, suggest_values(_MiddleTrial(), spec), seed=0)
-    result = train(config, search_data, direction=spec.training.direction, max_epochs=3)
+    result = train(config, search_data, direction=spec.training.direction, runtime=runtime, max_epochs=3)
     steady = statistics.median(result.epoch_seconds[1:]) if len(result.epoch_seconds) > 1 else result.epoch_seconds[0]
     # The first epoch also builds and traces the model: every trial pays that once.
     return steady + (result.epoch_seconds[0] - steady) / max(1.0, _EPOCH_SHARE * spec.training.max_epochs)

@@ -21,7 +21,8 @@ from optuna.trial import TrialState
 from searcher.errors import StorageError
 from searcher.space import baseline_params, grid_search_space
 from searcher.spec import StudySpec, directions, objective_names, parse_spec
-from searcher.storage import mask_url, open_storage
+from searcher.outage import Outage
+from searcher.storage import RECONNECT_SECONDS, mask_url, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +58,17 @@ def retry_interrupted(study: optuna.Study, trial_id: int, spec: StudySpec) -> bo
     return waiting() > before
 
 
-def open_study_storage(spec: StudySpec, url: str) -> optuna.storages.RDBStorage:
-    """The study's storage with heartbeats on, so a killed worker's trial is failed and retried."""
+def open_study_storage(spec: StudySpec, url: str, *, outage: Outage | None = None,
+                       reconnect_seconds: float = RECONNECT_SECONDS) -> optuna.storages.RDBStorage:
+    """The study's storage with heartbeats on, so a killed worker's trial is failed and retried;
+    ``outage`` and ``reconnect_seconds`` as for ``open_storage``."""
     return open_storage(
         url,
         heartbeat_interval=spec.runtime.heartbeat_interval,
         grace_period=spec.runtime.grace_period,
         stale_trial_callback=_stale_trial_callback(spec),
+        outage=outage or Outage(minutes=spec.runtime.db_outage_minutes),
+        reconnect_seconds=reconnect_seconds,
     )
 
 

@@ -11,6 +11,7 @@ from searcher.spec import ACTIVATIONS, INITIALIZERS, OPTIMIZERS, load_spec
 
 keras = pytest.importorskip("keras")
 
+from searcher.devices import TrainingRuntime  # noqa: E402
 from searcher.data import Preprocessing, load_search_data  # noqa: E402
 from searcher.models import build_model  # noqa: E402
 from searcher.objective import train  # noqa: E402
@@ -103,7 +104,7 @@ def _one_epoch(spec, digits_data, **knobs):
     values.update(knobs)
     trial = optuna.trial.FixedTrial(baseline_params(spec, values) | {"momentum": 0.9})
     config = trial_config(spec, suggest_values(trial, spec), seed=1)
-    result = train(config, digits_data, direction="maximize", max_epochs=1)
+    result = train(config, digits_data, direction="maximize", runtime=TrainingRuntime(), max_epochs=1)
     return result
 
 
@@ -136,7 +137,7 @@ def test_a_cnn_trains_on_digits():
     spec = load_spec("digits-cnn")
     data = load_search_data(spec.data, split_seed=0)
     config = _baseline_config("digits-cnn", "small-cnn")
-    result = train(config, data, direction="maximize", max_epochs=2)
+    result = train(config, data, direction="maximize", runtime=TrainingRuntime(), max_epochs=2)
     assert len(result.curve) == 2 and result.curve[-1] > 0.5
 
 
@@ -177,7 +178,7 @@ def test_a_nan_loss_fails_the_trial_with_reason_nan_and_the_search_goes_on(tmp_p
     study = optuna.create_study(storage=f"sqlite:///{tmp_path}/nan.db", direction="maximize")
     for lr in (1e12, 0.01):
         study.enqueue_trial({"lr": lr})
-    study.optimize(Objective(spec, load_search_data(spec.data, split_seed=0)), n_trials=2, catch=(TrialFailed,))
+    study.optimize(Objective(spec, load_search_data(spec.data, split_seed=0), runtime=TrainingRuntime()), n_trials=2, catch=(TrialFailed,))
     blown, fine = study.trials
     assert blown.state.name == "FAIL" and blown.user_attrs["fail_reason"] == "nan"
     assert blown.user_attrs["fail_detail"].startswith("nan: loss became ") and "in epoch 1" in blown.user_attrs["fail_detail"]
