@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 DEFAULT_MINUTES = 30.0
-MAX_BACKOFF_SECONDS = 30.0
+MAX_BACKOFF_SECONDS = 15.0
 
 # Substrings of driver messages that mean "the server is not there right now" (psycopg2,
 # PgBouncer, SQLite's writer lock), as opposed to a wrong password or a missing database.
@@ -110,7 +110,7 @@ class Outage:
                                       f"(runtime.db_outage_minutes {self.minutes:g})")
 
     def retry(self, call: Callable[[], T]) -> T:
-        """``call()``, called again with backoff (1 s doubling to 30 s) while the database is unreachable.
+        """``call()``, called again with backoff (1 s doubling to 15 s) while the database is unreachable.
 
         Other errors pass through. Raises DatabaseUnavailable once the database has been gone
         for ``minutes``. ``call`` must be safe to repeat (a write that sets a value, a query).

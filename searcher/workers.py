@@ -109,7 +109,7 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions,
                     if reason := _stop_reason(study, n_trials, options, storage):
                         log.info("worker %d stops: %s", options.index, reason)
                         return EXIT_DONE
-                    if recycle := _recycle_reason(spec, ran, settled_mb):  # checked after the budget: no fresh process to stop
+                    if recycle := _recycle_reason(spec, ran, settled_mb, streak.out_of_memory):  # checked after the budget: no fresh process to stop
                         log.info("worker %d recycles: %s", options.index, recycle)
                         return EXIT_RECYCLE
                     study.optimize(runner, n_trials=1, catch=(Exception,), callbacks=[streak])
@@ -273,13 +273,15 @@ def _stop_reason(study: optuna.Study, n_trials: int, options: WorkerOptions,
     return None
 
 
-def _recycle_reason(spec: StudySpec, ran: int, settled_mb: float | None) -> str | None:
+def _recycle_reason(spec: StudySpec, ran: int, settled_mb: float | None, out_of_memory: int | None = None) -> str | None:
     """Why this worker should hand over to a fresh process, if it should.
 
     Memory that TensorFlow does not give back between trials shows as growth over what
     the worker held after its first trial; a fresh process costs a few seconds of start-up.
     """
     runtime = spec.runtime
+    if out_of_memory is not None:
+        return f"trial {out_of_memory} ran out of memory (runtime.max_worker_memory_mb {runtime.max_worker_memory_mb})"
     if ran >= runtime.recycle_after_trials:
         return f"ran {ran} trials (runtime.recycle_after_trials)"
     now = rss_mb()
@@ -311,13 +313,17 @@ class _ReleaseFirst:
 
 
 class _FailureStreak:
-    """Counts this worker's failed trials in a row (a broken setup, not a bad config)."""
+    """Counts this worker's failed trials in a row (a broken setup, not a bad config), and notes
+    a trial that ran out of memory: the memory it took is not all given back."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.out_of_memory: int | None = None  # the number of a trial that ran out of memory
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.count = self.count + 1 if trial.state == optuna.trial.TrialState.FAIL else 0
+        if trial.user_attrs.get("fail_reason") == "out of memory":
+            self.out_of_memory = trial.number
 
 
 # --- the launching parent ----------------------------------------------------------------
