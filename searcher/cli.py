@@ -156,6 +156,10 @@ def worker(
     from searcher.devices import LOCK_DIR_ENV, claim_gpu, detect_gpus
 
     optuna.logging.set_verbosity(optuna.logging.INFO)  # a worker's log lists its trials
+    from searcher.workers import InterruptedTrialFilter
+
+    for handler in logging.getLogger("optuna").handlers:  # its records do not propagate to the root logger
+        handler.addFilter(InterruptedTrialFilter())
     spec, _ = load_launch_spec(study, seed, mixed_precision=mixed_precision, xla=xla)
     joins = study_name(spec.name, name=name, seed=seed)
     if wait:

@@ -106,8 +106,7 @@ class Outage:
         with self._lock:
             away = None if self.lost_at is None else self._clock() - self.lost_at
         if away is not None and away >= self.minutes * 60:
-            raise DatabaseUnavailable(f"database unreachable for {away / 60:.1f} min "
-                                      f"(runtime.db_outage_minutes {self.minutes:g})")
+            raise DatabaseUnavailable(f"database unreachable for {away:.0f} s (runtime.db_outage_minutes {self.minutes:g})")
 
     def retry(self, call: Callable[[], T]) -> T:
         """``call()``, called again with backoff (1 s doubling to 15 s) while the database is unreachable.

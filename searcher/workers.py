@@ -95,6 +95,8 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions,
         # creates the study loads the data first, so it never stores a study its data cannot run.
         study = None if options.create else outage.retry(join)
         objective = (make_objective or training_objective)(spec, options)
+        if isinstance(getattr(objective, "outage", None), Outage):
+            objective.outage = outage  # one view of the database per process: one line when lost, one when back
         study = study or outage.retry(create)
         n_trials = int(study.user_attrs.get(studies.BUDGET_ATTR, spec.budget.n_trials))
         data = getattr(objective, "data", None)  # the stand-in of the tests has none
@@ -155,6 +157,15 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions,
     finally:
         if lock is not None:
             _log_lock_waits(options.index, lock)
+
+
+class InterruptedTrialFilter(logging.Filter):
+    """Drops the traceback Optuna logs with a trial a signal interrupted: a stop, not a bug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            record.exc_info = None
+        return True
 
 
 def _reaped(study: optuna.Study | None, trial: optuna.Trial | None, error: Exception) -> bool:

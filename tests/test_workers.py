@@ -1,0 +1,97 @@
+"""Worker processes: signals stop a worker once and queue its trial once; a database that
+stays away ends a worker with exit 69 (EX_UNAVAILABLE), which launch and clusters restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from postgres_server import free_port
+from searcher.workers import EXIT_INTERRUPTED, EXIT_UNAVAILABLE
+
+DIGITS = Path(__file__).parent.parent / "studies" / "digits-mlp.yaml"
+
+
+def _spec(folder: Path, name: str, **sections) -> Path:
+    raw = yaml.safe_load(DIGITS.read_text())
+    raw["name"] = name
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) else values
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def test_a_database_that_stays_away_ends_the_worker_with_exit_69(tmp_path):
+    """Nothing listens on the port (as during an outage): the worker waits its deadline
+    (``runtime.db_outage_minutes``, here 3 s), says so in a line or two, and exits 69."""
+    spec = _spec(tmp_path, "away", runtime={"db_outage_minutes": 0.05})
+    url = f"postgresql+psycopg2://searcher:secret@127.0.0.1:{free_port()}/searcher"
+    began = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "searcher", "worker", str(spec)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "SEARCHER_STORAGE": url})
+    waited = time.monotonic() - began
+    assert out.returncode == EXIT_UNAVAILABLE == 69, out.stdout + out.stderr
+    text = out.stdout + out.stderr
+    assert "Traceback" not in text and "secret" not in text, text
+    assert text.count("database unreachable (") == 1, text
+    assert "worker 0 stops: database unreachable for 3 s (runtime.db_outage_minutes 0.05)" in text, text
+    assert waited >= 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signals, gaps", [
+    (["SIGTERM", "SIGTERM"], [0.0]),
+    (["SIGUSR1", "SIGINT", "SIGTERM", "SIGTERM", "SIGINT"], [0.0, 0.05, 0.3, 1.0]),
+], ids=["term-twice", "mixed"])
+def test_signals_stop_a_worker_once_and_queue_its_trial_once(tmp_path, signals, gaps):
+    """The trial waits after its third epoch until a gate file exists (never, here), so it is
+    running when the signals come, by construction; the later ones land while the first is
+    handled (failing the trial, queuing it again, releasing the lock)."""
+    spec = _spec(tmp_path, "signals", training={"max_epochs": 30, "patience": None}, pruner={"name": "none"},
+                 baselines=[])
+    url = f"sqlite:///{tmp_path}/s.db"
+    created = subprocess.run([sys.executable, "-m", "searcher", "create", str(spec), "--trials", "2", "--storage", url],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert created.returncode == 0, created.stdout + created.stderr
+    worker = subprocess.Popen([sys.executable, str(Path(__file__).parent / "gated_worker.py"), str(tmp_path / "gate"),
+                               "worker", str(spec), "--storage", url], cwd=tmp_path, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert worker.poll() is None, worker.communicate()[0]
+            assert time.monotonic() < deadline, "no trial reached the gate"
+            trials = optuna.load_study(study_name="signals", storage=url).get_trials()
+            if [t for t in trials if t.state.name == "RUNNING" and len(t.intermediate_values) >= 3]:
+                break
+            time.sleep(0.3)
+        for name, gap in zip(signals, [*gaps, 0.0]):
+            worker.send_signal(getattr(signal, name))
+            time.sleep(gap)
+        output = worker.communicate(timeout=120)[0]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+    assert worker.returncode == EXIT_INTERRUPTED == 130, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert output.count("interrupted (SIGUSR1)" if signals[0] == "SIGUSR1" else "interrupted (SIGTERM)") == 1, output
+    trials = optuna.load_study(study_name="signals", storage=url).get_trials()
+    (failed,) = [t for t in trials if t.state.name == "FAIL"]
+    assert failed.user_attrs["fail_reason"] == "interrupted"
+    waiting = [t for t in trials if t.state.name == "WAITING"]
+    assert len(waiting) == 1, [(t.number, t.state.name) for t in trials]
+    assert waiting[0].system_attrs.get("failed_trial") == failed.number, "queued again, once, with its params"
+    assert waiting[0].params == failed.params
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+    print(f"\n{' + '.join(signals)}: exit {worker.returncode}; trial {failed.number} FAIL (interrupted), "
+          f"{len(waiting)} WAITING retry (trial {waiting[0].number})")
