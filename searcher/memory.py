@@ -16,10 +16,20 @@ has started for ``backstop_s``.
 from __future__ import annotations
 
 import _thread
+import signal
 import threading
 import time
 
 import psutil
+
+# The backstop's signal: not SIGINT (interrupt_main's default), which the worker's handler
+# takes for a stop asked by the user, and not TERM or USR1, which clusters send.
+BACKSTOP_SIGNAL = signal.SIGUSR2
+
+
+class MemoryLimitExceeded(BaseException):
+    """Raised in the main thread by the backstop. A BaseException, like KeyboardInterrupt, so
+    that it passes the ``except Exception`` handlers of TensorFlow and Keras."""
 
 
 def rss_mb() -> float:
@@ -43,7 +53,12 @@ class MemoryGuard:
 
     def __enter__(self) -> MemoryGuard:
         self._last_batch = time.monotonic()
-        self._thread = threading.Thread(target=self._watch, name="memory-guard", daemon=True)
+        try:
+            signal.signal(BACKSTOP_SIGNAL, self._raise)
+            backstop = True
+        except ValueError:  # not the main thread: the check between batches only
+            backstop = False
+        self._thread = threading.Thread(target=self._watch, args=(backstop,), name="memory-guard", daemon=True)
         self._thread.start()
         return self
 
@@ -52,6 +67,12 @@ class MemoryGuard:
         if self._thread is not None:
             self._thread.join()
         self.peak_mb = max(self.peak_mb, rss_mb())
+
+    def _raise(self, signum: int, frame: object) -> None:
+        # A backstop interrupt that lands after the trial (the guard exited) is dropped; the
+        # handler stays installed, since the default action of SIGUSR2 ends the process.
+        if not self._stop.is_set():
+            raise MemoryLimitExceeded
 
     def progressed(self, now: float) -> None:
         """A batch starts: the training thread is alive and checks the limit itself."""
@@ -64,11 +85,11 @@ class MemoryGuard:
             self.tripped = True
         return self.tripped
 
-    def _watch(self) -> None:
+    def _watch(self, backstop: bool) -> None:
         while not self._stop.wait(self.interval_s):
             self.peak_mb = max(self.peak_mb, rss_mb())
             stuck = time.monotonic() - self._last_batch > self.backstop_s
-            if self.limit_mb and self.peak_mb > self.limit_mb and stuck and not self.tripped:
+            if backstop and self.limit_mb and self.peak_mb > self.limit_mb and stuck and not self.tripped:
                 self.tripped = True
-                _thread.interrupt_main()  # the backstop: lands when the batch returns to Python
+                _thread.interrupt_main(BACKSTOP_SIGNAL)  # lands when the main thread next runs Python
                 return

@@ -25,7 +25,7 @@ from searcher.cost import measure_cost
 from searcher.devices import TrainingRuntime
 from searcher.data import SearchData, Split, class_weights, to_tf_dataset
 from searcher.front import cost_of, violations
-from searcher.memory import MemoryGuard
+from searcher.memory import MemoryGuard, MemoryLimitExceeded
 from searcher.models import build_model
 from searcher.outage import Outage, TrialReaped, is_unreachable
 from searcher.space import TrialConfig, suggest_values, trial_config
@@ -454,9 +454,7 @@ class Objective:
                 if pruning.pruned_at is None and self.data.folds:
                     folds += train_other_folds(config, self.data, direction=direction, epochs=len(result.curve),
                                                runtime=self.runtime)
-        except KeyboardInterrupt:
-            if not guard.tripped:
-                raise  # the worker marks the trial "interrupted" and queues it again
+        except MemoryLimitExceeded:  # the backstop, for a step that did not return to Python
             raise self._fail(trial, guard, TrialFailed("out of memory", f"resident memory {guard.peak_mb:.0f} MB"))
         except TrialFailed as e:
             raise self._fail(trial, guard, e)

@@ -28,7 +28,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
 
 from searcher.errors import StorageError
-from searcher.outage import Outage
+from searcher.outage import Outage, is_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,10 @@ class OutageAwareStorage(optuna.storages.RDBStorage):
         try:
             super().record_heartbeat(trial_id)
         except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as e:
-            self.outage.lost(e)
+            if is_unreachable(e):
+                self.outage.lost(e)
+            else:
+                log.warning("heartbeat of trial id %d not recorded: %s", trial_id, describe_db_error(e))
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         """The one override of Optuna's private API: every reaper of stale trials asks here

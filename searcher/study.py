@@ -203,11 +203,11 @@ def wait_until_ready(url: str, *, seconds: float, name: str | None = None, poll_
                 raise StorageError(f"{e} (waited {seconds:.0f} s)") from None
             if waiting_since is None:
                 waiting_since = time.monotonic()
-                log.info("waiting up to %.0f s: %s", seconds, e)
+                log.warning("waiting up to %.0f s: %s", seconds, e)
             time.sleep(min(poll_seconds, left))
             continue
         if waiting_since is not None:
-            log.info("ready after %.0f s", time.monotonic() - waiting_since)
+            log.warning("ready after %.0f s", time.monotonic() - waiting_since)
         return
 
 

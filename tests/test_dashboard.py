@@ -84,3 +84,37 @@ def test_dashboard_serves_a_fresh_database_then_a_real_study(dashboard, digits_s
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
         assert not [e for e in errors if "favicon" not in e], errors
+
+
+def test_dashboard_waits_for_a_database_that_is_not_up_yet(restartable_postgres_server, postgres_url, tmp_path):
+    """`--wait SECONDS`: started while PostgreSQL is down, it says so in one line, then serves once it is up."""
+    port = _free_port()
+    restartable_postgres_server.stop()
+    log = tmp_path / "dashboard.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "searcher", "dashboard", "--port", str(port), "--wait", "300"],
+                                   env={**os.environ, "SEARCHER_STORAGE": postgres_url}, stdout=out,
+                                   stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "waiting up to" not in log.read_text():  # it found the database down
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.3)
+        time.sleep(2)
+        restartable_postgres_server.start()
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                assert _get_json(f"http://127.0.0.1:{port}/api/studies") is not None
+                break
+            except OSError:
+                assert process.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "the dashboard did not start once the database was up"
+                time.sleep(0.5)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    output = log.read_text()
+    assert output.count("waiting up to 300 s: cannot open storage") == 1, output
+    assert "ready after" in output and "Traceback" not in output, output
+    assert make_password(postgres_url) not in output
