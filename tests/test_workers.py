@@ -95,3 +95,62 @@ def test_signals_stop_a_worker_once_and_queue_its_trial_once(tmp_path, signals, 
     assert not [t for t in trials if t.state.name == "RUNNING"]
     print(f"\n{' + '.join(signals)}: exit {worker.returncode}; trial {failed.number} FAIL (interrupted), "
           f"{len(waiting)} WAITING retry (trial {waiting[0].number})")
+
+
+@pytest.mark.slow
+def test_a_worker_whose_trial_was_reaped_anyway_says_so_and_goes_on(tmp_path):
+    """Its trial is failed as stale (and queued again) while it trains, as after an outage longer
+    than the grace period: one line, no traceback, and the retry runs to the budget."""
+    spec = _spec(tmp_path, "reaped", training={"max_epochs": 6, "patience": None}, pruner={"name": "none"},
+                 baselines=[])
+    url = f"sqlite:///{tmp_path}/s.db"
+    created = subprocess.run([sys.executable, "-m", "searcher", "create", str(spec), "--trials", "1", "--storage", url],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert created.returncode == 0, created.stdout + created.stderr
+    gate = tmp_path / "gate"
+    worker = subprocess.Popen([sys.executable, str(Path(__file__).parent / "gated_worker.py"), str(gate),
+                               "worker", str(spec), "--storage", url], cwd=tmp_path, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert worker.poll() is None, worker.communicate()[0]
+            assert time.monotonic() < deadline, "no trial reached the gate"
+            study = optuna.load_study(study_name="reaped", storage=url)
+            running = [t for t in study.get_trials() if t.state.name == "RUNNING" and len(t.intermediate_values) >= 3]
+            if running:
+                break
+            time.sleep(0.3)
+        # What a reaper does to a stale trial: fail it, queue it again.
+        from searcher.spec import load_spec
+        from searcher.study import open_study_storage
+
+        storage = open_study_storage(load_spec(str(spec)), url)
+        storage.set_trial_state_values(running[0]._trial_id, optuna.trial.TrialState.FAIL)
+        storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(running[0]._trial_id))
+        gate.touch()
+        output = worker.communicate(timeout=300)[0]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+    assert worker.returncode == 0, output[-3000:]
+    assert "Traceback" not in output and "Cannot tell" not in output, output[-3000:]
+    assert output.count(f"trial {running[0].number} was failed as stale while this worker trained it") == 1, output
+    trials = optuna.load_study(study_name="reaped", storage=url).get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[1].system_attrs["failed_trial"] == running[0].number and trials[1].params == running[0].params
+
+
+def test_launch_restarts_a_worker_that_exits_69(tmp_path):
+    from searcher.devices import WorkerPlacement
+    from searcher.workers import LaunchPlan, WorkerProcess, supervise
+
+    slot = WorkerProcess(WorkerPlacement(0, None, 1, 1))
+    slot.process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(69)"])
+    slot.process.wait()
+    plan = LaunchPlan(spec_path=tmp_path / "missing.yaml", url=f"sqlite:///{tmp_path}/s.db", log_dir=tmp_path)
+    supervise([slot], plan)
+    assert not slot.finished and slot.restarts == 0 and slot.last_exit == 69
+    assert len(slot.pids) == 1 and slot.process.pid == slot.pids[0], "a fresh worker fills the slot"
+    slot.process.wait(timeout=120)
