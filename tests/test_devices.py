@@ -392,10 +392,10 @@ def test_every_call_of_train_takes_the_runtime_from_one_place():
                 if name == "build_model":
                     builds.append(where)
                     assert ast.unparse(keywords.get("jit_compile", ast.Constant(None))) == "runtime.xla", where
-            if isinstance(node, ast.FunctionDef) and node.name in TRAINING_CALLS and path.name == "objective.py":
+            if isinstance(node, ast.FunctionDef) and node.name in TRAINING_CALLS and path.name == "training.py":
                 kwonly = {a.arg: d for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults)}
                 assert "runtime" in kwonly and kwonly["runtime"] is None, f"{node.name}: runtime must be required"
                 assert "jit_compile" not in kwonly, node.name
-    assert len(calls) >= 8 and builds == ["searcher/objective.py:" + builds[0].split(":")[1]], (calls, builds)
-    for caller in ("confirm.py", "export.py", "scaffold.py", "objective.py"):
+    assert len(calls) >= 8 and builds == ["searcher/training.py:" + builds[0].split(":")[1]], (calls, builds)
+    for caller in ("confirm.py", "export.py", "init.py", "objective.py", "training.py"):
         assert any(caller in c for c in calls), f"{caller} trains through the shared runtime"

@@ -14,7 +14,7 @@ keras = pytest.importorskip("keras")
 from searcher.devices import TrainingRuntime  # noqa: E402
 from searcher.data import Preprocessing, load_search_data  # noqa: E402
 from searcher.models import build_model  # noqa: E402
-from searcher.objective import train  # noqa: E402
+from searcher.training import train  # noqa: E402
 from searcher.space import baseline_params, suggest_values, trial_config  # noqa: E402
 
 
@@ -168,7 +168,8 @@ def test_adam_knobs_are_sampled_only_for_adam_and_reach_the_optimizer():
 
 def test_a_nan_loss_fails_the_trial_with_reason_nan_and_the_search_goes_on(tmp_path):
     """A learning rate of 1e12 blows SGD up in the first epoch; the next trial still completes."""
-    from searcher.objective import Objective, TrialFailed
+    from searcher.objective import Objective
+    from searcher.training import TrialFailed
     from searcher.spec import parse_spec
 
     spec = parse_spec({"name": "nan", "data": {"dataset": "digits"}, "model": {"kind": "mlp"},

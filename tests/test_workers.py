@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from postgres_server import free_port
-from searcher.workers import EXIT_INTERRUPTED, EXIT_UNAVAILABLE
+from searcher.worker import EXIT_INTERRUPTED, EXIT_UNAVAILABLE
 
 DIGITS = Path(__file__).parent.parent / "studies" / "digits-mlp.yaml"
 
@@ -144,7 +144,7 @@ def test_a_worker_whose_trial_was_reaped_anyway_says_so_and_goes_on(tmp_path):
 
 def test_launch_restarts_a_worker_that_exits_69(tmp_path):
     from searcher.devices import WorkerPlacement
-    from searcher.workers import LaunchPlan, WorkerProcess, supervise
+    from searcher.supervisor import LaunchPlan, WorkerProcess, supervise
 
     slot = WorkerProcess(WorkerPlacement(0, None, 1, 1))
     slot.process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(69)"])
