@@ -4,7 +4,8 @@ Each worker joins the study (or creates it, for compose workers), loads its data
 takes the budget lock, checks the budget, starts a trial and releases the lock, until the
 budget, the deadline or a recycle point. It exits with a code the supervisor (and a
 Kubernetes Job's pod failure policy) reads: EXIT_DONE, EXIT_FAILURES, EXIT_RECYCLE,
-EXIT_INTERRUPTED. ``searcher worker`` on another host runs the same loop.
+EXIT_INTERRUPTED, EXIT_UNAVAILABLE (the database stayed away past ``runtime.db_outage_minutes``;
+restart it later). ``searcher worker`` on another host runs the same loop.
 """
 
 from __future__ import annotations
