@@ -48,7 +48,8 @@ def test_a_trial_past_the_memory_limit_fails_and_is_not_retried(tmp_path):
     # What a worker holds after one small trial: TensorFlow, the data, a traced model.
     settle = _spec(tmp_path, "settle", search={"units": {"choices": [32]}, "depth": 1},
                    training={"max_epochs": 2}, baselines=[small])
-    out = run_searcher("launch", str(settle), "--workers", "1", "--trials", "1", "--storage", url, cwd=tmp_path)
+    out = run_searcher("launch", str(settle), "--workers", "1", "--trials", "1", "--storage", url, cwd=tmp_path,
+                       timeout=1800)  # a limit, not a measure: a busy machine is slow
     assert out.returncode == 0, out.stdout + out.stderr
     settled = optuna.load_study(study_name="settle", storage=url).trials[0].user_attrs["peak_rss_mb"]
     limit = int(settled) + 300
@@ -60,7 +61,8 @@ def test_a_trial_past_the_memory_limit_fails_and_is_not_retried(tmp_path):
         runtime={"max_worker_memory_mb": limit},
         baselines=[{"name": "too-wide", "params": {"units": [wide], "depth": 1}}, small],
     )
-    out = run_searcher("launch", str(spec), "--workers", "1", "--trials", "3", "--storage", url, cwd=tmp_path)
+    out = run_searcher("launch", str(spec), "--workers", "1", "--trials", "3", "--storage", url, cwd=tmp_path,
+                       timeout=1800)
     assert out.returncode == 0, out.stdout + out.stderr
     study = optuna.load_study(study_name="oom", storage=url)
     too_wide = next(t for t in study.get_trials() if t.user_attrs.get("baseline") == "too-wide")
@@ -69,7 +71,7 @@ def test_a_trial_past_the_memory_limit_fails_and_is_not_retried(tmp_path):
           f"{too_wide.user_attrs.get('fail_reason')}")
     assert too_wide.state.name == "FAIL"
     assert too_wide.user_attrs["fail_reason"] == "out of memory"
-    assert too_wide.user_attrs["peak_rss_mb"] > limit
+    assert too_wide.user_attrs["peak_rss_mb"] >= limit  # rounded; it tripped past the limit
     assert f"max_worker_memory_mb {limit}" in too_wide.user_attrs["fail_detail"]
     assert not [t for t in study.get_trials() if t.system_attrs.get("failed_trial") == too_wide.number], "not retried"
     assert len(finished(study)) == 3, "the search goes on"
@@ -77,7 +79,7 @@ def test_a_trial_past_the_memory_limit_fails_and_is_not_retried(tmp_path):
     assert f"recycles: trial {too_wide.number} ran out of memory" in log, "a fresh process runs the next trial"
     others = {t.user_attrs["worker_pid"] for t in study.get_trials() if t.number != too_wide.number}
     assert too_wide.user_attrs["worker_pid"] not in others, "the next trials ran in fresh processes"
-    status = run_searcher("status", "oom", "--json", "--storage", url, cwd=tmp_path)
+    status = run_searcher("status", "oom", "--json", "--storage", url, cwd=tmp_path, timeout=600)
     assert '"out of memory"' in status.stdout
 
 
