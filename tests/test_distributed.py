@@ -248,7 +248,7 @@ def test_a_worker_with_another_spec_is_refused(db, tmp_path):
     spec = write_spec(tmp_path, "refused")
     studies.create_or_continue(load_spec(spec), db.storage, n_trials=2)
     changed = write_spec(tmp_path, "refused", training={"max_epochs": 5})
-    code, out, err = finish(searcher("worker", str(changed), cwd=tmp_path, url=db.url), timeout=120)
+    code, out, err = finish(searcher("worker", str(changed), cwd=tmp_path, url=db.url), timeout=600)
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "'refused' was created from a different spec" in lines[0], err
@@ -283,7 +283,7 @@ def test_a_three_minute_outage_loses_no_trial(restartable_postgres_server, db, t
     spec = write_spec(tmp_path, "outage", training={"max_epochs": 30, "patience": None}, pruner={"name": "none"},
                       runtime={"heartbeat_interval": 1, "grace_period": 3}, baselines=[])
     gate = tmp_path / "gate"
-    code, out, err = finish(searcher("create", str(spec), "--trials", str(budget), cwd=tmp_path, url=db.url), timeout=120)
+    code, out, err = finish(searcher("create", str(spec), "--trials", str(budget), cwd=tmp_path, url=db.url), timeout=600)
     assert code == 0, out + err
     workers = [subprocess.Popen([sys.executable, str(Path(__file__).parent / "gated_worker.py"), str(gate), "worker",
                                  str(spec), "--worker-index", str(i)], cwd=tmp_path, text=True, stdout=subprocess.PIPE,

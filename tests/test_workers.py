@@ -60,7 +60,7 @@ def test_signals_stop_a_worker_once_and_queue_its_trial_once(tmp_path, signals, 
                  baselines=[])
     url = f"sqlite:///{tmp_path}/s.db"
     created = subprocess.run([sys.executable, "-m", "searcher", "create", str(spec), "--trials", "2", "--storage", url],
-                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert created.returncode == 0, created.stdout + created.stderr
     worker = subprocess.Popen([sys.executable, str(Path(__file__).parent / "gated_worker.py"), str(tmp_path / "gate"),
                                "worker", str(spec), "--storage", url], cwd=tmp_path, text=True,
@@ -77,7 +77,7 @@ def test_signals_stop_a_worker_once_and_queue_its_trial_once(tmp_path, signals, 
         for name, gap in zip(signals, [*gaps, 0.0]):
             worker.send_signal(getattr(signal, name))
             time.sleep(gap)
-        output = worker.communicate(timeout=120)[0]
+        output = worker.communicate(timeout=600)[0]
     finally:
         if worker.poll() is None:
             worker.kill()
@@ -105,7 +105,7 @@ def test_a_worker_whose_trial_was_reaped_anyway_says_so_and_goes_on(tmp_path):
                  baselines=[])
     url = f"sqlite:///{tmp_path}/s.db"
     created = subprocess.run([sys.executable, "-m", "searcher", "create", str(spec), "--trials", "1", "--storage", url],
-                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert created.returncode == 0, created.stdout + created.stderr
     gate = tmp_path / "gate"
     worker = subprocess.Popen([sys.executable, str(Path(__file__).parent / "gated_worker.py"), str(gate),
