@@ -285,10 +285,14 @@ def test_a_three_minute_outage_loses_no_trial(restartable_postgres_server, db, t
     gate = tmp_path / "gate"
     code, out, err = finish(searcher("create", str(spec), "--trials", str(budget), cwd=tmp_path, url=db.url), timeout=600)
     assert code == 0, out + err
-    workers = [subprocess.Popen([sys.executable, str(Path(__file__).parent / "gated_worker.py"), str(gate), "worker",
-                                 str(spec), "--worker-index", str(i)], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, env={**os.environ, "SEARCHER_STORAGE": db.url})
-               for i in range(2)]
+    logs = [tmp_path / f"worker-{i}.log" for i in range(2)]  # files, not pipes: nobody reads them until the end
+    workers = []
+    for i, log in enumerate(logs):
+        with open(log, "w") as out:
+            workers.append(subprocess.Popen([sys.executable, str(Path(__file__).parent / "gated_worker.py"), str(gate),
+                                             "worker", str(spec), "--worker-index", str(i)], cwd=tmp_path, text=True,
+                                            stdout=out, stderr=subprocess.STDOUT,
+                                            env={**os.environ, "SEARCHER_STORAGE": db.url}))
     try:
         at_gate = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(
             [t for t in db.trials("outage", "RUNNING") if len(t.intermediate_values) >= 3]),
@@ -306,12 +310,14 @@ def test_a_three_minute_outage_loses_no_trial(restartable_postgres_server, db, t
         restartable_postgres_server.start()
         up = dt.datetime.now()
         timeline.append((up, "server started"))
-        outputs = [w.communicate(timeout=600)[0] for w in workers]
+        for w in workers:
+            w.wait(timeout=600)
     finally:
         for w in workers:
             if w.poll() is None:
                 w.kill()
-                w.communicate()
+                w.wait()
+    outputs = [log.read_text() for log in logs]
     for w, output in zip(workers, outputs):
         assert w.returncode == 0, output[-4000:]
         assert "Traceback" not in output, output[-4000:]
