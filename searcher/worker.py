@@ -150,7 +150,9 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions,
 
         def create() -> optuna.Study:
             with lock:  # several compose workers start at once: one creates the study and its baselines
-                studies.create_or_continue(spec, storage, n_trials=None, name=name)
+                created = studies.create_or_continue(spec, storage, n_trials=None, name=name)
+                if note := studies.kept_budget_note(created, spec.budget.n_trials):
+                    log.info("%s", note)
             return join()
 
         # A joining worker is refused (no such study, another spec) before it loads anything; one that
@@ -170,6 +172,7 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions,
             try:
                 lock.acquire()
                 try:
+                    n_trials = _current_budget(storage, name, n_trials, options.index)
                     if reason := _stop_reason(study, n_trials, options, storage):
                         log.info("worker %d stops: %s", options.index, reason)
                         return EXIT_DONE
@@ -265,6 +268,16 @@ def _requeue(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, index: i
 def _stored(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
     """The trial as the database has it now (another process may have failed it)."""
     return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+
+
+def _current_budget(storage: optuna.storages.RDBStorage, name: str, known: int, index: int) -> int:
+    """The study's budget as stored now: `searcher budget` (from any host) may have changed it
+    since this worker's last trial."""
+    now = studies.budget_in_database(storage, name)
+    if now is None or now == known:
+        return known
+    log.info("worker %d: the study's budget is now %d trials (was %d)", index, now, known)
+    return now
 
 
 def _log_lock_waits(index: int, lock: BudgetLock) -> None:
