@@ -157,14 +157,17 @@ def retrain(
     model_path: Path,
     epochs: int | None = None,
     data_dir: str | None = None,
+    serve: Path | None = None,
 ) -> dict[str, Any]:
     """Train ``configs`` as the search did (every fold, with ``data.cv_folds``), then evaluate
     once on the test split; more than one model is saved as their average.
 
-    Writes the ``.keras`` model and ``<model>.metrics.json``; returns the metrics.
+    Writes the ``.keras`` model and ``<model>.metrics.json``, and with ``serve`` a SavedModel
+    (and a ``.tflite`` file where it converts) in that folder; returns the metrics. Latency
+    is measured on the written files, loaded back.
     """
-    from searcher.cost import measure_cost
     from searcher.data import load_search_data, load_test_split
+    from searcher.serve import keras_latency, write_serving
     from searcher.models import ensemble_model
     from searcher.devices import apply_runtime
     from searcher.training import cv_score, fold_models, train_every_fold
@@ -206,7 +209,10 @@ def retrain(
         **({"members": [{"trial": n, "fold": k, f"best_{config.training.metric}": round(value, 6),
                          "best_epoch": score.epoch} for n, score in zip(numbers, scored)
                         for k, value in enumerate(score.values, 1)]} if len(members) > 1 else {}),
-        **measure_cost(model, data.val),  # on this machine: compare with the trial's stored figures
+        # On this machine, on what is shipped: compare with the trial's stored figures.
+        stored.MODEL_BYTES: model_path.stat().st_size,
+        **keras_latency(model_path, data.val),
+        **({"serving": write_serving(model, serve, data.val)} if serve else {}),
         "seconds": round(time.perf_counter() - started, 2),
         "model": str(model_path),
         "source": source,

@@ -236,7 +236,7 @@ def _npz(tmp_path: Path, **arrays) -> str:
         (lambda p: DataSpec(dataset="csv", path=str(write_csv(p / "b.csv", ["age", "y"],
                                                               [[str(i), i % 2] for i in range(9)] + [["4O", 1]])),
                             target="y"),
-         r"b\.csv: column 'age', line 11: '4O' is not a number \(9 of its 10 values are\)"),
+         r"b\.csv: column 'age', line 11: '4O' is not a number \(9 of its 10 filled values are\)"),
         (lambda p: DataSpec(dataset="csv", path=str(write_csv(p / "b.csv", ["age", "y"],
                                                               [[i, i % 2] for i in range(9)] + [["", 1]])),
                             target="y"),
@@ -343,7 +343,7 @@ def test_bad_data_stores_nothing(tmp_path):
     out = searcher("launch", "broken.yaml", "--storage", f"sqlite:///{tmp_path}/s.db", cwd=tmp_path, ok=False)
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == [
-        "Error: broken.csv: column 'x', line 12: 'oops' is not a number (10 of its 11 values are); "
+        "Error: broken.csv: column 'x', line 12: 'oops' is not a number (10 of its 11 filled values are); "
         "fix the value, or list the column in data.categorical"]
     assert not (tmp_path / "s.db").exists()
 
