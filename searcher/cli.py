@@ -106,13 +106,19 @@ def launch(
     workers_per_gpu: Annotated[int, typer.Option("--workers-per-gpu", min=1, help="Workers sharing one GPU (memory growth on).")] = 1,
     mixed_precision: MixedPrecisionOpt = None,
     xla: XlaOpt = None,
+    wait: WaitOpt = None,
 ) -> None:
     """Create or continue a study and run worker processes until its budget is reached.
+
+    A database lost while it runs is waited for (runtime.db_outage_minutes); --wait also
+    waits for one that is not up yet when it starts.
 
     Example: searcher launch digits-mlp --workers 2
     """
     from searcher.devices import parse_gpu_list
     from searcher.launch import LaunchRequest, launch as run_launch
+
+    _wait_for_storage(storage, wait)
 
     request = LaunchRequest(study=study, storage=storage, workers=workers, trials=trials, timeout=timeout,
                             data_dir=data_dir, seed=seed, name=name, workers_per_gpu=workers_per_gpu,
@@ -292,6 +298,7 @@ def status(
     name: NameOpt = None,
     seed: ReadSeedOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    wait: WaitOpt = None,
 ) -> None:
     """Trial counts by state, failure reasons, the best trial, and running trials with their worker.
 
@@ -300,6 +307,8 @@ def status(
     import json
 
     from searcher.status import render, take_snapshot
+
+    _wait_for_storage(storage, wait)
 
     snap = take_snapshot(_load_study(study, storage, name=name, seed=seed))
     if as_json:
@@ -412,14 +421,16 @@ def dashboard(
     storage: StorageOpt = None,
     host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8080,
+    wait: WaitOpt = None,
 ) -> None:
     """Serve optuna-dashboard on the study storage.
 
-    Example: searcher dashboard --port 8080
+    Example: searcher dashboard --port 8080 --wait 300
     """
     from searcher.dashboard import make_dashboard_server
     from searcher.storage import mask_url, resolve_url
 
+    _wait_for_storage(storage, wait)
     url = resolve_url(storage)
     server = make_dashboard_server(url, host=host, port=port)
     console.print(f"optuna-dashboard for {mask_url(url)} at http://{host}:{server.server_port}/ (Ctrl-C to stop)",
@@ -499,6 +510,15 @@ def confirm(
     console.print(f"{added} new run(s); confirmed winner: trial {ranking[0].trial}"
                   + ("" if single_best is ranking[0] else f" (the single-run best was trial {single_best.trial})"),
                   highlight=False)
+
+
+def _wait_for_storage(storage: str | None, seconds: float | None) -> None:
+    """``--wait``: wait for a database that is not up (yet), one line, instead of failing at once."""
+    if seconds:
+        from searcher.storage import resolve_url
+        from searcher.study import wait_until_ready
+
+        wait_until_ready(resolve_url(storage), seconds=seconds)
 
 
 def _load_study(study: str, storage: str | None, *, name: str | None = None, seed: int | None = None):

@@ -325,10 +325,13 @@ def _measure_trial(raw: dict[str, Any], search_data: SearchData) -> TrialCost:
     from searcher.devices import import_tensorflow
 
     import_tensorflow()  # before searcher.training imports Keras: without TensorFlow's start-up lines
+    from searcher.devices import TrainingRuntime, apply_runtime
     from searcher.training import train
     from searcher.space import suggest_values, trial_config
 
     spec = parse_spec({**raw, "name": "init-timing"}, source="searcher init")
+    runtime = TrainingRuntime.from_spec(spec.runtime)  # what the written spec's workers will use
+    apply_runtime(runtime)
     config = trial_config(spec, suggest_values(_MiddleTrial(), spec), seed=0)
     # A large table is timed on a sample: an epoch's steps scale with its rows.
     scale = max(1.0, len(search_data.train) / _TIMING_ROWS)
@@ -337,7 +340,7 @@ def _measure_trial(raw: dict[str, Any], search_data: SearchData) -> TrialCost:
         search_data = dataclasses.replace(
             search_data, train=search_data.train.take(pick(len(search_data.train))[:_TIMING_ROWS]),
             val=search_data.val.take(pick(len(search_data.val))[:_TIMING_ROWS]), folds=())
-    result = train(config, search_data, direction=spec.training.direction, max_epochs=3)
+    result = train(config, search_data, direction=spec.training.direction, runtime=runtime, max_epochs=3)
     steady = statistics.median(result.epoch_seconds[1:]) if len(result.epoch_seconds) > 1 else result.epoch_seconds[0]
     # The first epoch also builds and traces the model: every model pays that once.
     return TrialCost(epoch_s=steady * scale, first_epoch_extra_s=max(0.0, result.epoch_seconds[0] - steady),

@@ -30,7 +30,7 @@ def build_model(
     *,
     preprocessing: Preprocessing,
     n_classes: int,
-    jit_compile: bool | str = "auto",
+    jit_compile: bool = False,
 ) -> keras.Model:
     """Return the compiled network ``config`` describes, on raw inputs as ``preprocessing`` says.
 

@@ -479,6 +479,9 @@ class RuntimeSpec(_Frozen):
     recycle_after_trials: int = Field(100, ge=1)
     recycle_memory_growth_mb: int | None = Field(2048, ge=64)
     max_worker_memory_mb: int | None = Field(None, ge=256)
+    # How long a worker waits for a lost database (a drained PostgreSQL pod is away 1-3 minutes)
+    # before it exits 69 (EX_UNAVAILABLE), which launch, Kubernetes, compose and Slurm restart.
+    db_outage_minutes: float = Field(30.0, gt=0)
 
     @model_validator(mode="after")
     def _grace_exceeds_interval(self) -> RuntimeSpec:

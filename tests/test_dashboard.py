@@ -78,3 +78,29 @@ def test_dashboard_serves_a_fresh_database_then_a_real_study(dashboard, digits_s
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
         assert not [e for e in errors if "favicon" not in e], errors
+
+
+def test_dashboard_waits_for_a_database_that_is_not_up_yet(restartable_postgres_server, postgres_url, tmp_path):
+    """`--wait SECONDS`: started while PostgreSQL is down, it says so in one line, then serves once it is up."""
+    port = _free_port()
+    restartable_postgres_server.stop()
+    dashboard = start_searcher("dashboard", "--port", str(port), "--wait", "300", cwd=tmp_path,
+                               env={"SEARCHER_STORAGE": postgres_url})
+    try:
+        wait_for(lambda: "waiting up to" in "".join(dashboard.output()), what="the database found down",
+                 process=dashboard)
+        restartable_postgres_server.start()
+
+        def serving() -> bool:
+            try:
+                return _get_json(f"http://127.0.0.1:{port}/api/studies") is not None
+            except OSError:
+                return False
+
+        wait_for(serving, what="the dashboard serving once the database is up", process=dashboard)
+    finally:
+        dashboard.stop()
+    output = "".join(dashboard.output())
+    assert output.count("waiting up to 300 s: cannot open storage") == 1, output
+    assert "ready after" in output and "Traceback" not in output, output
+    assert make_password(postgres_url) not in output

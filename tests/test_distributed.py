@@ -9,10 +9,12 @@ The restart test keeps the default heartbeat (5 s, grace period 20 s).
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -207,3 +209,76 @@ def test_processes_opening_an_empty_database_at_once(postgres_url, tmp_path):
             if p.poll() is None:
                 p.kill()
     assert [p.returncode for p in processes] == [0] * 4, "\n".join(errors)
+
+
+def test_a_three_minute_outage_loses_no_trial(restartable_postgres_server, db, tmp_path):
+    """The server stopped for 3 minutes while two workers train: they train on, wait for it,
+    record their trials, and nothing is reaped, lost or run twice.
+
+    Each trial stops after its third epoch until a gate file exists (gated_worker.py), so both
+    are running when the server stops, by construction; the gate opens 20 s into the outage and
+    the trials finish training while the database is away. Heartbeats every 1 s, grace 3 s:
+    without the outage handling the trials would be reaped the moment the server is back.
+    """
+    budget, down_seconds = 4, 180
+    spec = digits_spec(tmp_path, "outage", training={"max_epochs": 30, "patience": None}, pruner={"name": "none"},
+                       runtime={"heartbeat_interval": 1, "grace_period": 3}, baselines=[])
+    gate = tmp_path / "gate"
+    searcher("create", str(spec), "--trials", str(budget), cwd=tmp_path, url=db.url).finish(check=True)
+    logs = [tmp_path / f"worker-{i}.log" for i in range(2)]  # files, not pipes: nobody reads them until the end
+    workers = []
+    for i, log in enumerate(logs):
+        with open(log, "w") as out:
+            workers.append(subprocess.Popen([sys.executable, str(Path(__file__).parent / "gated_worker.py"), str(gate),
+                                             "worker", str(spec), "--worker-index", str(i)], cwd=tmp_path, text=True,
+                                            stdout=out, stderr=subprocess.STDOUT,
+                                            env={**os.environ, "SEARCHER_STORAGE": db.url}))
+    try:
+        at_gate = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(
+            [t for t in db.trials("outage", "RUNNING") if len(t.intermediate_values) >= 3]),
+            timeout=1200, what="two trials at the gate")  # a limit, not a measure: slow when busy
+        timeline = [(t.datetime_start, f"trial {t.number} started") for t in at_gate]
+        db.storage.engine.dispose()
+        down = dt.datetime.now()
+        restartable_postgres_server.stop()
+        timeline.append((down, "server stopped"))
+        time.sleep(20)
+        gate.touch()
+        timeline.append((dt.datetime.now(), "gate opened: the trials train on"))
+        time.sleep(down_seconds - 20)
+        assert all(w.poll() is None for w in workers), "no worker exits during the outage"
+        restartable_postgres_server.start()
+        up = dt.datetime.now()
+        timeline.append((up, "server started"))
+        for w in workers:
+            w.wait(timeout=600)
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+    outputs = [log.read_text() for log in logs]
+    for w, output in zip(workers, outputs):
+        assert w.returncode == 0, output[-4000:]
+        assert "Traceback" not in output, output[-4000:]
+        assert "database unreachable" in output and "database back after" in output, output[-4000:]
+    trials = db.trials("outage")
+    states = Counter(t.state.name for t in trials)
+    assert states["COMPLETE"] + states["PRUNED"] == budget, states
+    assert states["RUNNING"] == states["WAITING"] == states["FAIL"] == 0, states
+    params = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(params)) == len(params), "no trial ran twice"
+    recorded = {t.number: t for t in trials}
+    for t in at_gate:
+        done = recorded[t.number]
+        assert done.state.name == "COMPLETE" and done.datetime_complete > up, done
+        assert sorted(done.intermediate_values) == list(range(30)), "the epochs of the outage were reported after it"
+        timeline.append((done.datetime_complete, f"trial {t.number} recorded COMPLETE ({done.value:.4f})"))
+    print("\n3-minute outage timeline:")
+    for when, what in sorted(timeline):
+        print(f"  {when:%H:%M:%S} (+{(when - down).total_seconds():6.1f} s) {what}")
+    print(f"  final: {dict(states)}; worker log lines:")
+    for output in outputs:
+        for line in output.splitlines():
+            if "database" in line:
+                print(f"    {line[:160]}")

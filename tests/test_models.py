@@ -11,6 +11,7 @@ from searcher.spec import ACTIVATIONS, INITIALIZERS, OPTIMIZERS, load_spec
 
 keras = pytest.importorskip("keras")
 
+from searcher.devices import TrainingRuntime  # noqa: E402
 from searcher.data import Preprocessing, load_search_data  # noqa: E402
 from searcher.models import build_model  # noqa: E402
 from searcher.training import train  # noqa: E402
@@ -103,7 +104,7 @@ def _one_epoch(spec, digits_data, **knobs):
     values.update(knobs)
     trial = optuna.trial.FixedTrial(baseline_params(spec, values) | {"momentum": 0.9})
     config = trial_config(spec, suggest_values(trial, spec), seed=1)
-    result = train(config, digits_data, direction="maximize", max_epochs=1)
+    result = train(config, digits_data, direction="maximize", runtime=TrainingRuntime(), max_epochs=1)
     return result
 
 
@@ -139,7 +140,7 @@ def test_a_cnn_trains_on_digits():
     spec = load_spec("digits-cnn")
     data = load_search_data(spec.data, split_seed=0)
     config = _baseline_config("digits-cnn", "small-cnn")
-    result = train(config, data, direction="maximize", max_epochs=2)
+    result = train(config, data, direction="maximize", runtime=TrainingRuntime(), max_epochs=2)
     assert len(result.curve) == 2 and result.curve[-1] > 0.5
 
 
