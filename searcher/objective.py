@@ -23,7 +23,7 @@ import optuna
 
 from searcher.cost import measure_cost
 from searcher.data import SearchData, Split, class_weights, to_tf_dataset
-from searcher.front import cost_of, violations
+from searcher.front import CONSTRAINED_COST, cost_of, violations
 from searcher.memory import MemoryGuard
 from searcher.models import build_model
 from searcher.space import TrialConfig, suggest_values, trial_config
@@ -190,10 +190,12 @@ def train(
         )
     cbs.extend(callbacks)
     weights = class_weights(data.train, data.n_classes) if training.class_weight == "balanced" else None
+    validation = to_tf_dataset(data.val, batch_size=val_batch)
+    _build_training_state(model, validation)
     try:
         history = model.fit(
             to_tf_dataset(data.train, batch_size=training.batch_size, shuffle_seed=config.seed, weights=weights),
-            validation_data=to_tf_dataset(data.val, batch_size=val_batch),
+            validation_data=validation,
             epochs=max_epochs or training.max_epochs,
             callbacks=cbs,
             shuffle=False,  # tf.data already shuffles, seeded
@@ -206,6 +208,21 @@ def train(
             raise TrialFailed("out of memory", str(e).splitlines()[0][:200]) from e
         raise
     return TrainResult(model, history.history, training.metric, direction, clock.seconds)
+
+
+def _build_training_state(model: keras.Model, examples) -> None:
+    """Create the optimizer's slots and the compiled metrics' variables before ``fit``.
+
+    Keras (without a distribution strategy) creates them inside the first trace of the train
+    step, and TensorFlow then traces that step a second time: a whole trace per trial for
+    nothing. Built here eagerly on one batch of ``examples`` (the validation split, unshuffled:
+    an extra iterator of the shuffled training set would change its epoch order), the step is
+    traced once. The variables start at zero either way, so training is the same to the bit.
+    """
+    x, y = next(iter(examples))[:2]
+    model.optimizer.build(model.trainable_variables)
+    model.compute_metrics(x, y, model(x, training=False), sample_weight=None)
+    model.reset_metrics()
 
 
 def fold_seed(seed: int, fold: int) -> int:
@@ -335,6 +352,19 @@ def _fresh_model(config: TrialConfig, data: SearchData, *, jit_compile: bool | s
                        jit_compile=jit_compile)
 
 
+def measures_cost_of_pruned(spec: StudySpec) -> bool:
+    """Whether a pruned trial needs its latency and file size measured too.
+
+    Only complete trials are ranked, exported, drawn in the trade-off or shown as best, so
+    a pruned trial's cost figures are read only as constraint values the sampler learns
+    from (``max_latency_ms``, ``max_model_mb``) or as a second objective (which turns
+    pruning off anyway). Measuring costs a save and two traced predict calls per trial.
+    """
+    limits = spec.constraints.limits() if spec.constraints else {}
+    costs = {CONSTRAINED_COST[name] for name in limits} | set(objective_names(spec)[1:])
+    return bool(costs & {"latency_ms", "model_mb"})
+
+
 class Objective:
     """The Optuna objective of a study: one call is one trial.
 
@@ -347,6 +377,7 @@ class Objective:
     def __init__(self, spec: StudySpec, data: SearchData, *, jit_compile: bool | str = "auto") -> None:
         self.spec, self.data, self.jit_compile = spec, data, jit_compile
         self._host = socket.gethostname()
+        self._cost_every_trial = measures_cost_of_pruned(spec)
 
     def config_for(self, trial: optuna.Trial) -> TrialConfig:
         values = suggest_values(trial, self.spec)
@@ -405,8 +436,9 @@ class Objective:
         summary = result.summary() | (cross_validated(folds, direction) if len(folds) > 1 else {})
         for key, value in summary.items():
             trial.set_user_attr(key, value)
-        for key, value in measure_cost(result.model, self.data.val).items():
-            trial.set_user_attr(key, value)
+        if pruning.pruned_at is None or self._cost_every_trial:
+            for key, value in measure_cost(result.model, self.data.val).items():
+                trial.set_user_attr(key, value)
         figures = {name: cost_of(trial, name) for name in COST_OBJECTIVES}
         for key, value in violations(limits, figures).items():
             trial.set_constraint(key, value)

@@ -9,6 +9,7 @@ no trial is left RUNNING. ``searcher worker`` on another host runs the same loop
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -146,6 +147,10 @@ def training_objective(spec: StudySpec, options: WorkerOptions) -> ObjectiveFunc
     data = load_search_data(spec.data, split_seed=spec.split_seed, data_dir=options.data_dir)
     check_model_kind(data, spec.model.kind, source=spec.data.path or spec.data.dataset)
     log.info("data: %s", data.preprocessing.describe())
+    # TensorFlow's modules and the data live as long as the worker: frozen, they are left out of
+    # the full garbage collection each trial's clear_session runs (about 1 s per trial otherwise).
+    gc.collect()
+    gc.freeze()
     return Objective(spec, data, jit_compile=spec.runtime.xla)
 
 
