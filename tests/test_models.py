@@ -182,3 +182,30 @@ def test_a_nan_loss_fails_the_trial_with_reason_nan_and_the_search_goes_on(tmp_p
     assert blown.state.name == "FAIL" and blown.user_attrs["fail_reason"] == "nan"
     assert blown.user_attrs["fail_detail"].startswith("nan: loss became ") and "in epoch 1" in blown.user_attrs["fail_detail"]
     assert fine.state.name == "COMPLETE" and fine.value > 0.1
+
+
+def test_a_trial_traces_its_train_step_once_and_trains_bit_for_bit_as_before(digits, monkeypatch):
+    """Optimizer slots and compiled metrics are built before fit, so TensorFlow does not trace the
+    train step a second time; without that build (Keras' lazy default) it does, with the same result."""
+    import numpy as np
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    import searcher.objective as objective
+
+    spec, data = digits
+    traces = []
+    step = TensorFlowTrainer.train_step
+    monkeypatch.setattr(TensorFlowTrainer, "train_step", lambda self, batch: traces.append(1) or step(self, batch))
+    trial = optuna.trial.FixedTrial({**_FIXED_PARAMS, "dropout": 0.2, "depth": 2, "units_0": 32, "units_1": 16})
+    config = trial_config(spec, suggest_values(trial, spec), seed=3)
+
+    def run():
+        traces.clear()
+        result = train(config, data, direction="maximize", max_epochs=2, early_stopping=False)
+        return len(traces), result.history, np.concatenate([w.numpy().ravel() for w in result.model.weights])
+
+    once, history, weights = run()
+    monkeypatch.setattr(objective, "_build_training_state", lambda model, examples: None)
+    lazy, lazy_history, lazy_weights = run()
+    assert (once, lazy) == (1, 2)
+    assert history == lazy_history and np.array_equal(weights, lazy_weights)
