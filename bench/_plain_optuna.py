@@ -8,7 +8,7 @@ Optuna's default TPE sampler (seeded), no pruner; per trial a ``keras.Sequential
 (``bench._plain_model``) sampled from the space of bench/spaces/digits-mlp-epoch.yaml
 (7 activations, 4 initializers, 4 optimizers, log learning rate, dropout, L2, depth 1-3,
 units 16-128, batch 32) and ``model.fit(epochs=1)`` 20 times, reporting validation accuracy
-after each. Stops after the trial that reaches N epochs. Writes each trial's end time
+after each. Stops after the trial that reaches N epochs. Writes each trial's start and end
 (``time.time()``) and epochs, so the parent divides the wall time from its own start.
 """
 
@@ -71,9 +71,10 @@ def main() -> None:
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=args.seed))
     trials, epochs = [], 0
     while epochs < args.epochs:
+        start = time.time()
         study.optimize(objective, n_trials=1)
         epochs += EPOCHS_PER_TRIAL
-        trials.append({"end": time.time(), "epochs": EPOCHS_PER_TRIAL, "value": study.trials[-1].value})
+        trials.append({"start": start, "end": time.time(), "epochs": EPOCHS_PER_TRIAL, "value": study.trials[-1].value})
     Path(args.out).write_text(json.dumps({"trials": trials, "best": study.best_value,
                                           "x_fit": list(np.shape(x_fit))}))
 

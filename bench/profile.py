@@ -125,12 +125,7 @@ def _plain(folder: Path, epochs: int, *, seed: int) -> dict:
                             env={**os.environ, **cpu_placement_env(1)}, cwd=folder, timeout=7200)
     if result.returncode != 0:
         raise RuntimeError(f"_plain_optuna.py exited with {result.returncode}:\n{result.stderr[-3000:]}")
-    trials = json.loads(out.read_text())["trials"]
-    rows, last = [], started
-    for t in trials:
-        rows.append({"start": last, "end": t["end"], "epochs": t["epochs"]})
-        last = t["end"]
-    return _cut(rows, started, epochs)
+    return _cut(json.loads(out.read_text())["trials"], started, epochs)
 
 
 def _cut(rows: list[dict], started: float, epochs: int) -> dict:
