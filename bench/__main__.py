@@ -8,6 +8,7 @@ reported as failed, the others still run, and the exit code is 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import json
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                              "e.g. --tree old=/tmp/old-checkout")
     parser.add_argument("--epochs", type=int, help="profile: epochs per side of the seconds-per-epoch comparison "
                                                    "(default 680; 40 with --quick)")
+    parser.add_argument("--profile-trials", type=int, help="profile: trials per profile run (default 6; 3 with --quick)")
     args = parser.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(only) - set(SECTIONS))
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bench: %(message)s", stream=sys.stderr)
     plan = Plan.quick() if args.quick else Plan.full()
+    if args.profile_trials:
+        plan = dataclasses.replace(plan, profile_trials=args.profile_trials)
     workdir = Path(tempfile.mkdtemp(prefix="searcher-bench-"))
     started = time.perf_counter()
     load_at_start = round(os.getloadavg()[0], 2)
