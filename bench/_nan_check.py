@@ -4,7 +4,7 @@ Usage: ``python -m bench._nan_check OUT.json --epochs E --repeats R --batch-size
 
 Trains the digits tutorial MLP (50-20, SGD) with ``model.fit`` on searcher's tf.data input,
 as a trial does, three ways: no NaN check; a check in ``on_train_batch_end`` (which makes
-Keras hand each batch's logs back to Python); searcher's check (``objective._FailOnNaN``).
+Keras hand each batch's logs back to Python); searcher's check (``training._FailOnNaN``).
 The variants alternate within each repeat, so load from other processes hits them alike.
 Seconds per epoch are the median over the epochs after the first (the first one traces).
 """
@@ -32,7 +32,7 @@ def main() -> None:
     import keras
     import optuna
 
-    from searcher import objective
+    from searcher import training
     from searcher.data import load_search_data, to_tf_dataset
     from searcher.models import build_model
     from searcher.space import suggest_values, trial_config
@@ -46,7 +46,7 @@ def main() -> None:
             if loss is not None and not math.isfinite(float(loss)):
                 raise RuntimeError("nan")
 
-    variants = {"none": list, "per_batch": lambda: [PerBatch()], "searcher": lambda: [objective._FailOnNaN()]}
+    variants = {"none": list, "per_batch": lambda: [PerBatch()], "searcher": lambda: [training._FailOnNaN()]}
     rows = []
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
         spec = parse_spec({"name": "nan-check", "data": {"dataset": "digits"}, "model": {"kind": "mlp"},
@@ -63,7 +63,7 @@ def main() -> None:
                 keras.utils.set_random_seed(0)
                 model = build_model(config.model, preprocessing=data.preprocessing, n_classes=data.n_classes,
                                     jit_compile=False)
-                clock = objective._EpochClock()  # searcher's own per-epoch timer
+                clock = training._EpochClock()  # searcher's own per-epoch timer
                 model.fit(to_tf_dataset(data.train, batch_size=batch_size, shuffle_seed=0), epochs=args.epochs,
                           callbacks=[*variants[name](), clock], verbose=0, shuffle=False)
                 seconds[name].append(statistics.median(clock.seconds[1:] or clock.seconds))

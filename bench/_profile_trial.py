@@ -22,7 +22,7 @@ counted twice), so the parts and the remainder add up to the trial's wall time:
 - traces: how often Keras traced the train, test and predict steps (a Python call of
   ``train_step``/``test_step``/``predict_step`` happens only while tracing).
 
-Works on any searcher tree whose ``objective`` module calls ``build_model``/``measure_cost``
+Works on any searcher tree whose ``objective`` (or ``training``) module calls ``build_model``/``measure_cost``
 /``to_tf_dataset`` by those names; parts a tree lacks are simply zero.
 """
 

@@ -4,7 +4,7 @@
    ``keras.Sequential`` of the same layers on inputs preprocessed once in numpy, compiled with
    accuracy alone) + ``model.fit`` on those arrays for exactly the trial's stored epoch count,
    validation data given, no callbacks, no storage;
-2. searcher's own ``objective.train`` (the code a worker runs for a trial) for the same
+2. searcher's own ``training.train`` (the code a worker runs for a trial) for the same
    config and epoch cap, in process, without storage, sampler or pruner.
 
 The two alternate trial by trial so that load from other processes hits both alike.
@@ -27,7 +27,7 @@ def main(job_path: str, out_path: str) -> None:
 
     import_tensorflow()  # TensorFlow is imported here, before anything is timed, without its start-up lines
 
-    import searcher.objective as objective
+    import searcher.training as training
     from bench._plain_model import plain_inputs
     from searcher.data import load_search_data
     from searcher.space import TrialConfig
@@ -39,8 +39,8 @@ def main(job_path: str, out_path: str) -> None:
     data_s = time.perf_counter() - t0
     arrays = (plain_inputs(data.train.x, data.preprocessing), plain_inputs(data.val.x, data.preprocessing))
 
-    build_clock = _BuildClock(objective.build_model)
-    objective.build_model = build_clock  # time the build inside objective.train, nothing else changes
+    build_clock = _BuildClock(training.build_model)
+    training.build_model = build_clock  # time the build inside training.train, nothing else changes
 
     rows = []
     for i, (trial, config) in enumerate(zip(job["trials"], configs)):
@@ -51,7 +51,7 @@ def main(job_path: str, out_path: str) -> None:
             if which == "bare":
                 row.update(_bare(config, data, epochs, arrays))
             else:
-                row.update(_searcher(config, data, epochs, objective, build_clock, job["direction"]))
+                row.update(_searcher(config, data, epochs, training, build_clock, job["direction"]))
         rows.append(row)
     Path(out_path).write_text(json.dumps({"import_s": import_s, "data_s": data_s, "trials": rows}, indent=1))
 
@@ -69,7 +69,7 @@ def _bare(config, data, epochs: int, arrays) -> dict:
     return {"bare_build_s": t1 - t0, "bare_fit_s": t2 - t1, "bare_s": t2 - t0}
 
 
-def _searcher(config, data, epochs: int, objective, build_clock, direction: str) -> dict:
+def _searcher(config, data, epochs: int, training, build_clock, direction: str) -> dict:
     import keras
 
     class EpochClock(keras.callbacks.Callback):
@@ -86,7 +86,7 @@ def _searcher(config, data, epochs: int, objective, build_clock, direction: str)
     clock = EpochClock()
     build_clock.seconds = 0.0
     t0 = time.perf_counter()
-    result = objective.train(config, data, direction=direction, callbacks=[clock], jit_compile=False,
+    result = training.train(config, data, direction=direction, callbacks=[clock], jit_compile=False,
                              max_epochs=epochs)
     total = time.perf_counter() - t0
     later = clock.seconds[1:] or clock.seconds

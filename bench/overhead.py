@@ -16,7 +16,7 @@ The difference is broken down into parts measured on their own:
 - other start-up and shutdown: launch start to the first trial's start, plus the last trial's
   end to the launch's exit, less the two rows above (interpreters, imports, study creation,
   the summary);
-- model build/compile and the training loop: searcher's own ``objective.train`` replayed
+- model build/compile and the training loop: searcher's own ``training.train`` replayed
   in process for the same configs (no storage, sampler or pruner) against the bare loop;
 - the same epochs inside the worker against the replay: the trials' stored ``train_seconds``
   (epoch times) against the replay's epoch times;
@@ -25,7 +25,7 @@ The difference is broken down into parts measured on their own:
   the sampler; storage reads made by the pruner or the sampler count as theirs;
 - other: what is left.
 
-``overhead_ratio_same_loop`` divides by the replayed ``objective.train`` instead: what the
+``overhead_ratio_same_loop`` divides by the replayed ``training.train`` instead: what the
 search machinery (processes, storage, sampler, pruner) adds to searcher's own training loop.
 """
 
@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from searcher.cost import COST_SECONDS
+from searcher.stored import COST_SECONDS
 
 from bench._common import (
     FINISHED,

@@ -101,7 +101,7 @@ def measure_large(n: int, workdir: Path) -> dict[str, Any]:
 
     from searcher import study as studies
     from searcher.export import export_config
-    from searcher.monitor import render, take_snapshot
+    from searcher.status import render, take_snapshot
     from searcher.report import write_report
     from searcher.storage import open_storage
 
@@ -171,13 +171,13 @@ def _sampler_ms(url: str, name: str, asks: int = 3) -> float:
     """Milliseconds per trial the spec's sampler (multivariate TPE, constant liar) spends, median of ``asks``."""
     import optuna
 
-    from searcher import study as studies
+    from searcher import stored, study as studies
     from searcher.space import suggest_values
     from searcher.storage import open_storage
 
     storage = open_storage(url, create=False)
     study = studies.load(name, storage, url=url)
-    spec = studies.stored_spec(study)
+    spec = stored.stored_spec(study)
     study = studies.load(name, storage, url=url, sampler=studies.make_sampler(spec, seed=0))
     while study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
         study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)  # enqueued baselines are not sampled

@@ -44,7 +44,7 @@ class TrivialObjective:
             trial.set_user_attr("worker_host", self._host)
         with self._timed("params"):
             values = suggest_values(trial, self.spec)
-        # (searcher.objective.trial_seed would import TensorFlow here; any seed stores the same way)
+        # (searcher.training.trial_seed would import TensorFlow here; any seed stores the same way)
         config = trial_config(self.spec, values, seed=trial.number)
         with self._timed("attrs"):
             trial.set_user_attr("config", config.to_dict())
@@ -91,7 +91,7 @@ def run_trivial_study(spec, storage, *, url: str, n_trials: int, sampler) -> dic
     objective = TrivialObjective(spec, release=lock.release)
     t0 = time.perf_counter()
     n = 0
-    while True:  # as workers.run_worker: lock, check the budget, start a trial, release
+    while True:  # as worker.run_worker: lock, check the budget, start a trial, release
         lock.acquire()
         try:
             if studies.budget_left(study, n_trials) <= 0:

@@ -6,9 +6,7 @@ traceback instead. Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-import logging
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -144,38 +142,12 @@ def worker(
 
     Example: searcher worker cifar-cnn --storage postgresql+psycopg2://searcher:PASS@db-host/searcher
     """
-    from searcher.launch import load_launch_spec, study_name
-    from searcher.storage import resolve_url
-    from searcher.workers import WorkerOptions, run_worker
+    from searcher.worker import WorkerRequest, serve
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    import os
-
-    import optuna
-
-    from searcher.devices import LOCK_DIR_ENV, claim_gpu, detect_gpus
-
-    optuna.logging.set_verbosity(optuna.logging.INFO)  # a worker's log lists its trials
-    spec, _ = load_launch_spec(study, seed, mixed_precision=mixed_precision, xla=xla)
-    joins = study_name(spec.name, name=name, seed=seed)
-    if wait:
-        from searcher.study import wait_until_ready
-
-        wait_until_ready(resolve_url(storage), seconds=wait, name=None if create else joins)
-    gpu_lock = None
-    if gpu is not None:
-        # Before TensorFlow is imported: the visible devices are fixed when its runtime starts.
-        lock_dir = os.environ.get(LOCK_DIR_ENV, "/tmp/searcher-gpu-locks")
-        claimed, gpu_lock = claim_gpu(gpu, gpus=detect_gpus(), lock_dir=lock_dir)
-        os.environ.update(CUDA_VISIBLE_DEVICES=claimed, TF_FORCE_GPU_ALLOW_GROWTH="true", CUDA_DEVICE_ORDER="PCI_BUS_ID")
-    if timeout:
-        deadline = min(deadline or float("inf"), time.time() + timeout)
-    options = WorkerOptions(index=worker_index, deadline=deadline, parent_pid=parent_pid, data_dir=data_dir,
-                            create=create, study_name=joins)
-    code = run_worker(spec, resolve_url(storage), options)
-    if gpu_lock is not None:
-        gpu_lock.close()
-    raise typer.Exit(code=code)
+    request = WorkerRequest(study=study, storage=storage, data_dir=data_dir, seed=seed, name=name, create=create,
+                            timeout=timeout, gpu=gpu, mixed_precision=mixed_precision, xla=xla, wait=wait,
+                            index=worker_index, parent_pid=parent_pid, deadline=deadline)
+    raise typer.Exit(code=serve(request))
 
 
 @app.command()
@@ -193,7 +165,7 @@ def init(
     Example: searcher init patients.csv --target diagnosis -o patients.yaml
     """
     from searcher.data import describe_data
-    from searcher.scaffold import init_spec
+    from searcher.init import init_spec
 
     made = init_spec(data, output=output, target=target, test_path=test, minutes=minutes, workers=workers, force=force)
     console.print(f"wrote {made.path}: {made.spec.model.kind} on {describe_data(made.summary)}", highlight=False)
@@ -217,11 +189,11 @@ def create(
     Example: searcher create cifar-cnn --trials 200 --storage postgresql+psycopg2://searcher@db-host/searcher
     """
     from searcher import study as studies
-    from searcher.launch import create_study, load_launch_spec, study_name
+    from searcher.launch import create_study
     from searcher.storage import mask_url, resolve_url
 
-    spec, _ = load_launch_spec(study, seed)
-    stored_name = study_name(spec.name, name=name, seed=seed)
+    spec, _ = studies.load_launch_spec(study, seed)
+    stored_name = studies.study_name(spec.name, name=name, seed=seed)
     url = resolve_url(storage)
     if wait:
         studies.wait_until_ready(url, seconds=wait)
@@ -245,7 +217,7 @@ def list_studies(
     """
     from rich.table import Table
 
-    from searcher.monitor import list_stored, render_stored
+    from searcher.status import list_stored, render_stored
     from searcher.spec import SHIPPED_STUDIES, load_spec
     from searcher.storage import mask_url, open_storage, resolve_url
 
@@ -278,7 +250,7 @@ def status(
     """
     import json
 
-    from searcher.monitor import render, take_snapshot
+    from searcher.status import render, take_snapshot
 
     snap = take_snapshot(_load_study(study, storage, name=name, seed=seed))
     if as_json:
@@ -329,11 +301,11 @@ def export(
     Example: searcher export digits-mlp --smallest-within 0.5 -o small.yaml
     """
     from searcher.export import export_config, write_export
-    from searcher.front import Pick
+    from searcher.ranking import PickByCost
 
     if fmt not in ("yaml", "json"):
         raise UserError(f"--format: must be yaml or json, got {fmt!r}")
-    pick = Pick(smallest_within=smallest_within, max_params=max_params, max_latency_ms=max_latency_ms)
+    pick = PickByCost(smallest_within=smallest_within, max_params=max_params, max_latency_ms=max_latency_ms)
     document = export_config(_load_study(study, storage, name=name, seed=seed), rank=rank, pick=pick, ensemble=ensemble)
     text = write_export(document, output, fmt=fmt)
     if output is None:
@@ -408,19 +380,13 @@ def replay(
 
     Example: searcher replay digits-mlp 17
     """
-    import os
-
     from rich.table import Table
 
-    from searcher.confirm import replay_trial
+    from searcher.confirm import replay_trial, use_trial_threads
     from searcher.devices import import_tensorflow
 
     loaded = _load_study(study, storage, name=name, seed=seed)
-    stored = next((t for t in loaded.get_trials(deepcopy=False) if t.number == trial), None)
-    if stored is not None and stored.user_attrs.get("threads"):
-        # The same thread count as the worker had: float sums depend on how work is split.
-        os.environ["TF_NUM_INTRAOP_THREADS"] = str(stored.user_attrs["threads"])
-        os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+    use_trial_threads(loaded, trial)
     import_tensorflow()
     result = replay_trial(loaded, trial, data_dir=data_dir)
     table = Table("epoch", "stored", "replayed", "difference", box=None, header_style="bold")
@@ -455,9 +421,9 @@ def confirm(
     from searcher.confirm import confirm as run_confirm
     from searcher.devices import import_tensorflow
 
-    loaded = _load_study(study, storage, name=name, seed=seed)
-    import_tensorflow()  # the seeds come from searcher.objective, which imports Keras
-    ranking, added = run_confirm(loaded, top=top, seeds=seeds, workers=workers, data_dir=data_dir)
+    loaded, opened = _open_study(study, storage, name=name, seed=seed)
+    import_tensorflow()  # the seeds come from searcher.training, which imports Keras
+    ranking, added = run_confirm(loaded, storage=opened, top=top, seeds=seeds, workers=workers, data_dir=data_dir)
     table = Table("rank", "trial", "mean", "spread (sd)", "runs", "single-run value", "single-run rank", "params",
                   box=None, header_style="bold")
     for rank, c in enumerate(ranking, start=1):
@@ -472,12 +438,17 @@ def confirm(
 
 def _load_study(study: str, storage: str | None, *, name: str | None = None, seed: int | None = None):
     """The stored study that ``launch STUDY`` with the same --name / --seed made."""
+    return _open_study(study, storage, name=name, seed=seed)[0]
+
+
+def _open_study(study: str, storage: str | None, *, name: str | None = None, seed: int | None = None):
+    """That study and the storage it was loaded from."""
     from searcher import study as studies
-    from searcher.launch import study_name
     from searcher.storage import open_storage, resolve_url
 
     url = resolve_url(storage)
-    return studies.load(study_name(study, name=name, seed=seed), open_storage(url, create=False), url=url)
+    opened = open_storage(url, create=False)
+    return studies.load(studies.study_name(study, name=name, seed=seed), opened, url=url), opened
 
 
 def _quiet_libraries() -> None:

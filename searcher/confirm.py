@@ -19,9 +19,10 @@ import multiprocessing
 import optuna
 from optuna.trial import TrialState
 
-from searcher import front
+from searcher import ranking
 from searcher.errors import UserError
-from searcher.export import CONFIRMED_ATTR, ranked_trials
+from searcher.export import ranked_trials
+from searcher.stored import CONFIG, CONFIRMED, CURVE, N_PARAMS, OF_TRIAL, RUN, SEED, THREADS
 from searcher.space import TrialConfig
 
 log = logging.getLogger(__name__)
@@ -41,15 +42,24 @@ class Replay:
 
 
 def stored_config(trial: optuna.trial.FrozenTrial) -> TrialConfig:
-    if "config" not in trial.user_attrs:
+    if CONFIG not in trial.user_attrs:
         raise UserError(f"trial {trial.number} has no stored config (it never started training)")
-    return TrialConfig.model_validate(trial.user_attrs["config"])
+    return TrialConfig.model_validate(trial.user_attrs[CONFIG])
+
+
+def use_trial_threads(study: optuna.Study, number: int) -> None:
+    """Give this process the thread count the trial's worker had (before TensorFlow is imported):
+    float sums depend on how the work is split, so a replay on other threads drifts."""
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is not None and trial.user_attrs.get(THREADS):
+        os.environ["TF_NUM_INTRAOP_THREADS"] = str(trial.user_attrs[THREADS])
+        os.environ["TF_NUM_INTEROP_THREADS"] = "1"
 
 
 def replay_trial(study: optuna.Study, number: int, *, data_dir: str | None = None) -> Replay:
     """Re-run a trial's exact config and seed for as many epochs as it ran; compare curves."""
     from searcher.data import load_search_data
-    from searcher.objective import train
+    from searcher.training import train
 
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials:
@@ -57,7 +67,7 @@ def replay_trial(study: optuna.Study, number: int, *, data_dir: str | None = Non
     trial = trials[number]
     # A two-objective study cannot report intermediate values: its curve is a user attr.
     stored = [trial.intermediate_values[k] for k in sorted(trial.intermediate_values)] or \
-        list(trial.user_attrs.get("curve", ()))
+        list(trial.user_attrs.get(CURVE, ()))
     if not stored:
         raise UserError(f"trial {number} ({trial.state.name.lower()}) reported no epochs; nothing to compare")
     config = stored_config(trial)
@@ -93,7 +103,7 @@ class ConfirmedConfig:
 
 def confirm_seed(config_seed: int, run: int) -> int:
     """A fresh seed per confirmation run, different from the search run's seed."""
-    from searcher.objective import trial_seed
+    from searcher.training import trial_seed
 
     return trial_seed(config_seed, 1000 + run)
 
@@ -105,7 +115,7 @@ def _run_one(config_json: dict[str, Any], seed: int, direction: str, data_dir: s
 
     import_tensorflow()  # a spawned process: quiet like the parent
     from searcher.data import load_search_data
-    from searcher.objective import cv_score, train_every_fold
+    from searcher.training import cv_score, train_every_fold
 
     config = TrialConfig.model_validate(config_json).model_copy(update={"seed": seed})
     data = load_search_data(config.data, split_seed=config.split_seed, data_dir=data_dir)
@@ -113,15 +123,15 @@ def _run_one(config_json: dict[str, Any], seed: int, direction: str, data_dir: s
 
 
 def _metric_direction(study: optuna.Study) -> str:
-    return "maximize" if front.goal(study).maximize[0] else "minimize"
+    return "maximize" if ranking.goal(study).maximize[0] else "minimize"
 
 
 def candidates(study: optuna.Study, top: int | None) -> list[optuna.trial.FrozenTrial]:
     """What to confirm: in a two-objective study the Pareto front (best metric first), else the
     top trials; ``top`` caps either (default: the whole front, or 3). Feasible trials only."""
-    goal, ranked = front.goal(study), ranked_trials(study)
+    goal, ranked = ranking.goal(study), ranked_trials(study)
     if goal.multi:
-        on_front = front.front(ranked, cost=goal.cost, maximize=goal.maximize[0])[::-1]  # best metric first
+        on_front = ranking.front(ranked, cost=goal.cost, maximize=goal.maximize[0])[::-1]  # best metric first
         return on_front[:top] if top else on_front
     return ranked[:top or 3]
 
@@ -129,19 +139,22 @@ def candidates(study: optuna.Study, top: int | None) -> list[optuna.trial.Frozen
 def confirm(
     study: optuna.Study,
     *,
+    storage: optuna.storages.BaseStorage,
     top: int | None,
     seeds: int,
     workers: int = 1,
     data_dir: str | None = None,
 ) -> tuple[list[ConfirmedConfig], int]:
-    """Run the missing (trial, seed) pairs for the candidates (``candidates``); return the ranking and runs added."""
+    """Run the missing (trial, seed) pairs for the candidates (``candidates``); return the ranking and runs added.
+
+    The runs are a study of their own beside ``study``, in ``storage`` (the one ``study`` was loaded from)."""
     ranked = candidates(study, top)
     if not ranked:
-        raise UserError(front.no_feasible_message(study))
+        raise UserError(ranking.no_feasible_message(study))
     direction = _metric_direction(study)
-    runs_study = optuna.create_study(study_name=study.study_name + CONFIRM_SUFFIX, storage=study._storage,
+    runs_study = optuna.create_study(study_name=study.study_name + CONFIRM_SUFFIX, storage=storage,
                                      direction=direction, load_if_exists=True)
-    done = {(t.user_attrs["of_trial"], t.user_attrs["run"]): t.value
+    done = {(t.user_attrs[OF_TRIAL], t.user_attrs[RUN]): t.value
             for t in runs_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     todo = [(t, run) for t in ranked for run in range(seeds) if (t.number, run) not in done]
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
@@ -149,21 +162,21 @@ def confirm(
         # spawn, not fork: TensorFlow must not be inherited half-initialised.
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {
-                pool.submit(_run_one, t.user_attrs["config"], confirm_seed(t.user_attrs["seed"], run), direction,
+                pool.submit(_run_one, t.user_attrs[CONFIG], confirm_seed(t.user_attrs[SEED], run), direction,
                             data_dir, threads): (t, run)
                 for t, run in todo
             }
             for future, (t, run) in futures.items():
                 value = future.result()
                 runs_study.add_trial(optuna.trial.create_trial(
-                    value=value, user_attrs={"of_trial": t.number, "run": run,
-                                             "seed": confirm_seed(t.user_attrs["seed"], run)}))
+                    value=value, user_attrs={OF_TRIAL: t.number, RUN: run,
+                                             SEED: confirm_seed(t.user_attrs[SEED], run)}))
                 done[(t.number, run)] = value
                 log.info("trial %d run %d: %.4f", t.number, run, value)
-    ranking = [ConfirmedConfig(trial=t.number, single_run=front.metric_value(t), single_rank=rank,
-                               n_params=t.user_attrs.get("n_params"),
-                               values=tuple(done[(t.number, run)] for run in range(seeds)))
-               for rank, t in enumerate(ranked, start=1)]
-    ranking.sort(key=lambda c: c.mean, reverse=direction == "maximize")
-    study.set_user_attr(CONFIRMED_ATTR, [c.to_json() for c in ranking])
-    return ranking, len(todo)
+    confirmed = [ConfirmedConfig(trial=t.number, single_run=ranking.metric_value(t), single_rank=rank,
+                                 n_params=t.user_attrs.get(N_PARAMS),
+                                 values=tuple(done[(t.number, run)] for run in range(seeds)))
+                 for rank, t in enumerate(ranked, start=1)]
+    confirmed.sort(key=lambda c: c.mean, reverse=direction == "maximize")
+    study.set_user_attr(CONFIRMED, [c.to_json() for c in confirmed])
+    return confirmed, len(todo)

@@ -5,8 +5,8 @@
 ``predict_on_batch`` calls after a warm-up, per example, at batch 1 and at ``LARGE_BATCH``,
 on the device the model lives on (the worker's GPU, else its CPU threads).
 
-The figures' names are stored data (user attrs), read by ``front``, the report and export.
-This module imports no TensorFlow at import time, so those can import the names.
+The figures' names are stored data (user attrs): ``searcher.stored`` holds them.
+This module imports no TensorFlow at import time.
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from searcher.stored import COST_SECONDS, LATENCY_B1, LATENCY_LARGE, MODEL_BYTES
+
 if TYPE_CHECKING:
     from searcher.data import Split
 
-LARGE_BATCH = 256
+LARGE_BATCH = 256  # stored.LATENCY_LARGE is named after it
 LATENCY_REPEATS = 15  # timed calls per batch size, the median kept: a shared CPU stalls some calls
 MIN_REPEATS, TIMING_BUDGET_S = 5, 0.5  # a slow model stops after 5 calls once 0.5 s went into timing
 WARMUP_CALLS = 2  # the first call traces the predict function: never timed
 
-MODEL_BYTES, LATENCY_B1, LATENCY_LARGE = "model_bytes", "latency_ms_b1", f"latency_ms_b{LARGE_BATCH}"
-COST_SECONDS = "cost_seconds"  # what measuring took, so its share of a trial can be shown (bench)
 
 
 def measure_cost(model: Any, examples: Split) -> dict[str, float | int]:

@@ -141,7 +141,7 @@ class SearchData:
 
 def load_search_data(spec: DataSpec, *, split_seed: int, data_dir: str | Path | None = None) -> SearchData:
     """Load the training data, carve a stratified, seeded validation split, fit the preprocessing."""
-    train, test, class_names, table = _prepared(spec, data_dir)
+    train, test, class_names, table = _load_splits(spec, data_dir)
     if spec.cv_folds:
         splits = cross_validation_folds(train, k=spec.cv_folds, seed=split_seed, class_names=class_names,
                                         source=_train_source(spec))
@@ -155,7 +155,7 @@ def load_search_data(spec: DataSpec, *, split_seed: int, data_dir: str | Path | 
 
 def load_test_split(spec: DataSpec, *, data_dir: str | Path | None = None) -> Split:
     """The held-out test split, labels encoded as in training, for the final evaluation only."""
-    return _prepared(spec, data_dir)[1]
+    return _load_splits(spec, data_dir)[1]
 
 
 def split_validation(train: Split, *, fraction: float, seed: int, class_names: tuple[str, ...] = (),
@@ -247,17 +247,19 @@ def _train_source(spec: DataSpec) -> str:
     return spec.path or spec.dataset
 
 
-def _prepared(spec: DataSpec, data_dir: str | Path | None) -> tuple[Split, Split, tuple[str, ...], Table | None]:
-    return _prepared_cached(spec, str(data_dir) if data_dir else None)
+def _load_splits(spec: DataSpec, data_dir: str | Path | None) -> tuple[Split, Split, tuple[str, ...], Table | None]:
+    """The checked, encoded search and test splits of ``spec``'s data, read once per process."""
+    return _load_splits_cached(spec, str(data_dir) if data_dir else None)
 
 
 @functools.lru_cache(maxsize=4)
-def _prepared_cached(spec: DataSpec, data_dir: str | None) -> tuple[Split, Split, tuple[str, ...], Table | None]:
+def _load_splits_cached(spec: DataSpec, data_dir: str | None) -> tuple[Split, Split, tuple[str, ...], Table | None]:
     # Once per process: retrain reads the search split and then the test split of one file.
-    return _prepare(spec, sources.read(spec, data_dir=data_dir))
+    return _check_and_split(spec, sources.read(spec, data_dir=data_dir))
 
 
-def _prepare(spec: DataSpec, raw: RawData) -> tuple[Split, Split, tuple[str, ...], Table | None]:
+def _check_and_split(spec: DataSpec, raw: RawData) -> tuple[Split, Split, tuple[str, ...], Table | None]:
+    """Check ``raw``'s features and labels, encode the labels, and hold the test split apart."""
     x_train = _check_features(raw.x_train, raw.train_source, missing=spec.missing, table=raw.table)
     y_train = _labels(raw.y_train, len_x=_rows(x_train), source=raw.train_source)
     if raw.x_test is None:

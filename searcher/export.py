@@ -22,50 +22,48 @@ from typing import Any, Literal
 import optuna
 import yaml
 
-from searcher import front
-from searcher.cost import LATENCY_LARGE
-from searcher.monitor import format_cost
+from searcher import ranking, stored
 from searcher.errors import SpecError, UserError
+from searcher.formatting import format_cost
 from searcher.space import TrialConfig
 from searcher.spec import METRICS, validate_model
 
 FORMAT_VERSION = 1
-CONFIRMED_ATTR = "confirmed_ranking"
 
 
 def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Feasible complete trials, best metric first (``front.ranked``)."""
-    return front.ranked(study)
+    """Feasible complete trials, best metric first (``ranking.ranked``)."""
+    return ranking.ranked(study)
 
 
 def pick_trial(study: optuna.Study, *, rank: int | None = None,
-               pick: front.Pick = front.Pick()) -> tuple[optuna.trial.FrozenTrial, str]:
+               pick: ranking.PickByCost = ranking.PickByCost()) -> tuple[optuna.trial.FrozenTrial, str]:
     """The trial to export and why: picked by cost (``pick``), or the K-th best by value, else
     the confirmed winner, else the best. Only feasible trials are candidates."""
     ranked = ranked_trials(study)
     if not ranked:
-        raise UserError(front.no_feasible_message(study))
-    feasible = " feasible" if front.infeasible(study.get_trials(deepcopy=False)) else ""
+        raise UserError(ranking.no_feasible_message(study))
+    feasible = " feasible" if ranking.infeasible(study.get_trials(deepcopy=False)) else ""
     if pick.any:
         if rank is not None:
             raise UserError("--rank cannot be combined with --smallest-within, --max-params or --max-latency-ms")
-        return front.pick_by_cost(study, pick)
+        return ranking.pick_by_cost(study, pick)
     if rank is not None:
         if not 1 <= rank <= len(ranked):
             raise UserError(f"--rank: must be between 1 and {len(ranked)} ({feasible.strip() or 'complete'} "
                             f"trials), got {rank}")
         return ranked[rank - 1], f"rank {rank} by validation value"
-    confirmed = study.user_attrs.get(CONFIRMED_ATTR)
+    confirmed = study.user_attrs.get(stored.CONFIRMED)
     if confirmed:
         number = confirmed[0]["trial"]
         trial = next(t for t in ranked if t.number == number)
         return trial, f"confirmed best over {confirmed[0]['runs']} seeded runs"
-    if front.goal(study).multi:
-        return ranked[0], f"best{feasible} {front.goal(study).metric} on the Pareto front ({front.goal(study).describe()})"
+    if ranking.goal(study).multi:
+        return ranked[0], f"best{feasible} {ranking.goal(study).metric} on the Pareto front ({ranking.goal(study).describe()})"
     return ranked[0], f"best{feasible} validation value"
 
 
-def export_config(study: optuna.Study, *, rank: int | None = None, pick: front.Pick = front.Pick(),
+def export_config(study: optuna.Study, *, rank: int | None = None, pick: ranking.PickByCost = ranking.PickByCost(),
                   ensemble: int = 1) -> dict[str, Any]:
     """The exported document: ``source`` (provenance) and ``config`` (what retrain trains);
     with ``ensemble`` K > 1 also ``ensemble``, the next K-1 feasible trials by value."""
@@ -75,25 +73,25 @@ def export_config(study: optuna.Study, *, rank: int | None = None, pick: front.P
         raise UserError(f"--ensemble: the study has {len(others) + 1} feasible complete trial(s), "
                         f"fewer than {ensemble}")
     for t in (trial, *others):
-        if "config" not in t.user_attrs:
+        if stored.config_of(t) is None:
             raise UserError(f"trial {t.number} of {study.study_name!r} has no stored config (not run by searcher)")
     source = {
         "study": study.study_name,
         "trial": trial.number,
         "picked": why,
-        "metric": trial.user_attrs["config"]["training"]["metric"],
-        "direction": "maximize" if front.goal(study).maximize[0] else "minimize",
-        "value": front.metric_value(trial),
-        "n_params": trial.user_attrs.get("n_params"),
-        "cost": {**front.figures_of(trial), LATENCY_LARGE: trial.user_attrs.get(LATENCY_LARGE)},
-        "baseline": trial.user_attrs.get("baseline"),
-        "spec_hash": study.user_attrs.get("spec_hash"),
+        "metric": trial.user_attrs[stored.CONFIG]["training"]["metric"],
+        "direction": "maximize" if ranking.goal(study).maximize[0] else "minimize",
+        "value": ranking.metric_value(trial),
+        "n_params": trial.user_attrs.get(stored.N_PARAMS),
+        "cost": {**ranking.figures_of(trial), stored.LATENCY_LARGE: trial.user_attrs.get(stored.LATENCY_LARGE)},
+        "baseline": trial.user_attrs.get(stored.BASELINE),
+        "spec_hash": study.user_attrs.get(stored.SPEC_HASH),
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    document = {"searcher_export": FORMAT_VERSION, "source": source, "config": trial.user_attrs["config"]}
+    document = {"searcher_export": FORMAT_VERSION, "source": source, "config": trial.user_attrs[stored.CONFIG]}
     if others:
         source["ensemble"] = [trial.number] + [t.number for t in others]
-        document["ensemble"] = [{"trial": t.number, "value": front.metric_value(t), "config": t.user_attrs["config"]}
+        document["ensemble"] = [{"trial": t.number, "value": ranking.metric_value(t), "config": t.user_attrs[stored.CONFIG]}
                                 for t in others]
     return document
 
@@ -165,7 +163,7 @@ def retrain(
     from searcher.cost import measure_cost
     from searcher.data import load_search_data, load_test_split
     from searcher.models import ensemble_model
-    from searcher.objective import cv_score, fold_models, train_every_fold
+    from searcher.training import cv_score, fold_models, train_every_fold
 
     if model_path.suffix != ".keras":
         raise UserError(f"-o: the model file must end in .keras, got {model_path.name}")
@@ -219,7 +217,7 @@ def score_test(model: Any, test: Any, class_names: tuple[str, ...]) -> dict[str,
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     from searcher.data import to_tf_dataset
-    from searcher.objective import roc_auc
+    from searcher.training import roc_auc
 
     probabilities = model.predict(to_tf_dataset(test, batch_size=256), verbose=0)
     # The cross-entropy without the L2 penalty, clipped as Keras clips it.

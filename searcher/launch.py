@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import time
 from dataclasses import dataclass
@@ -21,26 +20,16 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from searcher import front
+from searcher import ranking, stored
 from searcher import study as studies
 from searcher.devices import detect_gpus, plan_warning, plan_workers
-from searcher.monitor import render, take_snapshot
+from searcher.status import render, take_snapshot
 from searcher.space import describe
 from searcher.data import check_search_data, describe_data
-from searcher.errors import UserError
-from searcher.spec import FILE_DATASETS, NAME_PATTERN, StudySpec, directions, load_spec, resolve_spec_path
+from searcher.spec import FILE_DATASETS, StudySpec, directions
 from searcher.storage import DEFAULT_SQLITE, BudgetLock, describe_db_error, mask_url, resolve_url
-from searcher.workers import (
-    EXIT_DONE,
-    EXIT_INTERRUPTED,
-    LaunchPlan,
-    raise_keyboard_interrupt,
-    WorkerProcess,
-    fail_orphaned_trials,
-    start_worker,
-    stop_workers,
-    supervise,
-)
+from searcher.supervisor import LaunchPlan, WorkerProcess, fail_orphaned_trials, start_worker, stop_workers, supervise
+from searcher.worker import EXIT_DONE, EXIT_INTERRUPTED, raise_keyboard_interrupt
 
 log = logging.getLogger(__name__)
 REFRESH_SECONDS = 1.0
@@ -63,30 +52,6 @@ class LaunchRequest:
     log_dir: Path = Path("searcher-logs")
 
 
-def load_launch_spec(source: str, seed: int | None, *, mixed_precision: bool | None = None,
-                     xla: bool | None = None) -> tuple[StudySpec, Path]:
-    """The spec with the command line's overrides: the seed (a different study), and the
-    runtime options, which change how fast a trial runs, not what it computes."""
-    spec = load_spec(source)
-    if seed is not None:
-        spec = spec.model_copy(update={"seed": seed})
-    runtime = {k: v for k, v in (("mixed_precision", mixed_precision), ("xla", xla)) if v is not None}
-    if runtime:
-        spec = spec.model_copy(update={"runtime": spec.runtime.model_copy(update=runtime)})
-    return spec, resolve_spec_path(source).resolve()
-
-
-def study_name(base: str, *, name: str | None = None, seed: int | None = None) -> str:
-    """The study's name in its storage: ``--name``, else ``base`` (the spec's name), with
-    ``-seed<N>`` under ``--seed N``, so repeats over seeds sit side by side in one database."""
-    if name is None:
-        return base if seed is None else f"{base}-seed{seed}"
-    if not re.fullmatch(NAME_PATTERN, name):
-        raise UserError(f"--name: must start with a letter or digit and hold only letters, digits, '_', '.' "
-                        f"and '-', got {name!r}")
-    return name
-
-
 def create_study(spec: StudySpec, url: str, *, n_trials: int, name: str | None = None) -> optuna.Study:
     """Create the study (or continue it with budget ``n_trials``) and enqueue its baselines once.
 
@@ -101,9 +66,9 @@ def create_study(spec: StudySpec, url: str, *, n_trials: int, name: str | None =
 
 def launch(request: LaunchRequest, *, console: Console) -> int:
     """Run the search to its budget; return the process exit code (130 when interrupted)."""
-    spec, spec_path = load_launch_spec(request.study, request.seed, mixed_precision=request.mixed_precision,
+    spec, spec_path = studies.load_launch_spec(request.study, request.seed, mixed_precision=request.mixed_precision,
                                        xla=request.xla)
-    name = study_name(spec.name, name=request.name, seed=request.seed)
+    name = studies.study_name(spec.name, name=request.name, seed=request.seed)
     if request.name is None and name != spec.name:
         console.print(f"study {name}: spec {spec.name} with --seed {request.seed} (--name picks another name)",
                       highlight=False)
@@ -115,7 +80,7 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
     n_trials = request.trials or spec.budget.n_trials
     study = create_study(spec, url, n_trials=n_trials, name=name)
     if data_summary is not None:
-        study.set_user_attr(studies.DATA_ATTR, data_summary)
+        study.set_user_attr(stored.DATA, data_summary)
     if studies.budget_left(study, n_trials) <= 0:
         console.print(f"{name}: the study already has {n_trials} finished trials; raise --trials to continue.")
         print_summary(study, console=console, url=url, default_url=request.storage is None)
@@ -220,10 +185,10 @@ def _log_finished(study: optuna.Study, reported: set[int], console: Console) -> 
         if t.state.is_finished() and t.number not in reported:
             reported.add(t.number)
             value = "/".join(f"{v:.4g}" for v in t.values) if t.values else "-"
-            if t.user_attrs.get("infeasible"):
-                value += f" (infeasible: {t.user_attrs['infeasible']})"
+            if t.user_attrs.get(stored.INFEASIBLE):
+                value += f" (infeasible: {t.user_attrs[stored.INFEASIBLE]})"
             console.print(f"trial {t.number} {t.state.name.lower()} {value} "
-                          f"epochs={t.user_attrs.get('epochs', '?')} pid={t.user_attrs.get('worker_pid', '?')}")
+                          f"epochs={t.user_attrs.get(stored.EPOCHS, '?')} pid={t.user_attrs.get(stored.WORKER_PID, '?')}")
 
 
 def _workers_table(slots: list[WorkerProcess], snap) -> Table:
@@ -245,25 +210,25 @@ def print_summary(study: optuna.Study, *, console: Console, url: str, default_ur
     """The best trial, the baselines against it, and the commands to run next."""
     snap = take_snapshot(study)
     console.print(render(snap))
-    ranked = front.ranked(study)
+    ranked = ranking.ranked(study)
     if ranked:
         best = ranked[0]
         for t in study.get_trials(deepcopy=False):
-            if "baseline" not in t.user_attrs:
+            if stored.BASELINE not in t.user_attrs:
                 continue
             if t.state == optuna.trial.TrialState.COMPLETE:
-                over = "" if front.is_feasible(t) else ", infeasible"
-                console.print(f"  baseline {t.user_attrs['baseline']}: {front.metric_value(t):.4f} "
-                              f"({front.metric_value(best) - front.metric_value(t):+.4f} for the best{over})")
-            elif t.user_attrs.get("infeasible"):
-                console.print(f"  baseline {t.user_attrs['baseline']}: infeasible ({t.user_attrs['infeasible']})")
-        if "config" in best.user_attrs:
-            console.print(f"  best config: {describe(best.user_attrs['config'])}", highlight=False)
+                over = "" if ranking.is_feasible(t) else ", infeasible"
+                console.print(f"  baseline {t.user_attrs[stored.BASELINE]}: {ranking.metric_value(t):.4f} "
+                              f"({ranking.metric_value(best) - ranking.metric_value(t):+.4f} for the best{over})")
+            elif t.user_attrs.get(stored.INFEASIBLE):
+                console.print(f"  baseline {t.user_attrs[stored.BASELINE]}: infeasible ({t.user_attrs[stored.INFEASIBLE]})")
+        if (config := stored.config_of(best)) is not None:
+            console.print(f"  best config: {describe(config)}", highlight=False)
     name = study.study_name
     flag = "" if default_url and url.endswith(DEFAULT_SQLITE) else f" --storage '{mask_url(url)}'"
     # A cross-validated study's final model averages fold models; averaging the top configs' too
     # is cheap on the small data sets that cross-validate, and steadier than one config.
-    folds = ranked[0].user_attrs.get("config", {}).get("data", {}).get("cv_folds") if ranked else None
+    folds = (stored.config_of(ranked[0]) or {}).get("data", {}).get("cv_folds") if ranked else None
     ensemble = " --ensemble 3" if folds and len(ranked) >= 3 else ""
     # Without a best trial there is nothing to report, export or retrain; the summary said why.
     results = (f"searcher report {name}{flag} -o {name}-report.html",) if ranked else ()

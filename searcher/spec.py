@@ -494,6 +494,9 @@ class Baseline(_Frozen):
 
 
 class StudySpec(_Frozen):
+    """A whole study spec, validated: data, model, search space, training, budget, pruner,
+    runtime, constraints and objectives. Frozen; ``search_hash`` names what a worker must share."""
+
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     data: DataSpec

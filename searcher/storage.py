@@ -137,8 +137,8 @@ def open_storage(
 def _use_write_ahead_log(engine: Engine) -> None:
     """SQLite in WAL mode with ``synchronous=NORMAL``: a commit no longer waits for a disk sync.
 
-    A trial makes dozens of small commits; in the default mode each one syncs, which cost
-    0.1-0.3 s per trial here (bench/storage). WAL also lets readers (the live view, status)
+    A trial makes dozens of small commits, and in the default mode each one syncs (its cost:
+    bench/README.md, section 3). WAL also lets readers (the live view, status)
     work while a worker writes. A crash can lose the last commits, never corrupt the file.
     """
 
@@ -232,16 +232,11 @@ class BudgetLock:
     PgBouncer in transaction mode (a session lock would stay on a pooled server connection).
 
     Given the storage, the lock's transaction is also the one Optuna's calls in this thread
-    run in (as savepoints) while it is held: the budget check and the new trial then need
-    one server connection, not two, and a holder never waits for a pool slot.
+    run in (as savepoints) while it is held: one server connection, not two.
 
-    A worker blocked in ``pg_advisory_xact_lock`` keeps its server connection (through
-    PgBouncer too, since it is inside a transaction); 200 of them would hold every pooled
-    connection and starve the trials that are running (measured: 32 workers, PgBouncer
-    pool 20, a median lock wait of 6.7 s). So at most ``QUEUE_SLOTS`` workers queue in the
-    server, each holding one of as many slot locks; the others retry for a slot, backing off
-    from 10 ms to 1 s, holding no connection in between. The queue in the server is never
-    empty while others wait, so trial starts go on at the lock's pace.
+    At most ``QUEUE_SLOTS`` workers wait inside the server (each waiter holds a connection);
+    the others back off outside it, so waiting workers never starve running trials of pooled
+    connections (bench/README.md, section 8, has the measurements).
 
     Two ``launch`` commands of one study also hold it (``with lock:``) while they create
     the study and enqueue its baselines.
@@ -250,7 +245,7 @@ class BudgetLock:
     def __init__(self, url: str, name: str, *, storage: optuna.storages.RDBStorage | None = None) -> None:
         self._url, self._held = url, False
         self._key = _lock_key(name)
-        self._storage = storage
+        self._rdb = storage  # its sessions join the lock's transaction (PostgreSQL)
         self._file = None
         self._engine = storage.engine if storage is not None else None
         self._connection = None
@@ -286,8 +281,8 @@ class BudgetLock:
                 self._connection.close()
                 self._connection = self._transaction = None
                 raise
-            if self._storage is not None:
-                self._storage.scoped_session.registry.set(
+            if self._rdb is not None:
+                self._rdb.scoped_session.registry.set(
                     sqlalchemy.orm.Session(bind=self._connection, join_transaction_mode="create_savepoint"))
         self.wait_seconds.append(time.perf_counter() - began)
         self._held, self._held_since = True, time.perf_counter()
@@ -320,8 +315,8 @@ class BudgetLock:
         if self._file is not None:
             fcntl.flock(self._file, fcntl.LOCK_UN)
         elif self._connection is not None:
-            if self._storage is not None:
-                self._storage.scoped_session.remove()  # this thread's next session uses the pool again
+            if self._rdb is not None:
+                self._rdb.scoped_session.remove()  # this thread's next session uses the pool again
             try:
                 self._transaction.commit()  # publishes the new trial and drops the lock, at once
             except sqlalchemy.exc.SQLAlchemyError as e:

@@ -9,25 +9,50 @@ workers: a FAILED trial is a crash or a retry, not a result.
 
 from __future__ import annotations
 
+import copy
 import logging
+import re
 import time
 from collections import Counter
-from typing import Any
+from pathlib import Path
 
 import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
-from searcher.errors import StorageError
+from searcher import stored
+from searcher.errors import StorageError, UserError
 from searcher.space import baseline_params, grid_search_space
-from searcher.spec import StudySpec, directions, objective_names, parse_spec
+from searcher.spec import NAME_PATTERN, StudySpec, directions, load_spec, objective_names, resolve_spec_path
 from searcher.storage import mask_url, open_storage
 
 log = logging.getLogger(__name__)
 
-SPEC_ATTR, HASH_ATTR, BUDGET_ATTR, BASELINES_ATTR = "spec", "spec_hash", "n_trials", "baselines_enqueued"
-DATA_ATTR = "data"  # the data summary (rows, features, classes, preprocessing): data.SearchData.summary
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def load_launch_spec(source: str, seed: int | None, *, mixed_precision: bool | None = None,
+                     xla: bool | None = None) -> tuple[StudySpec, Path]:
+    """The spec with the command line's overrides: the seed (a different study), and the
+    runtime options, which change how fast a trial runs, not what it computes."""
+    spec = load_spec(source)
+    if seed is not None:
+        spec = spec.model_copy(update={"seed": seed})
+    runtime = {k: v for k, v in (("mixed_precision", mixed_precision), ("xla", xla)) if v is not None}
+    if runtime:
+        spec = spec.model_copy(update={"runtime": spec.runtime.model_copy(update=runtime)})
+    return spec, resolve_spec_path(source).resolve()
+
+
+def study_name(base: str, *, name: str | None = None, seed: int | None = None) -> str:
+    """The study's name in its storage: ``--name``, else ``base`` (the spec's name), with
+    ``-seed<N>`` under ``--seed N``, so repeats over seeds sit side by side in one database."""
+    if name is None:
+        return base if seed is None else f"{base}-seed{seed}"
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise UserError(f"--name: must start with a letter or digit and hold only letters, digits, '_', '.' "
+                        f"and '-', got {name!r}")
+    return name
 
 
 def _stale_trial_callback(spec: StudySpec) -> optuna.storages.RetryHeartbeatStaleTrialCallback:
@@ -36,23 +61,24 @@ def _stale_trial_callback(spec: StudySpec) -> optuna.storages.RetryHeartbeatStal
     )
 
 
-def retry_interrupted(study: optuna.Study, trial_id: int, spec: StudySpec) -> bool:
+def retry_interrupted(study: optuna.Study, number: int, spec: StudySpec) -> bool:
     """Queue a trial that a SIGTERM cut short to run again, as a stale trial is retried (same
     params and seed, up to ``runtime.max_retries``); return whether it was queued.
 
     A worker stopped on purpose (a Slurm time limit, a Kubernetes eviction, Ctrl-C) then loses
     no trial. One left RUNNING without being failed is the stale-trial check's to retry.
     """
-    frozen = study._storage.get_trial(trial_id)
-    if frozen.state != TrialState.FAIL:
+    failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number == number]
+    if not failed:
         return False
+    frozen = copy.copy(failed[0])  # its user attrs are replaced below, not the study's copy
 
     def waiting() -> int:
         return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
     before = waiting()
     # The retry starts clean: it has not failed (yet).
-    frozen.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k not in ("fail_reason", "fail_detail")}
+    frozen.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k not in (stored.FAIL_REASON, stored.FAIL_DETAIL)}
     _stale_trial_callback(spec)(study, frozen)
     return waiting() > before
 
@@ -106,6 +132,7 @@ def pruning_off_reason(spec: StudySpec) -> str | None:
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """The Optuna pruner ``spec.pruner`` names; none when pruning is off (``pruning_off_reason``)."""
     p, max_epochs = spec.pruner, spec.training.max_epochs
     if pruning_off_reason(spec):
         return optuna.pruners.NopPruner()
@@ -136,23 +163,23 @@ def create_or_continue(spec: StudySpec, storage: optuna.storages.BaseStorage, *,
         directions=directions(spec),
         load_if_exists=True,
     )
-    stored_hash = study.user_attrs.get(HASH_ATTR)
+    stored_hash = study.user_attrs.get(stored.SPEC_HASH)
     if stored_hash is None:
         study.set_metric_names(list(objective_names(spec)))  # shown by optuna-dashboard and plots
-        study.set_user_attr(SPEC_ATTR, spec.to_dict())
-        study.set_user_attr(HASH_ATTR, spec.search_hash())
+        study.set_user_attr(stored.SPEC, spec.to_dict())
+        study.set_user_attr(stored.SPEC_HASH, spec.search_hash())
     else:
         check_same_spec(study, spec)
-    if n_trials is not None or BUDGET_ATTR not in study.user_attrs:
-        study.set_user_attr(BUDGET_ATTR, n_trials or spec.budget.n_trials)
-    if not study.user_attrs.get(BASELINES_ATTR):
+    if n_trials is not None or stored.BUDGET not in study.user_attrs:
+        study.set_user_attr(stored.BUDGET, n_trials or spec.budget.n_trials)
+    if not study.user_attrs.get(stored.BASELINES_ENQUEUED):
         for baseline in spec.baselines:
             study.enqueue_trial(
                 baseline_params(spec, baseline.params),
-                user_attrs={"baseline": baseline.name, "baseline_note": baseline.note},
+                user_attrs={stored.BASELINE: baseline.name, stored.BASELINE_NOTE: baseline.note},
                 skip_if_exists=True,
             )
-        study.set_user_attr(BASELINES_ATTR, True)
+        study.set_user_attr(stored.BASELINES_ENQUEUED, True)
     return study
 
 
@@ -188,7 +215,7 @@ def wait_until_ready(url: str, *, seconds: float, name: str | None = None, poll_
         try:
             storage = open_storage(url)
             try:
-                if name is not None and not load(name, storage, url=url).user_attrs.get(BASELINES_ATTR):
+                if name is not None and not load(name, storage, url=url).user_attrs.get(stored.BASELINES_ENQUEUED):
                     raise StorageError(f"study {name!r} in {mask_url(url)} is still being created")
             finally:
                 storage.engine.dispose()
@@ -207,20 +234,13 @@ def wait_until_ready(url: str, *, seconds: float, name: str | None = None, poll_
 
 
 def check_same_spec(study: optuna.Study, spec: StudySpec) -> None:
-    stored = study.user_attrs.get(HASH_ATTR)
-    if stored is not None and stored != spec.search_hash():
+    """Refuse a worker whose spec searches otherwise than the one the study was created from."""
+    stored_hash = study.user_attrs.get(stored.SPEC_HASH)
+    if stored_hash is not None and stored_hash != spec.search_hash():
         raise StorageError(
-            f"study {study.study_name!r} was created from a different spec (hash {stored}, yours "
+            f"study {study.study_name!r} was created from a different spec (hash {stored_hash}, yours "
             f"{spec.search_hash()}); a worker must use the same spec, or launch under another name (--name)"
         )
-
-
-def stored_spec(study: optuna.Study) -> StudySpec:
-    """The spec the study was created from."""
-    raw: dict[str, Any] | None = study.user_attrs.get(SPEC_ATTR)
-    if raw is None:
-        raise StorageError(f"study {study.study_name!r} was not created by searcher (no stored spec)")
-    return parse_spec(raw, source=f"study {study.study_name}")
 
 
 def count_states(study: optuna.Study) -> Counter[str]:

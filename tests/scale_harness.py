@@ -2,7 +2,7 @@
 
 ``run_scale`` forks ``workers`` processes from this (already imported) interpreter, so
 optuna, SQLAlchemy and searcher are loaded once and shared copy-on-write; each runs
-``searcher.workers.run_worker``, the loop ``searcher worker`` runs, with ``StandIn`` in
+``searcher.worker.run_worker``, the loop ``searcher worker`` runs, with ``StandIn`` in
 place of training. The stand-in goes through the storage as a real trial does: the real
 search space sampled, the user attributes a real trial writes, one ``trial.report`` and
 pruning check per epoch (the spec's pruner), heartbeats (a trial outlasts the grace
@@ -41,7 +41,7 @@ from sqlalchemy.engine import make_url
 
 from searcher import study as studies
 from searcher.spec import StudySpec, parse_spec
-from searcher.workers import WorkerOptions, run_worker
+from searcher.worker import WorkerOptions, run_worker
 
 DIGITS = Path(__file__).resolve().parents[1] / "studies" / "digits-mlp.yaml"
 FINISHED = ("COMPLETE", "PRUNED")
@@ -137,8 +137,8 @@ def _child(spec: StudySpec, url: str, index: int, epoch_seconds: float, waits_fi
             if hasattr(record, "lock_waits"):
                 waits_file.write_text(json.dumps({"waits": record.lock_waits, "holds": record.lock_holds}))
 
-    logging.getLogger("searcher.workers").addHandler(Waits())
-    logging.getLogger("searcher.workers").setLevel(logging.INFO)
+    logging.getLogger("searcher.worker").addHandler(Waits())
+    logging.getLogger("searcher.worker").setLevel(logging.INFO)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     code = run_worker(spec, url, WorkerOptions(index=index),
                       make_objective=lambda spec, options: StandIn(spec, epoch_seconds, kills_left))

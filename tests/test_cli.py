@@ -164,7 +164,7 @@ def test_a_bad_study_name_names_the_flag():
 
 
 def test_study_names_derive_from_the_seed_unless_named():
-    from searcher.launch import study_name
+    from searcher.study import study_name
 
     assert study_name("my") == "my"
     assert study_name("my", seed=1) == "my-seed1"

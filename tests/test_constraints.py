@@ -18,7 +18,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState, create_trial
 
-from searcher import front
+from searcher import ranking
 from searcher.errors import SpecError, UserError
 from searcher.export import export_config, write_export
 from searcher.spec import directions, load_spec, objective_names, parse_spec
@@ -106,36 +106,36 @@ ROWS = [(0.980, 40_000, 0.5, False), (0.990, 90_000, 0.9, True), (0.977, 9_000, 
 
 def test_best_front_and_smallest_within_count_feasible_trials_only():
     study = _study(ROWS)
-    ranked = front.ranked(study)
+    ranked = ranking.ranked(study)
     assert [t.number for t in ranked] == [0, 2, 3, 5, 4], "trial 1 is over a constraint: never ranked"
-    assert [t.number for t in front.front(ranked, cost="n_params", maximize=True)] == [4, 3, 2, 0]
-    assert [t.number for t in front.front(ranked, cost="latency_ms", maximize=True)] == [4, 5, 2, 0]
-    assert [t.number for t in front.within(ranked, 0.5, maximize=True)] == [0, 2, 3, 5]
-    assert front.cheapest(front.within(ranked, 0.3, maximize=True), "n_params").number == 2
+    assert [t.number for t in ranking.front(ranked, cost="n_params", maximize=True)] == [4, 3, 2, 0]
+    assert [t.number for t in ranking.front(ranked, cost="latency_ms", maximize=True)] == [4, 5, 2, 0]
+    assert [t.number for t in ranking.within(ranked, 0.5, maximize=True)] == [0, 2, 3, 5]
+    assert ranking.cheapest(ranking.within(ranked, 0.3, maximize=True), "n_params").number == 2
 
-    trial, why = front.pick_by_cost(study, front.Pick(smallest_within=0.5))
+    trial, why = ranking.pick_by_cost(study, ranking.PickByCost(smallest_within=0.5))
     assert trial.number == 3
     assert why == "smallest (3,000 parameters) within 0.5 points of the best val_accuracy 0.9800 (trial 0)"
-    trial, why = front.pick_by_cost(study, front.Pick(max_params=10_000))
+    trial, why = ranking.pick_by_cost(study, ranking.PickByCost(max_params=10_000))
     assert (trial.number, why) == (2, "best val_accuracy with n_params <= 10,000")
-    trial, _ = front.pick_by_cost(study, front.Pick(max_latency_ms=0.3))
+    trial, _ = ranking.pick_by_cost(study, ranking.PickByCost(max_latency_ms=0.3))
     assert trial.number == 2
-    trial, _ = front.pick_by_cost(study, front.Pick(smallest_within=0.5, max_latency_ms=0.25))
+    trial, _ = ranking.pick_by_cost(study, ranking.PickByCost(smallest_within=0.5, max_latency_ms=0.25))
     assert trial.number == 5, "the smallest within 0.5 points that is also fast enough"
 
     with pytest.raises(UserError, match=r"^--smallest-within: no feasible trial with latency_ms_b1 <= 0.2 is within "
                                         r"0.5 points of the best val_accuracy 0.9800 \(trial 0\); the best with "
                                         r"latency_ms_b1 <= 0.2 is trial 4 at 0.9600$"):
-        front.pick_by_cost(study, front.Pick(smallest_within=0.5, max_latency_ms=0.2))
+        ranking.pick_by_cost(study, ranking.PickByCost(smallest_within=0.5, max_latency_ms=0.2))
     with pytest.raises(UserError, match=r"^--max-params: no feasible complete trial with n_params <= 1,000; the "
                                         r"smallest has 2,000 parameters \(trial 4\)$"):
-        front.pick_by_cost(study, front.Pick(max_params=1000))
+        ranking.pick_by_cost(study, ranking.PickByCost(max_params=1000))
     with pytest.raises(UserError, match=r"^--max-params: must be > 0, got 0$"):
-        front.Pick(max_params=0)
+        ranking.PickByCost(max_params=0)
 
 
 def test_export_header_says_how_the_trial_was_picked(tmp_path):
-    document = export_config(_study(ROWS), pick=front.Pick(smallest_within=0.5))
+    document = export_config(_study(ROWS), pick=ranking.PickByCost(smallest_within=0.5))
     assert document["source"]["trial"] == 3
     text = write_export(document, tmp_path / "small.yaml", fmt="yaml")
     assert text.startswith("# searcher export: study no-name-")
@@ -147,7 +147,7 @@ def test_export_header_says_how_the_trial_was_picked(tmp_path):
     assert two["source"]["picked"] == ("best feasible val_accuracy on the Pareto front "
                                        "(val_accuracy (maximize), n_params (minimize))")
     with pytest.raises(UserError, match=r"^--rank cannot be combined with --smallest-within"):
-        export_config(_study(ROWS), rank=1, pick=front.Pick(max_params=5))
+        export_config(_study(ROWS), rank=1, pick=ranking.PickByCost(max_params=5))
 
 
 def test_no_feasible_trial_is_said_everywhere():
@@ -157,7 +157,7 @@ def test_no_feasible_trial_is_said_everywhere():
                r"trials \(searcher launch no-name-.* --trials N\)$")
     with pytest.raises(UserError, match=message):
         export_config(study)
-    from searcher.monitor import take_snapshot
+    from searcher.status import take_snapshot
 
     snap = take_snapshot(study)
     assert snap.best_trial is None and snap.infeasible == 1
@@ -181,7 +181,7 @@ def test_a_study_whose_every_trial_was_rejected_by_size_says_so_not_launch_again
                r"loosen the constraint")
     with pytest.raises(UserError, match=message):
         export_config(study)
-    from searcher.monitor import render, take_snapshot
+    from searcher.status import render, take_snapshot
     from searcher.report import collect
 
     with pytest.raises(UserError, match=message):
@@ -261,15 +261,15 @@ def test_a_network_over_max_params_ends_before_training(constrained):
 
     from searcher.report import collect
 
-    if front.ranked(study):
+    if ranking.ranked(study):
         data = collect(study)
-        assert data.best.number == front.ranked(study)[0].number and data.best.feasible
+        assert data.best.number == ranking.ranked(study)[0].number and data.best.feasible
         assert all(r.feasible for r in data.complete)
     status = json.loads(searcher("status", "small", "--json", "--storage", url, cwd=folder).stdout)
-    assert status["infeasible"] == len(front.infeasible(trials)) >= 2
-    if front.ranked(study):
-        best = front.ranked(study)[0]
-        assert status["best_trial"] == best.number and front.is_feasible(best)
+    assert status["infeasible"] == len(ranking.infeasible(trials)) >= 2
+    if ranking.ranked(study):
+        best = ranking.ranked(study)[0]
+        assert status["best_trial"] == best.number and ranking.is_feasible(best)
         assert status["best_cost"]["n_params"] == best.user_attrs["n_params"]
         exported = yaml.safe_load(searcher("export", "small", "--storage", url, cwd=folder).stdout)
         assert exported["source"]["trial"] == best.number
@@ -291,7 +291,7 @@ def test_two_objectives_make_a_pareto_front_without_pruning(pareto):
         assert t.values[1] == t.user_attrs["n_params"]
         assert not t.intermediate_values and len(t.user_attrs["curve"]) == t.user_attrs["epochs"] == 2
         assert t.values[0] == pytest.approx(max(t.user_attrs["curve"]))
-    on_front = front.front(complete, cost="n_params", maximize=True)
+    on_front = ranking.front(complete, cost="n_params", maximize=True)
     assert {t.number for t in on_front} == {t.number for t in study.best_trials}, "the same front as Optuna's"
 
     status = json.loads(searcher("status", "pareto", "--json", "--storage", url, cwd=folder).stdout)
@@ -311,14 +311,14 @@ def test_two_objectives_make_a_pareto_front_without_pruning(pareto):
     run = searcher("confirm", "pareto", "--top", "2", "--seeds", "1", "--workers", "2", "--storage", url, cwd=folder)
     members = on_front[::-1][:2]  # the front's two best by accuracy (it may have only one)
     assert f"{len(members)} new run(s)" in run.stdout
-    ranking = optuna.load_study(study_name="pareto", storage=url).user_attrs["confirmed_ranking"]
-    assert {r["trial"] for r in ranking} == {t.number for t in members}
+    confirmed = optuna.load_study(study_name="pareto", storage=url).user_attrs["confirmed_ranking"]
+    assert {r["trial"] for r in confirmed} == {t.number for t in members}
 
 
 def test_tradeoff_marks_the_front_the_baselines_and_what_a_point_buys():
     import plotly.graph_objects as go
 
-    from searcher import tradeoff
+    from searcher.report import _tradeoff as tradeoff
 
     study = _study(ROWS + [(0.976, 3_000, 0.35, False)])  # trial 6 ties trial 3: the earlier one stays
     study.add_trial(create_trial(values=[0.95], user_attrs={"n_params": 4480, "latency_ms_b1": 0.3,

@@ -1,4 +1,4 @@
-"""Issue 4: distributed search on a real PostgreSQL server with real worker processes.
+"""Distributed search on a real PostgreSQL server with real worker processes.
 
 Each test runs ``searcher launch`` (or ``worker``) as a subprocess against a fresh database
 and then reads the study back with Optuna. Trials train tiny MLPs on digits; where a test

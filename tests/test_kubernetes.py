@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from deploy_checks import assert_cli_accepts, env_names_searcher_reads, markdown_commands, searcher_args
-from searcher import workers
+from searcher import worker
 from searcher.cli import app
 from searcher.spec import SHIPPED_STUDIES, load_spec
 from searcher.storage import RECONNECT_SECONDS
@@ -342,9 +342,9 @@ def test_the_worker_job_runs_one_gpu_per_pod_and_fails_instead_of_looping(tmp_pa
     assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}, "preemption first"
     user_error = _exit_code_of(["worker", str(tmp_path / "no-such-spec.yaml")])
     usage_error = _exit_code_of(["worker", "digits-mlp", "--no-such-flag"])
-    assert _rule_codes(job, "FailJob", container["name"]) == {user_error, usage_error, workers.EXIT_FAILURES}
+    assert _rule_codes(job, "FailJob", container["name"]) == {user_error, usage_error, worker.EXIT_FAILURES}
     killed_starting = 128 + signal.SIGTERM  # before the worker's handler is set: the default action
-    assert _rule_codes(job, "Ignore", container["name"]) == {workers.EXIT_RECYCLE, workers.EXIT_INTERRUPTED, killed_starting}
+    assert _rule_codes(job, "Ignore", container["name"]) == {worker.EXIT_RECYCLE, worker.EXIT_INTERRUPTED, killed_starting}
     # On SIGTERM a worker fails its trial and queues it again within a second or two here; it
     # waits up to RECONNECT_SECONDS for a database that is restarting too (a drained node).
     assert pod["terminationGracePeriodSeconds"] >= RECONNECT_SECONDS + 20

@@ -13,7 +13,7 @@ keras = pytest.importorskip("keras")
 
 from searcher.data import Preprocessing, load_search_data  # noqa: E402
 from searcher.models import build_model  # noqa: E402
-from searcher.objective import train  # noqa: E402
+from searcher.training import train  # noqa: E402
 from searcher.space import baseline_params, suggest_values, trial_config  # noqa: E402
 
 
@@ -167,7 +167,8 @@ def test_adam_knobs_are_sampled_only_for_adam_and_reach_the_optimizer():
 
 def test_a_nan_loss_fails_the_trial_with_reason_nan_and_the_search_goes_on(tmp_path):
     """A learning rate of 1e12 blows SGD up in the first epoch; the next trial still completes."""
-    from searcher.objective import Objective, TrialFailed
+    from searcher.objective import Objective
+    from searcher.training import TrialFailed
     from searcher.spec import parse_spec
 
     spec = parse_spec({"name": "nan", "data": {"dataset": "digits"}, "model": {"kind": "mlp"},
@@ -190,7 +191,7 @@ def test_a_trial_traces_its_train_step_once_and_trains_bit_for_bit_as_before(dig
     import numpy as np
     from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
 
-    import searcher.objective as objective
+    import searcher.training as training
 
     spec, data = digits
     traces = []
@@ -205,7 +206,7 @@ def test_a_trial_traces_its_train_step_once_and_trains_bit_for_bit_as_before(dig
         return len(traces), result.history, np.concatenate([w.numpy().ravel() for w in result.model.weights])
 
     once, history, weights = run()
-    monkeypatch.setattr(objective, "_build_training_state", lambda model, examples: None)
+    monkeypatch.setattr(training, "_build_training_state", lambda model, examples: None)
     lazy, lazy_history, lazy_weights = run()
     assert (once, lazy) == (1, 2)
     assert history == lazy_history and np.array_equal(weights, lazy_weights)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from searcher import front
+from searcher import ranking
 from searcher.data import class_weights, load_search_data, load_test_split
 from searcher.errors import DataError
 from searcher.spec import DataSpec
@@ -101,7 +101,7 @@ def test_cross_validation_folds_partition_the_training_rows_each_with_its_own_pr
 
 
 def test_a_cross_validated_value_is_the_best_epoch_of_the_folds_mean_curve():
-    from searcher.objective import TrainResult, cv_score
+    from searcher.training import TrainResult, cv_score
 
     def fold(*curve: float) -> TrainResult:
         return TrainResult(model=None, history={"val_loss": list(curve)}, metric="val_loss", direction="minimize")
@@ -312,7 +312,7 @@ def test_csv_with_a_categorical_column_and_string_target_end_to_end(tmp_path):
     assert "test accuracy" in retrained.stdout and "average of 10 models (2 configs x 5 folds)" in retrained.stdout
     metrics = json.loads((tmp_path / "best.metrics.json").read_text())
     assert len(metrics["members"]) == 10 and {m["fold"] for m in metrics["members"]} == {1, 2, 3, 4, 5}
-    ranked = front.ranked(study)[:2]
+    ranked = ranking.ranked(study)[:2]
     assert {m["trial"] for m in metrics["members"]} == {t.number for t in ranked}
     for trial in ranked:  # all folds of a config trained for the one epoch count its score belongs to
         assert len({m["best_epoch"] for m in metrics["members"] if m["trial"] == trial.number}) == 1
@@ -349,7 +349,7 @@ def test_bad_data_stores_nothing(tmp_path):
 
 
 def test_init_writes_a_cnn_spec_for_an_image_folder(tmp_path, monkeypatch):
-    from searcher.scaffold import init_spec
+    from searcher.init import init_spec
     from searcher.spec import load_spec
 
     monkeypatch.setenv("SEARCHER_CACHE_DIR", str(tmp_path / "cache"))

@@ -26,7 +26,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from browser import chromium_page, wait_for_plotly
-from searcher import front
+from searcher import ranking
 from searcher.errors import UserError
 from searcher.report import ReportData, collect, render_html, write_report
 
@@ -198,7 +198,7 @@ def test_collect_agrees_with_optuna(report_study: optuna.Study) -> None:
     assert {k: v for k, v in data.counts.items() if v} == dict(states)
     assert data.best.value == report_study.best_value
     # Optuna's best_trial is the first of tied trials; searcher breaks ties by the lower validation loss
-    best = front.ranked(report_study)[0]
+    best = ranking.ranked(report_study)[0]
     assert data.best.number == best.number
     assert data.best.config == best.user_attrs["config"]
     values = [r.value for r in data.top]

@@ -17,7 +17,7 @@ import optuna
 import pytest
 import yaml
 
-from searcher import front
+from searcher import ranking
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def test_status_json_matches_the_study(digits_search):
     counts = Counter(t.state.name for t in study.get_trials())
     assert status["counts"] == {s: counts.get(s, 0) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
     assert status["finished"] == 12 == counts["COMPLETE"] + counts["PRUNED"]
-    best = front.ranked(study)[0]  # Optuna's best_trial, with ties broken by the lower validation loss
+    best = ranking.ranked(study)[0]  # Optuna's best_trial, with ties broken by the lower validation loss
     assert best.value == study.best_value
     assert status["best_trial"] == best.number
     assert status["best_value"] == pytest.approx(study.best_value)
@@ -52,7 +52,7 @@ def test_status_json_matches_the_study(digits_search):
 
 def test_export_then_retrain_round_trip(digits_search, tmp_path):
     study = load(digits_search)
-    best = front.ranked(study)[0]
+    best = ranking.ranked(study)[0]
     searcher("export", "digits-mlp", "--storage", digits_search.url, "-o", str(tmp_path / "best.yaml"), cwd=tmp_path)
     exported = yaml.safe_load((tmp_path / "best.yaml").read_text())
     assert exported["source"]["trial"] == best.number

@@ -1,6 +1,6 @@
-"""Issue 12: hundreds of workers on one PostgreSQL with ``max_connections=100``.
+"""Hundreds of workers on one PostgreSQL with ``max_connections=100``.
 
-Real worker processes (``searcher.workers.run_worker``, forked from this interpreter) with
+Real worker processes (``searcher.worker.run_worker``, forked from this interpreter) with
 a stand-in for training (tests/scale_harness.py) reach the server through PgBouncer in
 transaction mode, as the README's "Many workers" section sets it up. Three workers are
 killed with SIGKILL inside a trial; the others fail and retry those trials. What must hold:

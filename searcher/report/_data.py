@@ -14,10 +14,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from searcher import front, tradeoff
+from searcher import ranking, stored
 from searcher.errors import UserError
-from searcher.export import CONFIRMED_ATTR
-from searcher.monitor import LOST_WORKER
+from searcher.report import _tradeoff
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +65,9 @@ class BaselineRow:
 
 @dataclass(frozen=True)
 class ReportData:
+    """Everything the report shows, as plain numbers gathered from one study (``gather``):
+    the sections and figures draw from it alone, so tests check it without plotly."""
+
     study_name: str
     dataset: str
     model_kind: str
@@ -87,7 +89,7 @@ class ReportData:
     confirmed: tuple[Mapping[str, Any], ...] = ()  # `searcher confirm`'s ranking, best first
     importance_note: str | None = None  # why `importances` is empty
     data: Mapping[str, Any] | None = None  # rows, features, classes and preprocessing (data.SearchData.summary)
-    tradeoff: tradeoff.Tradeoff | None = None  # metric against cost: the Pareto front and the cheap picks
+    tradeoff: _tradeoff.Tradeoff | None = None  # metric against cost: the Pareto front and the cheap picks
     objectives: tuple[str, ...] = ()  # the metric, then the cost in a two-objective study
     spec_name: str | None = None  # the spec the study was created from (its name can differ: --name, --seed)
     seed: int | None = None
@@ -102,20 +104,20 @@ class ReportData:
 def gather(study: optuna.Study, *, top_k: int = TOP_K) -> ReportData:
     """Everything but the figure plan (figures=(), notes={}); raise UserError when no trial is complete."""
     name = study.study_name
-    spec = study.user_attrs.get("spec") if isinstance(study.user_attrs.get("spec"), Mapping) else {}
+    spec = stored.spec_dict(study)
     trials = study.get_trials(deepcopy=False)
     rows = tuple(_row(t) for t in trials)
     counts = Counter(r.state for r in rows)
     complete = [r for r in rows if r.value is not None and r.feasible]
     if not complete:
-        if front.infeasible(trials):  # trials finished, but every one is over a constraint
-            raise UserError(front.no_feasible_message(study))
+        if ranking.infeasible(trials):  # trials finished, but every one is over a constraint
+            raise UserError(ranking.no_feasible_message(study))
         seen = ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s]) or "no trials"
         raise UserError(f"study '{name}' has no complete trials yet ({seen}); run searcher launch {name} first")
     maximize = study.directions[0] == StudyDirection.MAXIMIZE
-    place = {t.number: i for i, t in enumerate(front.ranked(study))}  # the one ranking export and status use
+    place = {t.number: i for i, t in enumerate(ranking.ranked(study))}  # the one ranking export and status use
     top = tuple(sorted(complete, key=lambda r: place.get(r.number, len(place)))[:top_k])
-    best, kinds, budget = top[0], _param_kinds(trials), study.user_attrs.get("n_trials")
+    best, kinds, budget = top[0], _param_kinds(trials), stored.budget(study)
     importances, importance_note = _importances(study, complete, kinds)
     return ReportData(
         study_name=name,
@@ -123,7 +125,7 @@ def gather(study: optuna.Study, *, top_k: int = TOP_K) -> ReportData:
         model_kind=str(_get(spec, "model", "kind") or best.knob("kind") or "?"),
         metric=str(_get(spec, "training", "metric") or _get(best.config, "training", "metric") or "value"),
         maximize=maximize,
-        spec_hash=str(study.user_attrs.get("spec_hash", "?")),
+        spec_hash=str(study.user_attrs.get(stored.SPEC_HASH, "?")),
         budget=budget if isinstance(budget, int) else None,
         counts={s: counts[s] for s in STATES},
         total_train_s=sum(r.duration_s for r in rows if r.duration_s is not None),
@@ -134,14 +136,14 @@ def gather(study: optuna.Study, *, top_k: int = TOP_K) -> ReportData:
         trials=rows,
         param_kinds=kinds,
         importances=importances,
-        fail_reasons=dict(Counter(r.fail_reason or LOST_WORKER for r in rows if r.state == "fail")),
+        fail_reasons=dict(Counter(r.fail_reason or stored.LOST_WORKER for r in rows if r.state == "fail")),
         figures=(),
         notes={},
-        confirmed=tuple(study.user_attrs.get(CONFIRMED_ATTR) or ()),
+        confirmed=tuple(study.user_attrs.get(stored.CONFIRMED) or ()),
         importance_note=importance_note,
-        data=study.user_attrs.get("data"),
-        tradeoff=tradeoff.collect(study),
-        objectives=front.goal(study).names,
+        data=study.user_attrs.get(stored.DATA),
+        tradeoff=_tradeoff.collect(study),
+        objectives=ranking.goal(study).names,
         spec_name=str(spec["name"]) if spec.get("name") else None,
         seed=spec.get("seed") if isinstance(spec.get("seed"), int) else None,
         split_seed=next((s for s in (_get(spec, "data", "split_seed"), spec.get("seed")) if isinstance(s, int)), None),
@@ -171,19 +173,19 @@ def _row(t: FrozenTrial) -> TrialRow:
     value = t.values[0] if t.state == TrialState.COMPLETE and t.values else None  # the metric, in any study
     finite = value is not None and math.isfinite(value)
     # A two-objective study has no intermediate values: its curve is the `curve` user attr.
-    curve = t.intermediate_values or dict(enumerate(ua.get("curve") or ()))
+    curve = t.intermediate_values or dict(enumerate(ua.get(stored.CURVE) or ()))
     num = lambda k, typ: typ(ua[k]) if isinstance(ua.get(k), (int, float)) else None  # noqa: E731
     return TrialRow(
         number=t.number, state=t.state.name.lower(), value=value if finite else None, params=dict(t.params),
-        config=ua["config"] if isinstance(ua.get("config"), Mapping) else {},
-        baseline=str(ua["baseline"]) if ua.get("baseline") else None,
-        n_params=num("n_params", int), epochs=num("epochs", int), best_epoch=num("best_epoch", int),
-        sec_per_epoch=num("sec_per_epoch", float),
+        config=stored.config_of(t) or {},
+        baseline=str(ua[stored.BASELINE]) if ua.get(stored.BASELINE) else None,
+        n_params=num(stored.N_PARAMS, int), epochs=num(stored.EPOCHS, int), best_epoch=num(stored.BEST_EPOCH, int),
+        sec_per_epoch=num(stored.SEC_PER_EPOCH, float),
         duration_s=t.duration.total_seconds() if t.duration is not None else None,
         curve=tuple(sorted((s, v) for s, v in curve.items() if math.isfinite(v))),
-        fail_reason=str(ua["fail_reason"]) if ua.get("fail_reason") else None,
-        feasible=front.is_feasible(t),
-        cv_values=tuple(float(v) for v in ua.get("cv_values") or ()),
+        fail_reason=str(ua[stored.FAIL_REASON]) if ua.get(stored.FAIL_REASON) else None,
+        feasible=ranking.is_feasible(t),
+        cv_values=tuple(float(v) for v in ua.get(stored.CV_VALUES) or ()),
     )
 
 
@@ -202,10 +204,10 @@ def _param_kinds(trials: list[FrozenTrial]) -> dict[str, str]:
 def _metric_target(study: optuna.Study) -> Any:
     """The importance target of a two-objective study: its metric, negated when maximized (PED-ANOVA
     minimizes a target); None (the study's own value) with one objective."""
-    goal = front.goal(study)
+    goal = ranking.goal(study)
     if not goal.multi:
         return None
-    return (lambda t: -front.metric_value(t)) if goal.maximize[0] else front.metric_value
+    return (lambda t: -ranking.metric_value(t)) if goal.maximize[0] else ranking.metric_value
 
 
 def _importances(study: optuna.Study, complete: list[TrialRow], kinds: Mapping[str, str]) -> tuple[dict, str | None]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable
 
+from searcher.report import _tradeoff
 from searcher.report._data import ReportData, TrialRow, key, varying
 from searcher.report._text import choice, esc, fmt
 
@@ -21,8 +22,7 @@ N_CURVES = 5  # top trials drawn in colour among the learning curves
 # Past these, a plot shows no more than a sample does, and a 10,000-trial page took long to open.
 MAX_GREY_CURVES = 300  # pruned learning curves drawn (evenly spaced by trial number)
 MAX_POINTS = 2000  # per plot: more points are drawn with WebGL, and box plots show outliers only
-# Parallel-coordinate lines: past a few hundred they are a solid band, and 2,000 took 2.4 s to
-# draw in Chromium (a third of a 10,000-trial page's opening time).
+# Parallel-coordinate lines: past a few hundred they are a solid band, and slow to draw (bench/README.md, section 8).
 MAX_LINES = 500
 Draw = Callable[[ModuleType, ReportData], Any]  # (plotly.graph_objects, data) -> go.Figure
 
@@ -309,3 +309,15 @@ def _cost(fid: str, title: str, attr: str, label: str, log_x: bool) -> Figure:
 
 COST_TIME = _cost("cost_time", "Seconds per epoch", "sec_per_epoch", "seconds per epoch", False)
 COST_PARAMS = _cost("cost_params", "Parameter count", "n_params", "parameters", True)
+
+
+def _draw_tradeoff(go: ModuleType, d: ReportData) -> Any:
+    return _tradeoff.draw(go, d.tradeoff)
+
+
+def _tradeoff_why_not(d: ReportData) -> str | None:
+    return None if d.tradeoff is not None else "needs 2 feasible complete trials that record their cost"
+
+
+TRADEOFF = Figure("tradeoff", "The metric against the cost (parameters, or the second objective): the Pareto front "
+                              "highlighted, baselines marked; hover for the config", _draw_tradeoff, _tradeoff_why_not)

@@ -11,7 +11,6 @@ from typing import Any, Callable
 
 from searcher.report import _figures as F
 from searcher.report import _tables
-from searcher.report import _tradeoff
 from searcher.report._data import ReportData
 from searcher.report._figures import Figure
 from searcher.report._text import esc
@@ -49,7 +48,7 @@ SECTIONS: tuple[Section, ...] = (
     _tables.best_config,
     _tables.top_trials,
     _tables.confirmed,
-    Grid("Accuracy against cost: the Pareto front", 1, (_tradeoff.FIGURE,), after=_tradeoff.tables),
+    Grid("Accuracy against cost: the Pareto front", 1, (F.TRADEOFF,), after=_tables.tradeoff),
     Grid("Optimization history", 1, (F.HISTORY,)),
     Grid("What mattered", 1, (F.IMPORTANCE, F.PARALLEL)),
     Grid("Learning rate against regularization", 2, (F.LR_L2, F.LR_DROPOUT)),
@@ -85,8 +84,7 @@ def render_html(data: ReportData) -> str:
 
 
 # Figures are drawn after the page has painted, one per task in page order, not by inline
-# scripts while it loads: a 10,000-trial page showed nothing for 7 s (parallel coordinates alone
-# took 1.7 s in Chromium without a GPU); now its text and tables show at once and figures fill in.
+# scripts while it loads, so a large study's text and tables show at once (bench/README.md, section 8).
 _DRAW_FIGURES_JS = """(function () {
   const pending = [...document.querySelectorAll('script[type="text/x-searcher-figure"]')];
   function next() {

@@ -5,8 +5,10 @@ from __future__ import annotations
 import statistics
 from typing import Any, Mapping
 
+from searcher.formatting import format_count, format_seconds
+from searcher.report import _tradeoff
 from searcher.report._data import ReportData
-from searcher.report._text import esc, fmt, fmt_count, fmt_s
+from searcher.report._text import esc, fmt
 
 
 def summary(d: ReportData) -> str:
@@ -19,7 +21,7 @@ def summary(d: ReportData) -> str:
         ("trials" + (f" of {d.budget} budgeted" if d.budget else ""), f"{c['complete']} complete"),
         ("pruned / failed / running", f"{c['pruned']} / {c['fail']} / {c['running']}"
          + (f" <small>+{c['waiting']} waiting</small>" if c["waiting"] else "")),
-        ("total training time", fmt_s(d.total_train_s)),
+        ("total training time", format_seconds(d.total_train_s)),
         ("spec hash", f"<code>{esc(d.spec_hash)}</code>"),
         *((("spec / seed / split seed", f"{esc(d.spec_name)} <small>seed {esc(d.seed)}, split {esc(d.split_seed)}"
             "</small>"),) if d.spec_name else ()),
@@ -90,7 +92,7 @@ def top_trials(d: ReportData) -> str:
         spe = "–" if r.sec_per_epoch is None else f"{r.sec_per_epoch:.2f}"
         value = f"{r.value:.4f}" + (f" ± {statistics.pstdev(r.cv_values):.4f}" if len(r.cv_values) > 1 else "")
         cells = (i, f"#{r.number}", value, tag + chips, f"{fmt(r.epochs)} ({fmt(r.best_epoch)})",
-                 fmt_count(r.n_params), spe, fmt_s(r.duration_s))
+                 format_count(r.n_params), spe, format_seconds(r.duration_s))
         rows.append(f'<tr{" class=best" if i == 1 else ""}>'
                     + "".join(f"<td class='{c}'>{v}</td>" for c, v in zip(cls, cells)) + "</tr>")
     ths = "".join(f"<th class='{c}'>{h}</th>" for c, h in zip(cls, head))
@@ -127,3 +129,16 @@ def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
         else:
             out.append((f"{prefix}{k}", f"[{', '.join(map(str, v))}]" if isinstance(v, (list, tuple)) else v))
     return out
+
+
+def tradeoff(d: ReportData) -> str:
+    """Under the trade-off figure: which trials were infeasible, the front, the smallest and fastest near the best."""
+    t = d.tradeoff
+    if t is None:
+        return ""
+    over = sum(not p.feasible for p in t.points)
+    rejected = sum(not r.feasible and r.state == "pruned" for r in d.trials)
+    parts = ([f"{over} complete trial(s) measured over a limit after training, drawn as crosses"] if over else []) + (
+        [f"{rejected} network(s) over <code>max_params</code>, rejected before training (not drawn)"] if rejected else [])
+    note = f'<p class="note">Infeasible, never on the front: {"; ".join(parts)}.</p>' if parts else ""
+    return note + _tradeoff.tables_html(t)

@@ -17,7 +17,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from searcher.cost import LATENCY_B1, MODEL_BYTES
+from searcher import stored
 from searcher.errors import UserError
 from searcher.spec import COST_OBJECTIVES as COSTS
 
@@ -31,8 +31,8 @@ COST_LABELS = {"n_params": "parameters", "latency_ms": "ms per example at batch 
 def cost_of(trial: FrozenTrial | optuna.Trial, name: str) -> float | None:
     """A trial's cost figure by cost name (``latency_ms`` is per example at batch 1), or None."""
     ua = trial.user_attrs
-    raw = {"n_params": ua.get("n_params"), "latency_ms": ua.get(LATENCY_B1), "sec_per_epoch": ua.get("sec_per_epoch"),
-           "model_mb": ua[MODEL_BYTES] / 1e6 if isinstance(ua.get(MODEL_BYTES), (int, float)) else None}[name]
+    raw = {"n_params": ua.get(stored.N_PARAMS), "latency_ms": ua.get(stored.LATENCY_B1), "sec_per_epoch": ua.get(stored.SEC_PER_EPOCH),
+           "model_mb": ua[stored.MODEL_BYTES] / 1e6 if isinstance(ua.get(stored.MODEL_BYTES), (int, float)) else None}[name]
     return float(raw) if isinstance(raw, (int, float)) else None
 
 
@@ -96,7 +96,7 @@ def ranked(study: optuna.Study) -> list[FrozenTrial]:
     trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)]
 
     def order(t: FrozenTrial) -> tuple:
-        loss = t.user_attrs.get("val_loss_at_best")
+        loss = t.user_attrs.get(stored.VAL_LOSS_AT_BEST)
         return (*(-v if up else v for v, up in zip(t.values, maximize)),
                 loss if isinstance(loss, (int, float)) else float("inf"), t.number)
 
@@ -139,7 +139,7 @@ def cheapest(trials: Sequence[FrozenTrial], cost: str) -> FrozenTrial | None:
 
 
 @dataclass(frozen=True)
-class Pick:
+class PickByCost:
     """How ``export`` chooses: the flags, validated at the edge."""
 
     smallest_within: float | None = None  # points of the metric below the best feasible trial
@@ -158,7 +158,7 @@ class Pick:
         return any(v is not None for v in (self.smallest_within, self.max_params, self.max_latency_ms))
 
 
-def pick_by_cost(study: optuna.Study, pick: Pick) -> tuple[FrozenTrial, str]:
+def pick_by_cost(study: optuna.Study, pick: PickByCost) -> tuple[FrozenTrial, str]:
     """The trial ``pick`` asks for among the feasible ones, and a phrase saying how it was chosen."""
     g = goal(study)
     pool = ranked(study)
@@ -211,7 +211,7 @@ def no_feasible_message(study: optuna.Study) -> str:
     name = study.study_name
     if not over:  # callers ask only when no feasible trial completed: so none completed at all
         return f"study {name!r} has no complete trials yet; run `searcher launch {name}`"
-    untrained = [t for t in over if t.user_attrs.get("infeasible")]  # over max_params: rejected before training
+    untrained = [t for t in over if t.user_attrs.get(stored.INFEASIBLE)]  # over max_params: rejected before training
     smallest = cheapest(untrained, "n_params")
     among = f"all {len(complete)} complete one(s) among them" if complete else "none completed"
     how = (f"; {len(untrained)} rejected before training (the smallest had "
@@ -223,7 +223,7 @@ def no_feasible_message(study: optuna.Study) -> str:
 
 def constraint_text(study: optuna.Study) -> str:
     """The study's constraints as stored with its spec, e.g. ``max_params 20,000``."""
-    limits = (study.user_attrs.get("spec") or {}).get("constraints") or {}
+    limits = stored.spec_dict(study).get("constraints") or {}
     return ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:g}" for k, v in limits.items()) or "none stored"
 
 

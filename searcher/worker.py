@@ -1,10 +1,10 @@
-"""Worker processes: each runs trials of one shared study until its budget is reached.
+"""The worker loop: one process runs trials of a shared study until its budget is reached.
 
-``launch`` (the parent) creates the study once, spawns one ``python -m searcher worker``
-process per GPU (or splits the CPU cores), pins each with ``CUDA_VISIBLE_DEVICES`` and
-thread counts in its environment before TensorFlow is imported, restarts a worker that
-crashes (bounded) or asks to be recycled, and on Ctrl-C or SIGTERM stops them all so
-no trial is left RUNNING. ``searcher worker`` on another host runs the same loop.
+Each worker joins the study (or creates it, for compose workers), loads its data once, then
+takes the budget lock, checks the budget, starts a trial and releases the lock, until the
+budget, the deadline or a recycle point. It exits with a code the supervisor (and a
+Kubernetes Job's pod failure policy) reads: EXIT_DONE, EXIT_FAILURES, EXIT_RECYCLE,
+EXIT_INTERRUPTED. ``searcher worker`` on another host runs the same loop.
 """
 
 from __future__ import annotations
@@ -14,30 +14,78 @@ import logging
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
 
 import optuna
 import sqlalchemy.exc
 
+from searcher import stored
 from searcher import study as studies
-from searcher.devices import RuntimeOptions, WorkerPlacement, configure_tensorflow
+from searcher.devices import LOCK_DIR_ENV, RuntimeOptions, WorkerPlacement, claim_gpu, configure_tensorflow, detect_gpus
 from searcher.memory import rss_mb
 from searcher.spec import StudySpec
-from searcher.storage import STORAGE_ENV, BudgetLock, describe_db_error
+from searcher.storage import BudgetLock, describe_db_error, resolve_url
 
 log = logging.getLogger(__name__)
 
 ObjectiveFunc = Callable[[optuna.Trial], float]
 EXIT_DONE, EXIT_FAILURES, EXIT_RECYCLE, EXIT_INTERRUPTED = 0, 3, 75, 130
-MAX_RESTARTS = 3
 
 
-# --- inside a worker process -----------------------------------------------------------
+@dataclass(frozen=True)
+class WorkerRequest:
+    """What ``searcher worker`` was asked: the spec and its overrides, the study, and this process's place."""
+
+    study: str  # a spec name in studies/ or a path
+    storage: str | None = None
+    data_dir: str | None = None
+    seed: int | None = None
+    name: str | None = None
+    create: bool = False
+    timeout: float | None = None
+    gpu: str | None = None  # "auto" or an index: claim that GPU before TensorFlow starts
+    mixed_precision: bool | None = None
+    xla: bool | None = None
+    wait: float | None = None  # seconds to wait for the storage (and the study, unless creating it)
+    index: int = 0
+    parent_pid: int | None = None
+    deadline: float | None = None
+
+
+def serve(request: WorkerRequest) -> int:
+    """``searcher worker``: log to the console, wait for the storage if asked, claim a GPU, then run
+    trials (``run_worker``); return the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    optuna.logging.set_verbosity(optuna.logging.INFO)  # a worker's log lists its trials
+    spec, _ = studies.load_launch_spec(request.study, request.seed, mixed_precision=request.mixed_precision,
+                                       xla=request.xla)
+    joins = studies.study_name(spec.name, name=request.name, seed=request.seed)
+    if request.wait:
+        studies.wait_until_ready(resolve_url(request.storage), seconds=request.wait,
+                                 name=None if request.create else joins)
+    gpu_lock = _claim_gpu(request.gpu) if request.gpu is not None else None
+    deadline = request.deadline
+    if request.timeout:
+        deadline = min(deadline or float("inf"), time.time() + request.timeout)
+    options = WorkerOptions(index=request.index, deadline=deadline, parent_pid=request.parent_pid,
+                            data_dir=request.data_dir, create=request.create, study_name=joins)
+    code = run_worker(spec, resolve_url(request.storage), options)
+    if gpu_lock is not None:
+        gpu_lock.close()
+    return code
+
+
+def _claim_gpu(gpu: str):
+    """Lock a GPU for this process and make it the only one visible; the lock, to close when done.
+
+    Before TensorFlow is imported: the visible devices are fixed when its runtime starts.
+    """
+    lock_dir = os.environ.get(LOCK_DIR_ENV, "/tmp/searcher-gpu-locks")
+    claimed, lock = claim_gpu(gpu, gpus=detect_gpus(), lock_dir=lock_dir)
+    os.environ.update(CUDA_VISIBLE_DEVICES=claimed, TF_FORCE_GPU_ALLOW_GROWTH="true", CUDA_DEVICE_ORDER="PCI_BUS_ID")
+    return lock
 
 
 @dataclass(frozen=True)
@@ -79,10 +127,10 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions,
         with lock:  # several compose workers start at once: one creates the study and its baselines
             studies.create_or_continue(spec, storage, n_trials=None, name=name)
         study = join()
-    n_trials = int(study.user_attrs.get(studies.BUDGET_ATTR, spec.budget.n_trials))
+    n_trials = int(study.user_attrs.get(stored.BUDGET, spec.budget.n_trials))
     data = getattr(objective, "data", None)  # the stand-in of the tests has none
-    if data is not None and studies.DATA_ATTR not in study.user_attrs:
-        study.set_user_attr(studies.DATA_ATTR, data.summary())
+    if data is not None and stored.DATA not in study.user_attrs:
+        study.set_user_attr(stored.DATA, data.summary())
     streak = _FailureStreak()
     runner = _ReleaseFirst(objective, lock)
     ran, settled_mb = 0, None
@@ -116,7 +164,7 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions,
                 log.error("worker %d stops: %d trials failed in a row", options.index, streak.count)
                 return EXIT_FAILURES
     except KeyboardInterrupt:
-        retried = runner.trial is not None and studies.retry_interrupted(study, runner.trial._trial_id, spec)
+        retried = runner.trial is not None and studies.retry_interrupted(study, runner.trial.number, spec)
         log.info("worker %d interrupted; its running trial was marked failed%s", options.index,
                  " and queued to run again with the same params and seed" if retried else "")
         return EXIT_INTERRUPTED
@@ -225,107 +273,3 @@ class _FailureStreak:
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.count = self.count + 1 if trial.state == optuna.trial.TrialState.FAIL else 0
-
-
-# --- the launching parent ----------------------------------------------------------------
-
-
-@dataclass
-class WorkerProcess:
-    """One worker slot: its placement and the process currently filling it."""
-
-    placement: WorkerPlacement
-    process: subprocess.Popen | None = None
-    restarts: int = 0
-    recycles: int = 0
-    pids: list[int] = field(default_factory=list)
-    last_exit: int | None = None
-    finished: bool = False
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-
-@dataclass(frozen=True)
-class LaunchPlan:
-    spec_path: Path
-    url: str
-    log_dir: Path
-    seed: int | None = None
-    study_name: str | None = None  # None: the spec's name
-    deadline: float | None = None
-    data_dir: str | None = None
-    mixed_precision: bool = False
-    xla: bool = False
-
-
-def start_worker(slot: WorkerProcess, plan: LaunchPlan) -> None:
-    """Spawn a fresh interpreter for the slot; the storage URL travels in the environment,
-    not on the command line, so the password does not show in ``ps``."""
-    cmd = [sys.executable, "-m", "searcher", "worker", str(plan.spec_path),
-           "--worker-index", str(slot.placement.index), "--parent-pid", str(os.getpid())]
-    if plan.seed is not None:
-        cmd += ["--seed", str(plan.seed)]
-    if plan.study_name is not None:
-        cmd += ["--name", plan.study_name]
-    if plan.deadline is not None:
-        cmd += ["--deadline", f"{plan.deadline:.3f}"]
-    if plan.data_dir:
-        cmd += ["--data-dir", plan.data_dir]
-    cmd += ["--mixed-precision" if plan.mixed_precision else "--no-mixed-precision", "--xla" if plan.xla else "--no-xla"]
-    env = {**os.environ, **slot.placement.env(), STORAGE_ENV: plan.url, "PYTHONUNBUFFERED": "1"}
-    plan.log_dir.mkdir(parents=True, exist_ok=True)
-    with open(plan.log_dir / f"worker-{slot.placement.index}.log", "ab") as out:
-        # A new session: a Ctrl-C reaches only the parent, which stops workers in order.
-        slot.process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
-    slot.pids.append(slot.process.pid)
-
-
-def supervise(slots: list[WorkerProcess], plan: LaunchPlan) -> None:
-    """Restart slots whose worker crashed (at most MAX_RESTARTS) or asked to be recycled."""
-    for slot in slots:
-        if slot.finished or slot.alive or slot.process is None:
-            continue
-        code = slot.last_exit = slot.process.returncode
-        if code == EXIT_RECYCLE:
-            slot.recycles += 1
-            start_worker(slot, plan)
-        elif code in (EXIT_DONE, EXIT_FAILURES, 1) or slot.restarts >= MAX_RESTARTS:
-            # 1 is a user error (bad spec, storage): restarting would only repeat it.
-            slot.finished = True
-        else:
-            slot.restarts += 1
-            log.warning("worker %d exited with %s; restarting (%d/%d)", slot.placement.index, code,
-                        slot.restarts, MAX_RESTARTS)
-            start_worker(slot, plan)
-
-
-def stop_workers(slots: list[WorkerProcess], *, grace_seconds: float = 20.0) -> None:
-    """SIGTERM every live worker (each fails its running trial), then SIGKILL stragglers."""
-    live = [s for s in slots if s.alive]
-    for slot in live:
-        slot.process.send_signal(signal.SIGTERM)
-    end = time.monotonic() + grace_seconds
-    for slot in live:
-        try:
-            slot.process.wait(timeout=max(0.1, end - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            slot.process.kill()
-            slot.process.wait()
-        slot.finished = True
-
-
-def fail_orphaned_trials(study: optuna.Study, pids: set[int]) -> int:
-    """Fail RUNNING trials of our (now dead) workers; returns how many."""
-    failed = 0
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if trial.user_attrs.get("worker_pid") in pids:
-            try:
-                study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-                failed += 1
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass
-    return failed
-

@@ -244,8 +244,8 @@ def _measure_trial(raw: dict[str, Any], search_data: SearchData) -> float:
     """Seconds per epoch of a middle configuration on this machine, from a 3-epoch run."""
     from searcher.devices import import_tensorflow
 
-    import_tensorflow()  # before searcher.objective imports Keras: without TensorFlow's start-up lines
-    from searcher.objective import train
+    import_tensorflow()  # before searcher.training imports Keras: without TensorFlow's start-up lines
+    from searcher.training import train
     from searcher.space import suggest_values, trial_config
 
     spec = parse_spec({**raw, "name": "init-timing"}, source="searcher init")

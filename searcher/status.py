@@ -16,12 +16,11 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from searcher import front
+from searcher import ranking, stored
+from searcher.formatting import format_cost, format_cost_value, format_elapsed, format_params
 from searcher.study import finished
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
-# Every other way a trial fails records its reason first; a trial without one lost its worker.
-LOST_WORKER = "killed (stale heartbeat)"
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class Snapshot:
     running: list[RunningTrial] = field(default_factory=list)
     train_seconds: float = 0.0
     objectives: list[str] = field(default_factory=list)  # the metric first; a cost second in a two-objective study
-    best_cost: dict[str, Any] = field(default_factory=dict)  # the best trial's cost figures (front.COSTS)
+    best_cost: dict[str, Any] = field(default_factory=dict)  # the best trial's cost figures (ranking.COSTS)
     infeasible: int = 0  # finished trials over a constraint (never best)
     no_feasible: str | None = None  # why there is no best although trials completed
     front: list[dict[str, Any]] = field(default_factory=list)  # two objectives: the Pareto front, cheapest first
@@ -59,56 +58,46 @@ class Snapshot:
         return {**asdict(self), "finished": self.finished}
 
 
-def fail_reason(trial: optuna.trial.FrozenTrial) -> str:
-    """Why a failed trial ended; a trial with no recorded reason lost its worker."""
-    return trial.user_attrs.get("fail_reason") or LOST_WORKER
-
-
 def take_snapshot(study: optuna.Study) -> Snapshot:
+    """What ``status`` and the live view show: trials by state, failure reasons, the best feasible
+    trial and its cost, infeasible and running trials, the Pareto front of two objectives."""
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name for t in trials)
-    reasons = Counter(fail_reason(t) for t in trials if t.state == TrialState.FAIL)
+    reasons = Counter(stored.fail_reason(t) for t in trials if t.state == TrialState.FAIL)
     now = dt.datetime.now()
     running = [
         RunningTrial(
             number=t.number,
-            worker_pid=t.user_attrs.get("worker_pid"),
-            worker_host=t.user_attrs.get("worker_host"),
+            worker_pid=t.user_attrs.get(stored.WORKER_PID),
+            worker_host=t.user_attrs.get(stored.WORKER_HOST),
             elapsed_s=round((now - t.datetime_start).total_seconds(), 1) if t.datetime_start else 0.0,
-            epochs_reported=len(t.intermediate_values) or len(t.user_attrs.get("curve", ())),
+            epochs_reported=len(t.intermediate_values) or len(t.user_attrs.get(stored.CURVE, ())),
         )
         for t in trials
         if t.state == TrialState.RUNNING
     ]
-    goal, ranked = front.goal(study), front.ranked(study)
+    goal, ranked = ranking.goal(study), ranking.ranked(study)
     best = ranked[0] if ranked else None
-    on_front = front.front(ranked, cost=goal.cost, maximize=goal.maximize[0]) if goal.multi else []
+    on_front = ranking.front(ranked, cost=goal.cost, maximize=goal.maximize[0]) if goal.multi else []
     seconds = sum(t.duration.total_seconds() for t in trials if t.duration and t.state.is_finished())
-    over = front.infeasible(trials)
+    over = ranking.infeasible(trials)
     return Snapshot(
         study=study.study_name,
         direction=", ".join("maximize" if m else "minimize" for m in goal.maximize),
-        n_trials=study.user_attrs.get("n_trials"),
+        n_trials=stored.budget(study),
         counts={s: counts.get(s, 0) for s in STATES},
         fail_reasons=dict(reasons),
-        best_value=front.metric_value(best) if best else None,
+        best_value=ranking.metric_value(best) if best else None,
         best_trial=best.number if best else None,
         best_params=dict(best.params) if best else {},
         running=sorted(running, key=lambda r: r.number),
         train_seconds=round(seconds, 1),
         objectives=list(goal.names),
-        best_cost=front.figures_of(best) if best else {},
+        best_cost=ranking.figures_of(best) if best else {},
         infeasible=len(over),
-        no_feasible=front.no_feasible_message(study) if best is None and over else None,
-        front=[{"trial": t.number, "values": list(t.values), **front.figures_of(t)} for t in on_front],
+        no_feasible=ranking.no_feasible_message(study) if best is None and over else None,
+        front=[{"trial": t.number, "values": list(t.values), **ranking.figures_of(t)} for t in on_front],
     )
-
-
-def format_params(params: dict[str, Any]) -> str:
-    parts = []
-    for key, value in params.items():
-        parts.append(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}")
-    return ", ".join(parts)
 
 
 def render(snapshot: Snapshot, *, elapsed_s: float | None = None, eta_s: float | None = None,
@@ -123,9 +112,9 @@ def render(snapshot: Snapshot, *, elapsed_s: float | None = None, eta_s: float |
         f"  waiting {c['WAITING']}",
     )
     if elapsed_s is not None:
-        head.append(f"  elapsed {_duration(elapsed_s)}")
+        head.append(f"  elapsed {format_elapsed(elapsed_s)}")
     if eta_s is not None:
-        head.append(f"  remaining ~{_duration(eta_s)}")
+        head.append(f"  remaining ~{format_elapsed(eta_s)}")
     parts: list[Any] = [head]
     if snapshot.best_value is not None:
         label = "best feasible " if snapshot.infeasible else "best "
@@ -140,7 +129,7 @@ def render(snapshot: Snapshot, *, elapsed_s: float | None = None, eta_s: float |
         parts.append(Text(f"infeasible (over a constraint, never best): {snapshot.infeasible}", "yellow"))
     if snapshot.front:
         names = snapshot.objectives
-        rows = ", ".join(f"#{p['trial']} {p['values'][0]:.4f}/{_cost_value(names[1], p['values'][1])}"
+        rows = ", ".join(f"#{p['trial']} {p['values'][0]:.4f}/{format_cost_value(names[1], p['values'][1])}"
                          for p in snapshot.front)
         parts.append(Text(f"Pareto front ({names[0]}/{names[1]}), cheapest first: {rows}"))
     if snapshot.fail_reasons:
@@ -150,28 +139,9 @@ def render(snapshot: Snapshot, *, elapsed_s: float | None = None, eta_s: float |
     elif snapshot.running:
         table = Table("trial", "worker", "elapsed", "epochs", box=None, header_style="bold")
         for r in snapshot.running:
-            table.add_row(str(r.number), f"{r.worker_host}:{r.worker_pid}", _duration(r.elapsed_s), str(r.epochs_reported))
+            table.add_row(str(r.number), f"{r.worker_host}:{r.worker_pid}", format_elapsed(r.elapsed_s), str(r.epochs_reported))
         parts.append(table)
     return Group(*parts)
-
-
-def format_cost(figures: dict[str, Any]) -> str:
-    """``4,480 params, 0.049 MB, 0.36 ms/example (batch 1), 0.31 s/epoch`` from ``front.figures_of``."""
-    parts = []
-    for name, text in (("n_params", "{:,.0f} params"), ("model_mb", "{:.3g} MB"),
-                       ("latency_ms", "{:.3g} ms/example (batch 1)"), ("sec_per_epoch", "{:.3g} s/epoch")):
-        if figures.get(name) is not None:
-            parts.append(text.format(figures[name]))
-    return ", ".join(parts)
-
-
-def _cost_value(name: str, value: float) -> str:
-    return f"{value:,.0f}" if name == "n_params" else f"{value:.3g}"
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 @dataclass(frozen=True)
@@ -192,9 +162,9 @@ def list_stored(storage: optuna.storages.BaseStorage) -> list[StoredStudy]:
     """Every study in the storage, by name, with its trial counts and best value."""
     rows = []
     for s in storage.get_all_studies():
-        trials = storage.get_all_trials(s._study_id, deepcopy=False)
+        trials = storage.get_all_trials(storage.get_study_id_from_name(s.study_name), deepcopy=False)
         counts = Counter(t.state.name for t in trials)
-        spec = s.user_attrs.get("spec") if isinstance(s.user_attrs.get("spec"), dict) else {}
+        spec = stored.spec_dict(s)
         data = spec.get("data") if isinstance(spec.get("data"), dict) else {}
         seed = spec.get("seed")
         values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]

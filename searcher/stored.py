@@ -1,0 +1,81 @@
+"""What a study stores: every study and trial user-attr key, and small readers of them.
+
+The key strings are stored data: a study written by an older searcher is read with the same
+names, so renaming one is a migration. Readers take anything with ``user_attrs`` (a study, a
+``FrozenStudy``, a trial, a ``FrozenTrial``) and return ``None`` (or an empty mapping) where
+nothing usable was stored, so a study made by hand or by an older version still reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from searcher.errors import StorageError
+from searcher.spec import StudySpec, parse_spec
+
+# --- study attrs
+SPEC = "spec"  # the spec the study was created from (StudySpec.to_dict)
+SPEC_HASH = "spec_hash"  # StudySpec.search_hash: what a joining worker must share
+BUDGET = "n_trials"  # finished trials the study runs to; --trials changes it
+BASELINES_ENQUEUED = "baselines_enqueued"
+DATA = "data"  # the data summary (rows, features, classes, preprocessing): data.SearchData.summary
+CONFIRMED = "confirmed_ranking"  # `searcher confirm`'s ranking, best first
+
+# --- trial attrs: what the trial ran
+CONFIG = "config"  # TrialConfig.to_dict: everything needed to train it again
+SEED = "seed"
+WORKER_PID, WORKER_HOST, THREADS = "worker_pid", "worker_host", "threads"
+BASELINE, BASELINE_NOTE = "baseline", "baseline_note"  # the name and why of a queued baseline trial
+# --- trial attrs: how it went
+CURVE = "curve"  # the validation curve of a multi-objective trial (it has no intermediate values)
+FAIL_REASON, FAIL_DETAIL = "fail_reason", "fail_detail"
+INFEASIBLE = "infeasible"  # why the network was rejected untrained (over constraints.max_params)
+PEAK_RSS_MB = "peak_rss_mb"
+N_PARAMS, EPOCHS, BEST_EPOCH = "n_params", "epochs", "best_epoch"
+VAL_LOSS_AT_BEST = "val_loss_at_best"  # the tie-breaker between trials of equal value
+SEC_PER_EPOCH, TRAIN_SECONDS = "sec_per_epoch", "train_seconds"
+CV_VALUES = "cv_values"  # every fold's value at best_epoch, with data.cv_folds
+# --- trial attrs: what the model costs (cost.measure_cost)
+MODEL_BYTES, LATENCY_B1, LATENCY_LARGE = "model_bytes", "latency_ms_b1", "latency_ms_b256"  # cost.LARGE_BATCH
+COST_SECONDS = "cost_seconds"  # what measuring took
+# --- trial attrs of a `searcher confirm` run
+OF_TRIAL, RUN = "of_trial", "run"
+
+LOST_WORKER = "killed (stale heartbeat)"  # the reason of a failed trial that stored none: its worker died
+
+
+class _HasAttrs(Protocol):
+    @property
+    def user_attrs(self) -> dict[str, Any]: ...
+
+
+def spec_dict(study: _HasAttrs) -> Mapping[str, Any]:
+    """The stored spec as stored (a plain mapping), empty when there is none."""
+    raw = study.user_attrs.get(SPEC)
+    return raw if isinstance(raw, Mapping) else {}
+
+
+def stored_spec(study: Any) -> StudySpec:
+    """The spec the study was created from, validated; a ``StorageError`` when it has none."""
+    raw: dict[str, Any] | None = study.user_attrs.get(SPEC)
+    if raw is None:
+        raise StorageError(f"study {study.study_name!r} was not created by searcher (no stored spec)")
+    return parse_spec(raw, source=f"study {study.study_name}")
+
+
+def budget(study: _HasAttrs) -> int | None:
+    """The study's budget of finished trials, if stored."""
+    value = study.user_attrs.get(BUDGET)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def config_of(trial: _HasAttrs) -> dict[str, Any] | None:
+    """The trial's config (``TrialConfig.to_dict``), or None when it stored none (yet)."""
+    raw = trial.user_attrs.get(CONFIG)
+    return raw if isinstance(raw, Mapping) else None
+
+
+def fail_reason(trial: _HasAttrs) -> str:
+    """Why a failed trial failed; one that stored no reason lost its worker."""
+    return trial.user_attrs.get(FAIL_REASON) or LOST_WORKER
