@@ -8,6 +8,7 @@ reported as failed, the others still run, and the exit code is 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import json
@@ -22,16 +23,16 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import gpu, nan_check, overhead, own_data, quality, scale, scaling, startup, storage
+from bench import gpu, nan_check, overhead, own_data, profile, quality, scale, scaling, startup, storage
 from bench._common import REPO, Plan, Section, not_run_section
 
 log = logging.getLogger("bench")
-SECTIONS = ("overhead", "scaling", "storage", "startup", "quality", "gpu", "nan_check", "scale", "own_data")
-# scale (minutes, hundreds of processes) and own_data (nine searches, ~40 min) run with --only
-DEFAULT_SECTIONS = SECTIONS[:-2]
+SECTIONS = ("overhead", "scaling", "storage", "startup", "quality", "gpu", "nan_check", "scale", "own_data", "profile")
+# scale (minutes, hundreds of processes), own_data (nine searches, ~40 min) and profile (~1 h) run with --only
+DEFAULT_SECTIONS = SECTIONS[:-3]
 TITLES = {"overhead": overhead.TITLE, "scaling": scaling.TITLE, "storage": storage.TITLE,
           "startup": startup.TITLE, "quality": quality.TITLE, "gpu": gpu.TITLE, "nan_check": nan_check.TITLE,
-          "scale": scale.TITLE, "own_data": own_data.TITLE}
+          "scale": scale.TITLE, "own_data": own_data.TITLE, "profile": profile.TITLE}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated sections to run (default: {','.join(DEFAULT_SECTIONS)}; also: scale, own_data); "
                              "storage and startup need the overhead run and start it too")
     parser.add_argument("--keep", action="store_true", help="keep the working folder (studies, logs, models)")
+    parser.add_argument("--tree", action="append", default=[], metavar="LABEL=PATH",
+                        help="profile: another searcher checkout to measure beside this one (repeatable), "
+                             "e.g. --tree old=/tmp/old-checkout")
+    parser.add_argument("--epochs", type=int, help="profile: epochs per side of the seconds-per-epoch comparison "
+                                                   "(default 680; 40 with --quick)")
+    parser.add_argument("--profile-trials", type=int, help="profile: trials per profile run (default 6; 3 with --quick)")
     args = parser.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(only) - set(SECTIONS))
@@ -52,10 +59,14 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bench: %(message)s", stream=sys.stderr)
     plan = Plan.quick() if args.quick else Plan.full()
+    if args.profile_trials:
+        plan = dataclasses.replace(plan, profile_trials=args.profile_trials)
     workdir = Path(tempfile.mkdtemp(prefix="searcher-bench-"))
     started = time.perf_counter()
     load_at_start = round(os.getloadavg()[0], 2)
-    results = _run_sections(plan, workdir, only)
+    trees = {**{label: Path(path).resolve() for label, path in (item.split("=", 1) for item in args.tree)},
+             "this tree": REPO}
+    results = _run_sections(plan, workdir, only, trees=trees, epochs=args.epochs)
     seconds = time.perf_counter() - started
 
     machine = _machine()
@@ -88,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(r.details.get("failed") for r in results.values()) else 0
 
 
-def _run_sections(plan: Plan, workdir: Path, only: list[str]) -> dict[str, Section]:
+def _run_sections(plan: Plan, workdir: Path, only: list[str], *, trees: dict[str, Path] | None = None,
+                  epochs: int | None = None) -> dict[str, Section]:
     results: dict[str, Section] = {}
     cpu_count = os.cpu_count() or 1
 
@@ -134,7 +146,8 @@ def _run_sections(plan: Plan, workdir: Path, only: list[str]) -> dict[str, Secti
                     ("gpu", lambda: gpu.run(plan, workdir)),
                     ("nan_check", lambda: nan_check.run(plan, workdir)),
                     ("scale", lambda: scale.run(plan, workdir)),
-                    ("own_data", lambda: own_data.run(plan, workdir))):
+                    ("own_data", lambda: own_data.run(plan, workdir)),
+                    ("profile", lambda: profile.run(plan, workdir, trees or {}, epochs=epochs))):
         if key in only:
             value = attempt(key, fn)
             if value:

@@ -55,6 +55,9 @@ class Plan:
     scale_study_sizes: tuple[int, ...] = (1000,)
     own_data_splits: tuple[int, ...] = (0,)
     own_data_minutes: float = 1.0  # the search time `searcher init --minutes` sizes each budget for
+    profile_trials: int = 3  # trials per profile run (section 10)
+    profile_rounds: int = 1  # rounds of every side, alternating order
+    profile_epochs: int = 40  # epochs per side in the seconds-per-epoch comparison
 
     @classmethod
     def quick(cls) -> Plan:
@@ -70,7 +73,8 @@ class Plan:
                    scaling_trials=16, scaling_epochs=6, quality_seeds=(0, 1, 2), quality_max_epochs=20,
                    quality_budget=200, quality_parallel=2, gpu_epochs=3, nan_epochs=20, nan_repeats=5,
                    scale_workers=(1, 8, 32, 100, 200), scale_epoch_s=1.0, scale_study_sizes=(1000, 3000, 10000),
-                   own_data_splits=(0, 1, 2), own_data_minutes=4.0)
+                   own_data_splits=(0, 1, 2), own_data_minutes=4.0, profile_trials=6, profile_rounds=2,
+                   profile_epochs=680)
 
 
 @dataclass

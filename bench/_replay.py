@@ -1,7 +1,9 @@
 """Child process of the overhead section: train the trials of a finished study again, twice.
 
-1. the bare loop: ``build_model`` + ``model.fit`` on the ``load_search_data`` arrays for
-   exactly the trial's stored epoch count, no callbacks, no storage;
+1. the bare loop: what a Keras user writes for the same config (``bench._plain_model``: a
+   ``keras.Sequential`` of the same layers on inputs preprocessed once in numpy, compiled with
+   accuracy alone) + ``model.fit`` on those arrays for exactly the trial's stored epoch count,
+   validation data given, no callbacks, no storage;
 2. searcher's own ``training.train`` (the code a worker runs for a trial) for the same
    config and epoch cap, in process, without storage, sampler or pruner.
 
@@ -26,8 +28,8 @@ def main(job_path: str, out_path: str) -> None:
     import_tensorflow()  # TensorFlow is imported here, before anything is timed, without its start-up lines
 
     import searcher.training as training
+    from bench._plain_model import plain_inputs
     from searcher.data import load_search_data
-    from searcher.models import build_model
     from searcher.space import TrialConfig
 
     import_s = time.perf_counter() - t0
@@ -35,6 +37,7 @@ def main(job_path: str, out_path: str) -> None:
     t0 = time.perf_counter()
     data = load_search_data(configs[0].data, split_seed=configs[0].split_seed)
     data_s = time.perf_counter() - t0
+    arrays = (plain_inputs(data.train.x, data.preprocessing), plain_inputs(data.val.x, data.preprocessing))
 
     build_clock = _BuildClock(training.build_model)
     training.build_model = build_clock  # time the build inside training.train, nothing else changes
@@ -46,19 +49,22 @@ def main(job_path: str, out_path: str) -> None:
         row = {"number": trial["number"], "epochs": epochs}
         for which in order:
             if which == "bare":
-                row.update(_bare(config, data, epochs, build_model))
+                row.update(_bare(config, data, epochs, arrays))
             else:
                 row.update(_searcher(config, data, epochs, training, build_clock, job["direction"]))
         rows.append(row)
     Path(out_path).write_text(json.dumps({"import_s": import_s, "data_s": data_s, "trials": rows}, indent=1))
 
 
-def _bare(config, data, epochs: int, build_model) -> dict:
+def _bare(config, data, epochs: int, arrays) -> dict:
+    from bench._plain_model import plain_model_of
+
+    x_fit, x_val = arrays
     t0 = time.perf_counter()
-    model = build_model(config.model, preprocessing=data.preprocessing, n_classes=data.n_classes, jit_compile=False)
+    model = plain_model_of(config.model, input_shape=data.input_shape, n_classes=data.n_classes)
     t1 = time.perf_counter()
-    model.fit(data.train.x, data.train.y, batch_size=config.training.batch_size, epochs=epochs,
-              validation_data=(data.val.x, data.val.y), verbose=0)
+    model.fit(x_fit, data.train.y, batch_size=config.training.batch_size, epochs=epochs,
+              validation_data=(x_val, data.val.y), verbose=0)
     t2 = time.perf_counter()
     return {"bare_build_s": t1 - t0, "bare_fit_s": t2 - t1, "bare_s": t2 - t0}
 

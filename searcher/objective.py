@@ -21,7 +21,7 @@ from searcher.data import SearchData
 from searcher.devices import TrainingRuntime
 from searcher.memory import MemoryGuard, MemoryLimitExceeded
 from searcher.outage import Outage, TrialReaped, is_unreachable
-from searcher.ranking import cost_of, violations
+from searcher.ranking import CONSTRAINED_COST, cost_of, violations
 from searcher.space import TrialConfig, suggest_values, trial_config
 from searcher.spec import COST_OBJECTIVES, StudySpec, objective_names
 from searcher.training import (
@@ -139,6 +139,19 @@ class _MemoryLimit(keras.callbacks.Callback):
             raise TrialFailed("out of memory", f"resident memory {self.guard.peak_mb:.0f} MB")
 
 
+def measures_cost_of_pruned(spec: StudySpec) -> bool:
+    """Whether a pruned trial needs its latency and file size measured too.
+
+    Only complete trials are ranked, exported, drawn in the trade-off or shown as best, so
+    a pruned trial's cost figures are read only as constraint values the sampler learns
+    from (``max_latency_ms``, ``max_model_mb``) or as a second objective (which turns
+    pruning off anyway). Measuring costs a save and two traced predict calls per trial.
+    """
+    limits = spec.constraints.limits() if spec.constraints else {}
+    costs = {CONSTRAINED_COST[name] for name in limits} | set(objective_names(spec)[1:])
+    return bool(costs & {"latency_ms", "model_mb"})
+
+
 class Objective:
     """The Optuna objective of a study: one call is one trial.
 
@@ -154,6 +167,7 @@ class Objective:
         self._runtime_attr = runtime.to_dict(n_visible_gpus=n_visible_gpus)
         self._host = socket.gethostname()
         self.outage = Outage(minutes=spec.runtime.db_outage_minutes)
+        self._cost_every_trial = measures_cost_of_pruned(spec)
 
     def config_for(self, trial: optuna.Trial) -> TrialConfig:
         values = suggest_values(trial, self.spec)
@@ -202,7 +216,8 @@ class Objective:
                                  stored.FAIL_DETAIL: f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]})
             raise
         summary = result.summary() | (cross_validated(folds, direction) if len(folds) > 1 else {})
-        summary |= measure_cost(result.model, self.data.val)
+        if pruning.pruned_at is None or self._cost_every_trial:
+            summary |= measure_cost(result.model, self.data.val)
         self._record(trial, summary | {stored.PEAK_RSS_MB: round(guard.peak_mb)})
         if pruning.pending:  # epochs that ended during an outage: reported now that the database is back
             self.outage.retry(pruning._report_pending)

@@ -185,10 +185,12 @@ def train(
         )
     cbs.extend(callbacks)
     weights = class_weights(data.train, data.n_classes) if training.class_weight == "balanced" else None
+    validation = to_tf_dataset(data.val, batch_size=val_batch)
+    _build_training_state(model, validation)
     try:
         history = model.fit(
             to_tf_dataset(data.train, batch_size=training.batch_size, shuffle_seed=config.seed, weights=weights),
-            validation_data=to_tf_dataset(data.val, batch_size=val_batch),
+            validation_data=validation,
             epochs=max_epochs or training.max_epochs,
             callbacks=cbs,
             shuffle=False,  # tf.data already shuffles, seeded
@@ -201,6 +203,21 @@ def train(
             raise TrialFailed("out of memory", str(e).splitlines()[0][:200]) from e
         raise
     return TrainResult(model, history.history, training.metric, direction, clock.seconds)
+
+
+def _build_training_state(model: keras.Model, examples) -> None:
+    """Create the optimizer's slots and the compiled metrics' variables before ``fit``.
+
+    Keras (without a distribution strategy) creates them inside the first trace of the train
+    step, and TensorFlow then traces that step a second time: a whole trace per trial for
+    nothing. Built here eagerly on one batch of ``examples`` (the validation split, unshuffled:
+    an extra iterator of the shuffled training set would change its epoch order), the step is
+    traced once. The variables start at zero either way, so training is the same to the bit.
+    """
+    x, y = next(iter(examples))[:2]
+    model.optimizer.build(model.trainable_variables)
+    model.compute_metrics(x, y, model(x, training=False), sample_weight=None)
+    model.reset_metrics()
 
 
 def fold_seed(seed: int, fold: int) -> int:

@@ -58,6 +58,21 @@ def test_bad_objectives_and_constraints_name_the_field(extra, message):
         parse_spec(with_(**extra), source="x.yaml")
 
 
+@pytest.mark.parametrize("extra, every_trial", [
+    ({}, False),
+    ({"constraints": {"max_params": 5000}}, False),
+    ({"constraints": {"max_latency_ms": 1.0}}, True),
+    ({"constraints": {"max_model_mb": 1.0}}, True),
+    ({"objectives": ["val_accuracy", "n_params"]}, False),
+    ({"objectives": ["val_accuracy", "latency_ms"]}, True),
+    ({"objectives": ["val_accuracy", "model_mb"]}, True),
+])
+def test_pruned_trials_are_measured_only_when_a_constraint_or_objective_reads_their_cost(extra, every_trial):
+    from searcher.objective import measures_cost_of_pruned
+
+    assert measures_cost_of_pruned(parse_spec(with_(**extra), source="x")) is every_trial
+
+
 def test_new_sections_round_trip_and_leave_older_specs_alone():
     plain = parse_spec(DIGITS, source="x")
     assert "constraints" not in plain.to_dict() and "objectives" not in plain.to_dict(), \

@@ -167,3 +167,30 @@ def test_adam_knobs_are_sampled_only_for_adam_and_reach_the_optimizer():
     assert (float(optimizer.beta_1), float(optimizer.beta_2), float(optimizer.epsilon)) == pytest.approx(
         (adam.beta_1, adam.beta_2, adam.epsilon))
     assert 0.8 <= adam.beta_1 <= 0.95 and 1e-8 <= adam.epsilon <= 1e-5
+
+
+def test_a_trial_traces_its_train_step_once_and_trains_bit_for_bit_as_before(digits, monkeypatch):
+    """Optimizer slots and compiled metrics are built before fit, so TensorFlow does not trace the
+    train step a second time; without that build (Keras' lazy default) it does, with the same result."""
+    import numpy as np
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    import searcher.training as training
+
+    spec, data = digits
+    traces = []
+    step = TensorFlowTrainer.train_step
+    monkeypatch.setattr(TensorFlowTrainer, "train_step", lambda self, batch: traces.append(1) or step(self, batch))
+    trial = optuna.trial.FixedTrial({**_FIXED_PARAMS, "dropout": 0.2, "depth": 2, "units_0": 32, "units_1": 16})
+    config = trial_config(spec, suggest_values(trial, spec), seed=3)
+
+    def run():
+        traces.clear()
+        result = train(config, data, direction="maximize", runtime=TrainingRuntime(), max_epochs=2, early_stopping=False)
+        return len(traces), result.history, np.concatenate([w.numpy().ravel() for w in result.model.weights])
+
+    once, history, weights = run()
+    monkeypatch.setattr(training, "_build_training_state", lambda model, examples: None)
+    lazy, lazy_history, lazy_weights = run()
+    assert (once, lazy) == (1, 2)
+    assert history == lazy_history and np.array_equal(weights, lazy_weights)

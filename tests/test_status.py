@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import optuna
 import pytest
 
 from cli_process import run_searcher
@@ -26,3 +27,6 @@ def test_status_json_matches_the_study(digits_search):
     assert status["best_trial"] == best.number
     assert status["best_value"] == pytest.approx(study.best_value)
     assert status["best_params"] == best.params
+    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)):
+        measured = t.state == optuna.trial.TrialState.COMPLETE  # only complete trials are ranked, exported, drawn
+        assert ("latency_ms_b1" in t.user_attrs, "model_bytes" in t.user_attrs) == (measured, measured), t.number
