@@ -28,6 +28,7 @@ def main(job_path: str, out_path: str) -> None:
     import_tensorflow()  # TensorFlow is imported here, before anything is timed, without its start-up lines
 
     import searcher.training as training
+    from searcher.devices import TrainingRuntime
     from bench._plain_model import plain_inputs
     from searcher.data import load_search_data
     from searcher.space import TrialConfig
@@ -86,7 +87,7 @@ def _searcher(config, data, epochs: int, training, build_clock, direction: str) 
     clock = EpochClock()
     build_clock.seconds = 0.0
     t0 = time.perf_counter()
-    result = training.train(config, data, direction=direction, callbacks=[clock], jit_compile=False,
+    result = training.train(config, data, direction=direction, callbacks=[clock], runtime=TrainingRuntime(),
                              max_epochs=epochs)
     total = time.perf_counter() - t0
     later = clock.seconds[1:] or clock.seconds
