@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from searcher.devices import TrainingRuntime
+
 
 def main(job_path: str, out_path: str) -> None:
     job = json.loads(Path(job_path).read_text())
@@ -28,7 +30,6 @@ def main(job_path: str, out_path: str) -> None:
     import_tensorflow()  # TensorFlow is imported here, before anything is timed, without its start-up lines
 
     import searcher.training as training
-    from searcher.devices import TrainingRuntime
     from bench._plain_model import plain_inputs
     from searcher.data import load_search_data
     from searcher.space import TrialConfig
