@@ -337,6 +337,10 @@ def retrain(
     console.print(f"test accuracy {metrics['test_accuracy']:.4f} (loss {metrics['test_loss']:.4f}) on "
                   f"{metrics['test_examples']} held-out examples; {trained}, "
                   f"{metrics['n_params']:,} parameters", highlight=False)
+    for name, ref in (metrics.get("references") or {}).items():
+        if isinstance(ref, dict):
+            console.print(f"  {name.replace('_', ' ')}: test accuracy {ref['test_accuracy']:.4f} "
+                          f"(loss {ref['test_loss']:.4f})", highlight=False)
     console.print(f"cost here: {metrics['model_bytes'] / 1e6:.3g} MB file, {metrics['latency_ms_b1']:.3g} ms per "
                   f"example at batch 1, {metrics['latency_ms_b256']:.3g} at batch 256", highlight=False)
     console.print(f"wrote {model_path} and {metrics_path(model_path)}", highlight=False)
