@@ -134,7 +134,7 @@ def worker(
     mixed_precision: MixedPrecisionOpt = None,
     xla: XlaOpt = None,
     wait: WaitOpt = None,
-    worker_index: Annotated[int, typer.Option("--worker-index", hidden=True)] = 0,
+    worker_index: Annotated[Optional[int], typer.Option("--worker-index", hidden=True)] = None,
     parent_pid: Annotated[Optional[int], typer.Option("--parent-pid", hidden=True)] = None,
     deadline: Annotated[Optional[float], typer.Option("--deadline", hidden=True)] = None,
 ) -> None:

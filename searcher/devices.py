@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 
 MAX_DEFAULT_CPU_WORKERS = 4
 DEBUG_ENV = "SEARCHER_DEBUG"  # set by `searcher --debug`; workers and child processes inherit it
+WORKER_INDEX_ENV = "SEARCHER_WORKER_INDEX"
+# Where schedulers number the copies of one job: Slurm job arrays, Kubernetes Indexed Jobs.
+_SCHEDULER_INDEX_ENVS = ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")
+ALLOW_CPU_FALLBACK_ENV = "SEARCHER_ALLOW_CPU_FALLBACK"  # "1": a worker given a GPU TF cannot see trains on the CPU
+# Slurm names a job's GPUs here too; "NoDevFiles" is what it sets for gres without device files.
+_SLURM_GPU_ENVS = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS")
 # TensorFlow's C++ start-up lines on a CPU host. They are written to fd 2 before absl's logging
 # starts, so TF_CPP_MIN_LOG_LEVEL does not stop them (TF 2.21); "failed call to cuInit" reads
 # like a failure and only means there is no GPU.
@@ -56,7 +62,7 @@ def _parse_visible_devices(value: str) -> list[str]:
     ids: list[str] = []
     for item in value.split(","):
         item = item.strip()
-        if not item or item.startswith("-"):
+        if not item or item.startswith("-") or item == "NoDevFiles":
             break
         ids.append(item)
     return ids
@@ -75,6 +81,41 @@ def _query_nvidia_smi(path: str | None) -> list[str]:
         log.warning("nvidia-smi failed, planning CPU-only workers: %s %s", e, stderr)
         return []
     return [line.strip() for line in result.stdout.splitlines() if line.strip().isdecimal()]
+
+
+def worker_index_from_env(environ: Mapping[str, str]) -> int:
+    """Return a worker's index when ``--worker-index`` is not given; 0 when nothing names one.
+
+    Read from SEARCHER_WORKER_INDEX, else the scheduler's copy number: ``SLURM_ARRAY_TASK_ID``
+    (a job array task) or ``JOB_COMPLETION_INDEX`` (a Kubernetes Indexed Job's pod).
+
+    Raises:
+        UserError: the variable holds something other than a whole number >= 0.
+    """
+    for name in (WORKER_INDEX_ENV, *_SCHEDULER_INDEX_ENVS):
+        value = environ.get(name, "").strip()
+        if value:
+            if not value.isdecimal():
+                raise UserError(f"{name}: expected a worker index (a whole number >= 0), got {value!r}")
+            return int(value)
+    return 0
+
+
+def assigned_gpu(environ: Mapping[str, str]) -> str | None:
+    """Return the GPU ids a scheduler gave this process (``"0"``, ``"0,1"``), or None for none.
+
+    ``CUDA_VISIBLE_DEVICES`` decides when set (``""``, ``"-1"`` or ``"NoDevFiles"``: none);
+    else Slurm's ``SLURM_STEP_GPUS`` / ``SLURM_JOB_GPUS``.
+    """
+    for name in ("CUDA_VISIBLE_DEVICES", *_SLURM_GPU_ENVS):
+        if name in environ:
+            return ",".join(_parse_visible_devices(environ[name])) or None
+    return None
+
+
+def cpu_fallback_allowed(environ: Mapping[str, str]) -> bool:
+    """Whether a worker given a GPU that TensorFlow cannot see may train on the CPU instead."""
+    return environ.get(ALLOW_CPU_FALLBACK_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
 def parse_gpu_list(text: str) -> list[str]:
@@ -130,13 +171,14 @@ class WorkerPlacement:
         """Read back the placement a worker was started with (see :meth:`env`).
 
         A worker started by hand may lack the variables: it then owns the host's cores, and
-        ``gpu`` is None when ``CUDA_VISIBLE_DEVICES`` is unset (TensorFlow sees every GPU).
+        ``gpu`` is None when neither ``CUDA_VISIBLE_DEVICES`` nor Slurm names a GPU
+        (:func:`assigned_gpu`).
 
         Args:
             index: The worker's index, for log lines.
             environ: The worker's environment, usually ``os.environ``.
         """
-        gpu = ",".join(_parse_visible_devices(environ.get("CUDA_VISIBLE_DEVICES", ""))) or None
+        gpu = assigned_gpu(environ)
         cores = os.cpu_count() or 1
         intra = _env_threads(environ, "TF_NUM_INTRAOP_THREADS", cores)
         return cls(index, gpu, intra, _env_threads(environ, "TF_NUM_INTEROP_THREADS", min(2, cores)))
@@ -270,7 +312,7 @@ def _filter_stderr(patterns: Sequence[re.Pattern[str]]) -> Iterator[None]:
 
 
 def configure_tensorflow(placement: WorkerPlacement, options: RuntimeOptions, *, tf: Any = None,
-                         keras: Any = None) -> str:
+                         keras: Any = None, allow_cpu_fallback: bool = False) -> str:
     """Set threads, GPU memory growth and the dtype policy; return one log line saying what was done.
 
     Call it in the worker after its environment holds ``placement.env()``, before any TF op.
@@ -280,11 +322,21 @@ def configure_tensorflow(placement: WorkerPlacement, options: RuntimeOptions, *,
         options: The runtime switches.
         tf: The ``tensorflow`` module; imported here when None (tests pass a fake).
         keras: The ``keras`` module; imported here when None and needed.
+        allow_cpu_fallback: Train on the CPU when the assigned GPU is not visible to TensorFlow.
+
+    Raises:
+        UserError: a GPU was assigned, TensorFlow sees none and ``allow_cpu_fallback`` is off:
+            a worker would otherwise hold a GPU allocation and train many times slower.
     """
     if tf is None:
         tf = import_tensorflow()
     threads = _set_threads(tf, placement)
     gpus = tf.config.list_physical_devices("GPU")  # lists hardware without starting the runtime
+    if not gpus and placement.gpu is not None and not allow_cpu_fallback:
+        raise UserError(
+            f"GPU {placement.gpu} assigned but TensorFlow sees no GPU: its CUDA libraries are missing or do not "
+            "match the driver (install them with pip install 'searcher[gpu]'); to train on the CPU anyway, set "
+            f"{ALLOW_CPU_FALLBACK_ENV}=1")
     device = _set_memory_growth(tf, gpus, placement)
     policy = compute_dtype_policy(options, len(gpus))
     if policy != "float32":
@@ -310,8 +362,8 @@ def _set_threads(tf: Any, placement: WorkerPlacement) -> str:
 
 def _set_memory_growth(tf: Any, gpus: Sequence[Any], placement: WorkerPlacement) -> str:
     if not gpus:
-        if placement.gpu is not None:  # usually a CUDA/driver mismatch; the worker still runs, slowly
-            return f"CPU (GPU {placement.gpu} assigned but TensorFlow sees no GPU: check CUDA and the driver)"
+        if placement.gpu is not None:  # only with the CPU fallback allowed (configure_tensorflow)
+            return f"CPU (GPU {placement.gpu} assigned but TensorFlow sees no GPU: {ALLOW_CPU_FALLBACK_ENV} set)"
         return "CPU (no GPU visible)"
     where = f"GPU {placement.gpu}" if placement.gpu is not None else f"{len(gpus)} GPU(s)"
     try:

@@ -22,7 +22,16 @@ import sqlalchemy.exc
 
 from searcher import stored
 from searcher import study as studies
-from searcher.devices import LOCK_DIR_ENV, RuntimeOptions, WorkerPlacement, claim_gpu, configure_tensorflow, detect_gpus
+from searcher.devices import (
+    LOCK_DIR_ENV,
+    RuntimeOptions,
+    WorkerPlacement,
+    claim_gpu,
+    configure_tensorflow,
+    cpu_fallback_allowed,
+    detect_gpus,
+    worker_index_from_env,
+)
 from searcher.memory import rss_mb
 from searcher.spec import StudySpec
 from searcher.storage import BudgetLock, describe_db_error, resolve_url
@@ -48,7 +57,7 @@ class WorkerRequest:
     mixed_precision: bool | None = None
     xla: bool | None = None
     wait: float | None = None  # seconds to wait for the storage (and the study, unless creating it)
-    index: int = 0
+    index: int | None = None  # None: from the scheduler's environment (worker_index_from_env)
     parent_pid: int | None = None
     deadline: float | None = None
 
@@ -68,7 +77,9 @@ def serve(request: WorkerRequest) -> int:
     deadline = request.deadline
     if request.timeout:
         deadline = min(deadline or float("inf"), time.time() + request.timeout)
-    options = WorkerOptions(index=request.index, deadline=deadline, parent_pid=request.parent_pid,
+    # A job array task or an Indexed Job pod: the scheduler numbers the copies.
+    index = request.index if request.index is not None else worker_index_from_env(os.environ)
+    options = WorkerOptions(index=index, deadline=deadline, parent_pid=request.parent_pid,
                             data_dir=request.data_dir, create=request.create, study_name=joins)
     code = run_worker(spec, resolve_url(request.storage), options)
     if gpu_lock is not None:
@@ -184,8 +195,10 @@ def _log_lock_waits(index: int, lock: BudgetLock) -> None:
 def training_objective(spec: StudySpec, options: WorkerOptions) -> ObjectiveFunc:
     """The real objective: TensorFlow placed and configured first, then the data loaded once."""
     placement = WorkerPlacement.from_env(options.index, os.environ)
+    # Before TensorFlow starts: what the scheduler gave this worker, whatever TF then finds.
+    log.info("worker %d: assigned %s", options.index, placement.describe())
     runtime = RuntimeOptions(mixed_precision=spec.runtime.mixed_precision, xla=spec.runtime.xla)
-    line = configure_tensorflow(placement, runtime)
+    line = configure_tensorflow(placement, runtime, allow_cpu_fallback=cpu_fallback_allowed(os.environ))
     log.info("%s; pid %d on %s; study %s", line, os.getpid(), socket.gethostname(), options.study_name or spec.name)
 
     from searcher.data import check_model_kind, load_search_data
@@ -215,6 +228,9 @@ def _storage_trouble(error: BaseException) -> BaseException | None:
 
 def raise_keyboard_interrupt(signum: int, frame: object) -> None:
     # Optuna fails the running trial on KeyboardInterrupt, so SIGTERM leaves nothing RUNNING.
+    # One is enough: scancel signals every process of the job and the batch shell forwards its
+    # TERM too; a second interrupt would cut short the failing and re-queueing of the trial.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 

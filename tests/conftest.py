@@ -74,6 +74,28 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
         postgres_server.drop_database(make_url(url).database)
 
 
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A real one-node Slurm with 2 fake GPUs (tests/slurm_cluster.py); fails in CI, skips elsewhere, if none."""
+    from slurm_cluster import SlurmCluster, SlurmUnavailable, missing_reason
+
+    cluster, reason = None, missing_reason()
+    if reason is None:
+        cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+        try:
+            cluster.start()
+        except SlurmUnavailable as e:
+            cluster.stop()
+            reason = str(e)
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Slurm is required when CI=true: {reason}", pytrace=False)
+        pytest.skip(f"no Slurm: {reason}")
+    yield cluster
+    cluster.stop()
+    print(f"\nslurm_cluster: started in {cluster.start_seconds:.2f} s, stopped in {cluster.stop_seconds:.2f} s")
+
+
 # A real search, run once per session and shared by the results tests (report, export,
 # retrain, status, replay, confirm). Tests that change the study work on a copy.
 

@@ -8,11 +8,15 @@ environment variable names taken from the code.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import typer
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from searcher import devices, storage, data
 from searcher.cli import app
@@ -81,3 +85,64 @@ def env_names_searcher_reads() -> set[str]:
     names |= {getattr(module, attr) for module in (devices, storage, data) for attr in dir(module) if attr.endswith("_ENV")}
     names |= set(devices.WorkerPlacement(0, "0", 1, 1).env())
     return names
+
+
+# --- the image's pinned dependencies (constraints.txt) ----------------------------------
+
+CONSTRAINTS_HEADER = """\
+# What the image installs, pinned to the versions the tests ran with: searcher's runtime
+# dependencies from pyproject.toml and everything they pull in, resolved on Linux with Python
+# 3.11 (as the tensorflow/tensorflow 2.21 base images). The Dockerfile installs with -c this file.
+# Written by `PYTHONPATH=. python tests/deploy_checks.py > constraints.txt` in the venv the
+# tests passed in; tests/test_compose.py checks every runtime dependency is pinned here.
+"""
+
+
+def runtime_requirements(pyproject: Path) -> list[Requirement]:
+    """The ``[project] dependencies`` of pyproject.toml (no extras)."""
+    import tomllib  # Python 3.11+; only these checks need it
+
+    return [Requirement(line) for line in tomllib.loads(pyproject.read_text())["project"]["dependencies"]]
+
+
+def requirements_of(name: str, extras: frozenset[str] = frozenset()) -> list[Requirement]:
+    """What the installed distribution ``name`` requires here, with its markers evaluated for
+    this interpreter and the given extras."""
+    result = []
+    for line in importlib.metadata.distribution(name).requires or []:
+        requirement = Requirement(line)
+        if requirement.marker is None or any(requirement.marker.evaluate({"extra": e}) for e in extras | {""}):
+            result.append(requirement)
+    return result
+
+
+def installed_closure(requirements: list[Requirement]) -> dict[str, str]:
+    """Canonical name -> installed version of the requirements and all they require, here."""
+    found: dict[str, str] = {}
+    todo = [r for r in requirements if r.marker is None or r.marker.evaluate({"extra": ""})]
+    while todo:
+        requirement = todo.pop()
+        name = canonicalize_name(requirement.name)
+        if name in found:
+            continue
+        found[name] = importlib.metadata.version(requirement.name)
+        todo += requirements_of(requirement.name, frozenset(requirement.extras))
+    return found
+
+
+def read_pins(path: Path) -> dict[str, str]:
+    """Canonical name -> version of each ``name==version`` line of a constraints file."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep and version, f"{path.name}: {line!r} is not pinned with =="
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+if __name__ == "__main__":
+    root = Path(__file__).resolve().parents[1]
+    closure = installed_closure(runtime_requirements(root / "pyproject.toml"))
+    sys.stdout.write(CONSTRAINTS_HEADER + "".join(f"{name}=={version}\n" for name, version in sorted(closure.items())))

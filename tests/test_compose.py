@@ -8,6 +8,7 @@ one storage URL, no password literals, a dashboard on localhost only.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import shlex
@@ -17,12 +18,15 @@ from typing import Any
 
 import pytest
 import yaml
+from packaging.utils import canonicalize_name
 
-from deploy_checks import assert_cli_accepts, markdown_commands
+from deploy_checks import assert_cli_accepts, markdown_commands, read_pins, requirements_of, runtime_requirements
+from searcher.worker import EXIT_DONE, EXIT_RECYCLE
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
+CONSTRAINTS = ROOT / "constraints.txt"
 DOCKERIGNORE = ROOT / ".dockerignore"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKER_DOC = ROOT / "docs" / "docker.md"
@@ -32,6 +36,9 @@ STUDIES_DIR = ROOT / "searcher" / "studies"
 FAKE_ENV = {"POSTGRES_PASSWORD": "pw-from-dotenv"}
 EXPECTED_STORAGE = "postgresql+psycopg2://searcher:pw-from-dotenv@postgres:5432/searcher"
 DEFAULT_STUDY = "cifar-cnn"
+# "database unavailable" (EX_UNAVAILABLE): a worker whose database stayed away past its deadline.
+# A literal until searcher's worker defines the code.
+EXIT_DB_UNAVAILABLE = 69
 
 
 class InterpolationError(Exception):
@@ -261,6 +268,13 @@ def test_worker_restarts_only_on_failure(compose):
         "services.worker.restart: want on-failure; a worker that finished the budget exits 0"
         f" and must stay down (got {restart!r})"
     )
+    # on-failure restarts on any non-zero exit: the recycle (75) and "database unavailable"
+    # codes among them, which the worker uses to be started again.
+    for code in (EXIT_RECYCLE, EXIT_DB_UNAVAILABLE):
+        assert code != EXIT_DONE, code
+        assert re.search(rf"\b{code}\b", COMPOSE_FILE.read_text()) and re.search(rf"\b{code}\b", DOCKER_DOC.read_text()), (
+            f"docker-compose.yml and docs/docker.md say that exit {code} restarts the worker"
+        )
 
 
 # --- compose: storage URL and secrets ---------------------------------------
@@ -335,22 +349,83 @@ def _dockerfile_instructions() -> list[tuple[str, str]]:
     return result
 
 
-def test_dockerfile_builds_from_a_pinned_tensorflow_gpu_image():
-    instructions = _dockerfile_instructions()
-    args = {}
-    for instruction, value in instructions:
-        if instruction == "FROM":
-            break
-        if instruction == "ARG" and "=" in value:
+def _stages() -> tuple[dict[str, str], dict[str, str]]:
+    """The Dockerfile's global ARG defaults, and each stage's name -> its FROM image."""
+    args, stages = {}, {}
+    for instruction, value in _dockerfile_instructions():
+        if instruction == "ARG" and not stages and "=" in value:
             key, default = value.split("=", 1)
             args[key] = default
-    images = [interpolate(value.split()[0], args) for instruction, value in instructions if instruction == "FROM"]
-    assert images, "Dockerfile has no FROM"
-    repository, _, tag = images[-1].partition(":")
-    assert repository == "tensorflow/tensorflow", f"Dockerfile FROM: want tensorflow/tensorflow (got {images[-1]!r})"
-    assert re.fullmatch(r"\d+\.\d+\.\d+-gpu", tag), (
-        f"Dockerfile FROM: pin a versioned -gpu tag, e.g. 2.21.0-gpu (got {tag!r})"
+        if instruction == "FROM":
+            image, _, name = value.partition(" AS ") if " AS " in value else value.partition(" as ")
+            stages[name.strip() or f"stage{len(stages)}"] = image.strip()
+    return args, stages
+
+
+def test_dockerfile_builds_gpu_and_cpu_variants_from_pinned_tensorflow_images():
+    args, stages = _stages()
+    tensorflow = read_pins(CONSTRAINTS)["tensorflow"]
+    bases = {"gpu": stages.get("base-gpu"), "cpu": stages.get("base-cpu")}
+    for variant, image in bases.items():
+        assert image, f"Dockerfile: no stage base-{variant} (got {stages})"
+        reference, _, digest = image.partition("@")
+        repository, _, tag = reference.partition(":")
+        assert repository == "tensorflow/tensorflow", f"base-{variant}: want tensorflow/tensorflow (got {image!r})"
+        assert tag == tensorflow + ("-gpu" if variant == "gpu" else ""), (
+            f"base-{variant}: the tag must be the TensorFlow that constraints.txt pins ({tensorflow}), got {tag!r}"
+        )
+        assert not digest or re.fullmatch(r"sha256:[0-9a-f]{64}", digest), f"base-{variant}: malformed digest {digest!r}"
+    final = list(stages.values())[-1]
+    assert final == "base-${VARIANT}" and args.get("VARIANT") == "gpu", (
+        f"Dockerfile: the last stage builds on base-${{VARIANT}}, gpu by default (got FROM {final}, VARIANT={args.get('VARIANT')})"
     )
+    text = DOCKERFILE.read_text()
+    assert "docker buildx imagetools inspect" in text, "Dockerfile: say how to look up and update the digests"
+
+
+def test_dockerfile_installs_the_pinned_versions_from_constraints_txt():
+    instructions = _dockerfile_instructions()
+    copied = [i for i, (instruction, value) in enumerate(instructions) if instruction == "COPY" and "constraints.txt" in value.split()]
+    assert copied, "Dockerfile: COPY constraints.txt before installing"
+    installs = [(i, v) for i, (instruction, v) in enumerate(instructions) if instruction == "RUN" and "pip install" in v]
+    assert installs, "Dockerfile: no pip install"
+    for i, run in installs:
+        for match in re.finditer(r"pip install ([^&;|]*)", run):
+            command, words = match[0], shlex.split(match[1])
+            if "--no-deps" in words:
+                assert words[-1] == ".", f"Dockerfile: a --no-deps install is for searcher itself only: {command.strip()!r}"
+                continue
+            constraint = words[words.index("-c") + 1] if "-c" in words else None
+            assert constraint == "constraints.txt" and copied[0] < i, (
+                f"Dockerfile: installing dependencies without -c constraints.txt: {command.strip()!r}"
+            )
+    assert "check_tf" in DOCKERFILE.read_text(), "the build checks the base image's TensorFlow is the pinned one"
+
+
+def test_constraints_pin_every_runtime_dependency():
+    pins = read_pins(CONSTRAINTS)
+    for requirement in runtime_requirements(ROOT / "pyproject.toml"):
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"constraints.txt does not pin {requirement.name}, a dependency in pyproject.toml"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"constraints.txt pins {name}=={pins[name]}, outside pyproject.toml's {requirement}"
+        )
+    # What each pinned package requires is pinned too, wherever this environment has the same
+    # version installed (the tests ran with it, so its metadata is the pinned one's).
+    checked = 0
+    for name, version in pins.items():
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if installed != version:
+            continue
+        checked += 1
+        for requirement in requirements_of(name):
+            assert canonicalize_name(requirement.name) in pins, (
+                f"constraints.txt pins {name}=={version}, which requires {requirement}, not pinned"
+            )
+    assert checked, "no pinned version is installed here: regenerate constraints.txt in the venv the tests ran in"
 
 
 def test_dockerfile_runs_searcher_as_a_non_root_user():

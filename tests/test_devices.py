@@ -13,13 +13,16 @@ import pytest
 from searcher.devices import (
     RuntimeOptions,
     WorkerPlacement,
+    assigned_gpu,
     compute_dtype_policy,
     configure_tensorflow,
+    cpu_fallback_allowed,
     default_cpu_workers,
     detect_gpus,
     parse_gpu_list,
     plan_warning,
     plan_workers,
+    worker_index_from_env,
 )
 from searcher.errors import UserError
 
@@ -240,10 +243,60 @@ def test_mixed_precision_is_off_without_a_gpu():
                     "XLA off, threads intra=1 inter=1")
 
 
-def test_assigned_gpu_that_tensorflow_cannot_see_is_reported():
+def test_assigned_gpu_that_tensorflow_cannot_see_stops_the_worker():
+    with pytest.raises(UserError) as caught:
+        configure_tensorflow(WorkerPlacement(2, "3", 2, 2), RuntimeOptions(), tf=_FakeTF(n_gpus=0), keras=_FakeKeras())
+    message = str(caught.value)
+    assert message.startswith("GPU 3 assigned but TensorFlow sees no GPU: its CUDA libraries are missing")
+    assert "pip install 'searcher[gpu]'" in message and "SEARCHER_ALLOW_CPU_FALLBACK=1" in message
+    assert "\n" not in message
+
+
+def test_the_cpu_fallback_is_explicit():
     line = configure_tensorflow(WorkerPlacement(2, "3", 2, 2), RuntimeOptions(), tf=_FakeTF(n_gpus=0),
-                                keras=_FakeKeras())
-    assert line.startswith("worker 2: CPU (GPU 3 assigned but TensorFlow sees no GPU: check CUDA and the driver)")
+                                keras=_FakeKeras(), allow_cpu_fallback=True)
+    assert line.startswith("worker 2: CPU (GPU 3 assigned but TensorFlow sees no GPU: "
+                           "SEARCHER_ALLOW_CPU_FALLBACK set)")
+    assert [cpu_fallback_allowed({"SEARCHER_ALLOW_CPU_FALLBACK": v}) for v in ("1", "true", "0", "")] == [
+        True, True, False, False]
+    assert not cpu_fallback_allowed({})
+
+
+def test_a_cpu_worker_needs_no_fallback():
+    for env in ({"CUDA_VISIBLE_DEVICES": ""}, {"CUDA_VISIBLE_DEVICES": "-1"}, {"CUDA_VISIBLE_DEVICES": "NoDevFiles"}, {}):
+        placement = WorkerPlacement.from_env(0, env)
+        assert placement.gpu is None, env
+        line = configure_tensorflow(placement, RuntimeOptions(), tf=_FakeTF(n_gpus=0), keras=_FakeKeras())
+        assert "CPU (no GPU visible)" in line
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"CUDA_VISIBLE_DEVICES": "1"}, "1"),
+    ({"CUDA_VISIBLE_DEVICES": "", "SLURM_JOB_GPUS": "0"}, None),  # set on purpose: no GPU
+    ({"SLURM_JOB_GPUS": "2"}, "2"),
+    ({"SLURM_STEP_GPUS": "0,1", "SLURM_JOB_GPUS": "0,1,2"}, "0,1"),
+    ({"SLURM_JOB_GPUS": "NoDevFiles"}, None),
+    ({}, None),
+])
+def test_the_gpu_a_scheduler_assigned(env, expected):
+    assert assigned_gpu(env) == expected
+    assert WorkerPlacement.from_env(0, env).gpu == expected
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({}, 0),
+    ({"SLURM_ARRAY_TASK_ID": "3"}, 3),
+    ({"JOB_COMPLETION_INDEX": "5"}, 5),
+    ({"SEARCHER_WORKER_INDEX": "7", "SLURM_ARRAY_TASK_ID": "3", "JOB_COMPLETION_INDEX": "5"}, 7),
+    ({"SLURM_ARRAY_TASK_ID": "", "JOB_COMPLETION_INDEX": "2"}, 2),
+])
+def test_worker_index_from_the_scheduler(env, expected):
+    assert worker_index_from_env(env) == expected
+
+
+def test_worker_index_that_is_not_a_number_names_the_variable():
+    with pytest.raises(UserError, match=r"^SLURM_ARRAY_TASK_ID: expected a worker index .* got 'x'$"):
+        worker_index_from_env({"SLURM_ARRAY_TASK_ID": "x"})
 
 
 def test_runtime_already_started_is_reported_not_raised(caplog):
