@@ -183,3 +183,21 @@ def test_a_nan_loss_fails_the_trial_with_reason_nan_and_the_search_goes_on(tmp_p
     assert blown.state.name == "FAIL" and blown.user_attrs["fail_reason"] == "nan"
     assert blown.user_attrs["fail_detail"].startswith("nan: loss became ") and "in epoch 1" in blown.user_attrs["fail_detail"]
     assert fine.state.name == "COMPLETE" and fine.value > 0.1
+
+
+def test_a_small_epoch_in_one_call_trains_the_same_numbers(digits, monkeypatch):
+    from searcher import training
+
+    spec, data = digits
+    assert training.steps_per_call(len(data.train), 64) == math.ceil(len(data.train) / 64) > 1
+    assert training.steps_per_call(60_000, 32) == 1  # a large epoch keeps one batch per call
+    values = {"activation": "relu", "initializer": "glorot_uniform", "optimizer": "adam", "learning_rate": 0.01,
+              "dropout": 0.1, "l2": 1e-4, "batch_norm": True, "batch_size": 64, "depth": 1, "units": 16}
+    config = trial_config(spec, suggest_values(optuna.trial.FixedTrial(baseline_params(spec, values)), spec), seed=1)
+    one_call = train(config, data, direction="maximize", max_epochs=2, early_stopping=False)
+    assert one_call.model.steps_per_execution > 1
+    monkeypatch.setattr(training, "steps_per_call", lambda rows, batch_size: 1)
+    per_batch = train(config, data, direction="maximize", max_epochs=2, early_stopping=False)
+    assert per_batch.model.steps_per_execution == 1
+    for key in ("loss", "val_loss", "val_accuracy"):
+        assert one_call.history[key] == pytest.approx(per_batch.history[key], rel=1e-4, abs=1e-6)
