@@ -166,11 +166,13 @@ def init(
     """
     from searcher.data import describe_data
     from searcher.init import init_spec
+    from searcher.sizing import describe as describe_budget
 
     made = init_spec(data, output=output, target=target, test_path=test, minutes=minutes, workers=workers, force=force)
     console.print(f"wrote {made.path}: {made.spec.model.kind} on {describe_data(made.summary)}", highlight=False)
-    console.print(f"budget {made.spec.budget.n_trials} trials (~{made.trial_seconds:.1f} s each, {made.workers} "
-                  f"worker(s), about {minutes:g} min); next: searcher launch {made.path}", highlight=False)
+    if made.sizing.note:
+        console.print(made.sizing.note, highlight=False, markup=False)
+    console.print(f"budget {describe_budget(made.sizing)}; next: searcher launch {made.path}", highlight=False)
 
 
 @app.command()
@@ -182,12 +184,15 @@ def create(
     name: NameOpt = None,
     wait: WaitOpt = None,
 ) -> None:
-    """Create the study (or set the budget of an existing one), enqueue its baselines, and exit.
+    """Create the study (or raise the budget of an existing one), enqueue its baselines, and exit.
+
+    It never lowers a stored budget (a re-run create Job keeps one raised meanwhile); `searcher budget` does.
 
     For clusters, where workers start as separate jobs: run it once, then start `searcher worker`.
 
     Example: searcher create cifar-cnn --trials 200 --storage postgresql+psycopg2://searcher@db-host/searcher
     """
+    from searcher import stored
     from searcher import study as studies
     from searcher.launch import create_study
     from searcher.storage import mask_url, resolve_url
@@ -197,12 +202,38 @@ def create(
     url = resolve_url(storage)
     if wait:
         studies.wait_until_ready(url, seconds=wait)
-    n_trials = trials or spec.budget.n_trials
-    states = studies.count_states(create_study(spec, url, n_trials=n_trials, name=stored_name))
-    console.print(f"study {stored_name} in {mask_url(url)}: budget {n_trials} trials, {studies.finished(states)} "
+    created, note = create_study(spec, url, n_trials=trials, name=stored_name)
+    if note:
+        console.print(note, highlight=False, markup=False)
+    states = studies.count_states(created)
+    console.print(f"study {stored_name} in {mask_url(url)}: budget {created.user_attrs[stored.BUDGET]} trials, "
+                  f"{studies.finished(states)} "
                   f"finished, {states['WAITING']} waiting to run; start workers with `searcher worker {study}"
                   + ("" if stored_name == spec.name else f" --name {stored_name}") + "`",
                   highlight=False, markup=False)
+
+
+@app.command()
+def budget(
+    study: Annotated[str, typer.Argument(help="The study name.")],
+    n_trials: Annotated[int, typer.Argument(metavar="N", min=1, help="The new study-wide budget of finished trials.")],
+    storage: StorageOpt = None,
+    name: NameOpt = None,
+    seed: ReadSeedOpt = None,
+) -> None:
+    """Raise or lower a study's budget while it runs; its workers, on every host, take it up before their next trial.
+
+    It cannot go below the trials already finished. `searcher create` and `launch` without --trials
+    raise a budget below the spec's back to it: lower budget.n_trials in the spec too.
+
+    Example: searcher budget digits-mlp 120
+    """
+    from searcher.launch import change_budget
+    from searcher.storage import resolve_url
+    from searcher.study import study_name
+
+    change = change_budget(resolve_url(storage), study_name(study, name=name, seed=seed), n_trials)
+    console.print(change.describe(), highlight=False, markup=False)
 
 
 @app.command("studies")

@@ -18,13 +18,12 @@ from typing import Any
 import numpy as np
 
 from searcher import sources
+from searcher.sizing import Sizing, TrialCost, size_budget
+from searcher.sizing import describe as describe_budget
 from searcher.data import SearchData, describe_data, load_search_data
 from searcher.errors import UserError
 from searcher.spec import DataSpec, StudySpec, load_spec, parse_spec
 
-# Pruning and early stopping end most trials well before max_epochs (digits-mlp: ~55 %).
-_EPOCH_SHARE = 0.55
-_PER_TRIAL_OVERHEAD_S = 1.0  # storage, clearing the session, sampling
 _MAX_IMAGE_SIDE = 96  # larger images are resized for the default budget
 _FINE_VALIDATION = 1_000  # below this many validation rows, accuracy is too coarse to rank trials
 # Below this many training rows a tabular study cross-validates: one split of a few hundred
@@ -41,8 +40,7 @@ class Scaffold:
     path: Path
     spec: StudySpec
     summary: dict[str, Any]
-    trial_seconds: float
-    workers: int
+    sizing: Sizing
 
 
 def init_spec(data_path: str, *, output: Path | None, target: str | None = None, test_path: str | None = None,
@@ -76,15 +74,12 @@ def init_spec(data_path: str, *, output: Path | None, target: str | None = None,
         from searcher.devices import default_cpu_workers, detect_gpus
 
         workers = len(detect_gpus()) or default_cpu_workers(os.cpu_count() or 1)
-    trial_seconds = _measure_trial(raw, search_data)
-    folds = raw["data"].get("cv_folds") or 1
-    expected = trial_seconds * _EPOCH_SHARE * raw["training"]["max_epochs"] * folds + _PER_TRIAL_OVERHEAD_S
-    raw["budget"] = {"n_trials": int(min(300, max(12, minutes * 60 * workers * 0.8 / expected)))}
-    text = _render(raw, data_path=data_path, search_data=search_data, notes=notes, trial_seconds=expected,
-                   workers=workers, minutes=minutes, output=output)
+    sizing = size_budget(raw, _measure_trial(raw, search_data), minutes=minutes, workers=workers)
+    text = _render(sizing.raw, data_path=data_path, search_data=search_data, notes=notes, sizing=sizing,
+                   output=output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
-    return Scaffold(output, load_spec(output), search_data.summary(), expected, workers)
+    return Scaffold(output, load_spec(output), search_data.summary(), sizing)
 
 
 def _data_spec(data_path: str, *, target: str | None) -> DataSpec:
@@ -240,8 +235,8 @@ class _MiddleTrial:
         return int(round(math.sqrt(low * high))) if log else (low + high) // 2
 
 
-def _measure_trial(raw: dict[str, Any], search_data: SearchData) -> float:
-    """Seconds per epoch of a middle configuration on this machine, from a 3-epoch run."""
+def _measure_trial(raw: dict[str, Any], search_data: SearchData) -> TrialCost:
+    """What a trial of a middle configuration costs on this machine, from a 3-epoch run."""
     from searcher.devices import import_tensorflow
 
     import_tensorflow()  # before searcher.training imports Keras: without TensorFlow's start-up lines
@@ -252,12 +247,13 @@ def _measure_trial(raw: dict[str, Any], search_data: SearchData) -> float:
     config = trial_config(spec, suggest_values(_MiddleTrial(), spec), seed=0)
     result = train(config, search_data, direction=spec.training.direction, max_epochs=3)
     steady = statistics.median(result.epoch_seconds[1:]) if len(result.epoch_seconds) > 1 else result.epoch_seconds[0]
-    # The first epoch also builds and traces the model: every trial pays that once.
-    return steady + (result.epoch_seconds[0] - steady) / max(1.0, _EPOCH_SHARE * spec.training.max_epochs)
+    # The first epoch also builds and traces the model: every model pays that once.
+    return TrialCost(epoch_s=steady, first_epoch_extra_s=max(0.0, result.epoch_seconds[0] - steady),
+                     folds=raw["data"].get("cv_folds") or 1)
 
 
-def _render(raw: dict[str, Any], *, data_path: str, search_data: SearchData, notes: list[str], trial_seconds: float,
-            workers: int, minutes: float, output: Path) -> str:
+def _render(raw: dict[str, Any], *, data_path: str, search_data: SearchData, notes: list[str], sizing: Sizing,
+            output: Path) -> str:
     rows = len(search_data.train) + len(search_data.val)
     data_comments = {
         "preprocess": f"here: {search_data.preprocessing.describe()}; fitted on the fit split, inside the model",
@@ -268,14 +264,16 @@ def _render(raw: dict[str, Any], *, data_path: str, search_data: SearchData, not
         "missing": "imputed with the fit split's means, inside the model",
         "image_size": "every image is resized to this (height, width)",
     }
-    training_comments = {"max_epochs": f"sized to {rows} training rows", "patience": "early stopping on the metric",
+    sized = "shortened so the budget fits (see the top)" if any("epochs" in c for c in sizing.shaped) else \
+        f"sized to {rows} training rows"
+    training_comments = {"max_epochs": sized, "patience": "early stopping on the metric",
                          "class_weight": "the classes are imbalanced"}
     lines = [
         f"# searcher spec for {data_path}, written by `searcher init` on {dt.date.today().isoformat()}.",
         f"# data: {describe_data(search_data.summary())}",
         *[f"# {note}" for note in notes],
-        f"# budget: {raw['budget']['n_trials']} trials, about {minutes:g} minutes with {workers} worker(s) on this "
-        f"machine (a trial here: ~{trial_seconds:.1f} s, measured on a middle configuration).",
+        f"# budget: {describe_budget(sizing)}, measured on a middle configuration.",
+        *([f"# {sizing.note}."] if sizing.note else []),
         f"# Next: searcher launch {output}; then status, report, export, retrain (see searcher --help).",
         "",
         f"description: {_flow(raw['description'])}",
@@ -289,7 +287,9 @@ def _render(raw: dict[str, Any], *, data_path: str, search_data: SearchData, not
                                              else "conv stages",
                                              "l2": "off: an explicit 'no L2' choice",
                                              "units": "one value per hidden layer",
-                                             "filters": "one value per conv stage"}),
+                                             "filters": "one value per conv stage",
+                                             **{key: "fixed so the budget fits (see the top)"
+                                                for key, knob in raw["search"].items() if not isinstance(knob, dict)}}),
         "",
         *_section("training", raw["training"], training_comments),
         "",

@@ -27,7 +27,7 @@ from searcher.status import render, take_snapshot
 from searcher.space import describe
 from searcher.data import check_search_data, describe_data
 from searcher.spec import FILE_DATASETS, StudySpec, directions
-from searcher.storage import DEFAULT_SQLITE, BudgetLock, describe_db_error, mask_url, resolve_url
+from searcher.storage import DEFAULT_SQLITE, BudgetLock, describe_db_error, mask_url, open_storage, resolve_url
 from searcher.supervisor import LaunchPlan, WorkerProcess, fail_orphaned_trials, start_worker, stop_workers, supervise
 from searcher.worker import EXIT_DONE, EXIT_INTERRUPTED, raise_keyboard_interrupt
 
@@ -52,16 +52,33 @@ class LaunchRequest:
     log_dir: Path = Path("searcher-logs")
 
 
-def create_study(spec: StudySpec, url: str, *, n_trials: int, name: str | None = None) -> optuna.Study:
-    """Create the study (or continue it with budget ``n_trials``) and enqueue its baselines once.
+def create_study(spec: StudySpec, url: str, *, n_trials: int | None, name: str | None = None,
+                 exact: bool = False) -> tuple[optuna.Study, str | None]:
+    """Create the study (or continue it) and enqueue its baselines once; return it with a line
+    to show when its budget is not the one asked for.
 
-    Under the study's budget lock: launches and ``searcher create`` running at once make one
-    study and one set of baselines. ``name``: the study's name (default: the spec's).
+    The budget ``n_trials`` (None: the spec's) only grows an existing study's, unless ``exact``
+    (``launch --trials``), which sets it as ``searcher budget`` does: up or down, not below the
+    trials finished. Under the study's budget lock: launches and ``searcher create`` running at
+    once make one study and one set of baselines. ``name``: the study's name (default: the spec's).
     """
     name = name or spec.name
     storage = studies.open_study_storage(spec, url)
     with BudgetLock(url, name, storage=storage):
-        return studies.create_or_continue(spec, storage, n_trials=n_trials, name=name)
+        study = studies.create_or_continue(spec, storage, n_trials=n_trials, name=name)
+        if exact and n_trials is not None:
+            studies.set_budget(study, n_trials, storage=storage, flag="--trials")
+            return study, None
+        return study, studies.kept_budget_note(study, n_trials or spec.budget.n_trials)
+
+
+def change_budget(url: str, name: str, n_trials: int) -> studies.BudgetChange:
+    """``searcher budget``: set a stored study's budget, under its budget lock, for the workers
+    that run it (on any host) to take up before their next trial."""
+    storage = open_storage(url, create=False)
+    study = studies.load(name, storage, url=url)
+    with BudgetLock(url, name, storage=storage):
+        return studies.set_budget(study, n_trials, storage=storage)
 
 
 def launch(request: LaunchRequest, *, console: Console) -> int:
@@ -77,14 +94,17 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
     if spec.data.dataset in FILE_DATASETS:  # a user's own file: check it before anything is stored
         data_summary = check_search_data(spec, split_seed=spec.split_seed, data_dir=request.data_dir)
         console.print(f"data: {describe_data(data_summary)}", highlight=False)
-    n_trials = request.trials or spec.budget.n_trials
-    study = create_study(spec, url, n_trials=n_trials, name=name)
+    study, note = create_study(spec, url, n_trials=request.trials, name=name, exact=request.trials is not None)
+    if note:
+        console.print(note, highlight=False, markup=False)
+    n_trials = study.user_attrs[stored.BUDGET]
     if data_summary is not None:
         study.set_user_attr(stored.DATA, data_summary)
         if stored.references(study) is None:
             _store_references(study, spec, data_dir=request.data_dir, console=console)
     if studies.budget_left(study, n_trials) <= 0:
-        console.print(f"{name}: the study already has {n_trials} finished trials; raise --trials to continue.")
+        console.print(f"{name}: the study already has {n_trials} finished trials; raise --trials (or "
+                      f"`searcher budget {name} N`) to continue.", highlight=False, markup=False)
         print_summary(study, console=console, url=url, default_url=request.storage is None)
         return EXIT_DONE
 
@@ -228,19 +248,8 @@ def print_summary(study: optuna.Study, *, console: Console, url: str, default_ur
     snap = take_snapshot(study)
     console.print(render(snap))
     ranked = ranking.ranked(study)
-    if ranked:
-        best = ranked[0]
-        for t in study.get_trials(deepcopy=False):
-            if stored.BASELINE not in t.user_attrs:
-                continue
-            if t.state == optuna.trial.TrialState.COMPLETE:
-                over = "" if ranking.is_feasible(t) else ", infeasible"
-                console.print(f"  baseline {t.user_attrs[stored.BASELINE]}: {ranking.metric_value(t):.4f} "
-                              f"({ranking.metric_value(best) - ranking.metric_value(t):+.4f} for the best{over})")
-            elif t.user_attrs.get(stored.INFEASIBLE):
-                console.print(f"  baseline {t.user_attrs[stored.BASELINE]}: infeasible ({t.user_attrs[stored.INFEASIBLE]})")
-        if (config := stored.config_of(best)) is not None:
-            console.print(f"  best config: {describe(config)}", highlight=False)
+    if ranked and (config := stored.config_of(ranked[0])) is not None:
+        console.print(f"  best config: {describe(config)}", highlight=False)
     name = study.study_name
     flag = "" if default_url and url.endswith(DEFAULT_SQLITE) else f" --storage '{mask_url(url)}'"
     # A cross-validated study's final model averages fold models; averaging the top configs' too

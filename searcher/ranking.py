@@ -59,6 +59,21 @@ def metric_value(trial: FrozenTrial) -> float:
     return trial.values[0]
 
 
+def against_best(best: float, value: float, *, maximize: bool, points: bool = False) -> str:
+    """The best trial's metric against another value (a baseline's), in words that do not depend
+    on a sign convention: ``the best is 0.0163 lower`` (``points``: ``1.63 points``). Shown with
+    ``better_direction``, so a reader of a loss knows that lower is the good side."""
+    gap = best - value
+    if gap == 0:
+        return "the best is the same"
+    amount = f"{abs(gap) / POINT:.2f} points" if points else f"{abs(gap):.4f}"
+    return f"the best is {amount} {'higher' if gap > 0 else 'lower'}"
+
+
+def better_direction(maximize: bool) -> str:
+    return "higher is better" if maximize else "lower is better"
+
+
 @dataclass(frozen=True)
 class StudyGoal:
     """What a stored study optimizes: objective names and directions, the metric first."""

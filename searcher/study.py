@@ -10,10 +10,12 @@ workers: a FAILED trial is a crash or a retry, not a result.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import re
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -153,8 +155,10 @@ def create_or_continue(spec: StudySpec, storage: optuna.storages.BaseStorage, *,
     """Create the study ``name`` (default: the spec's name) or load it, before any worker
     starts; enqueue baselines once.
 
-    ``n_trials`` sets the study-wide budget; None keeps a stored one (else the spec's), so a
-    restarted ``worker --create`` does not undo a ``launch --trials`` or ``create --trials``.
+    The budget becomes ``n_trials`` (None: the spec's) on a new study; on an existing one it
+    only grows: a larger stored budget, raised by ``searcher budget`` or ``launch --trials``,
+    is kept (``kept_budget_note`` says so), since a restarted ``worker --create`` or a re-run
+    create Job must not undo it. Lowering is ``set_budget``'s.
     Raises StorageError when a study of that name exists with a different spec.
     """
     study = optuna.create_study(
@@ -170,8 +174,10 @@ def create_or_continue(spec: StudySpec, storage: optuna.storages.BaseStorage, *,
         study.set_user_attr(stored.SPEC_HASH, spec.search_hash())
     else:
         check_same_spec(study, spec)
-    if n_trials is not None or stored.BUDGET not in study.user_attrs:
-        study.set_user_attr(stored.BUDGET, n_trials or spec.budget.n_trials)
+    asked = n_trials or spec.budget.n_trials
+    before = stored.budget(study)
+    if before is None or asked > before:
+        study.set_user_attr(stored.BUDGET, asked)
     if not study.user_attrs.get(stored.BASELINES_ENQUEUED):
         for baseline in spec.baselines:
             study.enqueue_trial(
@@ -181,6 +187,70 @@ def create_or_continue(spec: StudySpec, storage: optuna.storages.BaseStorage, *,
             )
         study.set_user_attr(stored.BASELINES_ENQUEUED, True)
     return study
+
+
+def kept_budget_note(study: optuna.Study, asked: int) -> str | None:
+    """One line when ``create_or_continue`` was asked for less than the stored budget and kept it."""
+    kept = stored.budget(study)
+    if kept is None or asked >= kept:
+        return None
+    return (f"{study.study_name}: kept the budget of {kept} trials (asked {asked}): creating never lowers a "
+            f"budget; lower it with `searcher budget {study.study_name} {asked}`")
+
+
+@dataclass(frozen=True)
+class BudgetChange:
+    """A budget set by ``set_budget``: before and after, and the trials finished and running then."""
+
+    study: str
+    before: int | None
+    after: int
+    finished: int
+    running: int
+
+    def describe(self) -> str:
+        """``digits-mlp: budget 6 -> 10 trials (3 finished, 2 running); ...`` and what happens next."""
+        change = f"{self.before} -> {self.after}" if self.before not in (None, self.after) else f"{self.after} (unchanged)"
+        if self.after <= self.finished + self.running:
+            then = "no new trial starts" + (" once the running ones finish" if self.running else "")
+        elif self.running:
+            then = "running workers take it up before their next trial"
+        else:
+            then = (f"no trial is running: `searcher launch` or `searcher worker` runs the other "
+                    f"{self.after - self.finished}")
+        return f"{self.study}: budget {change} trials ({self.finished} finished, {self.running} running); {then}"
+
+
+def set_budget(study: optuna.Study, n_trials: int, *, storage: optuna.storages.RDBStorage | None = None,
+               flag: str = "N") -> BudgetChange:
+    """Set the study-wide budget to ``n_trials``, up or down, but not below the trials finished.
+
+    Workers re-read it before each trial (``budget_in_database``), so a running study grows or
+    shrinks without a restart. Call it under the study's budget lock. ``flag`` names the
+    argument in the error (``--trials`` for launch).
+    """
+    states = count_states_in_database(storage, study.study_name) if storage is not None else count_states(study)
+    done = finished(states)
+    if n_trials < done:
+        raise UserError(f"{flag}: {study.study_name} has {done} finished trials; its budget cannot go below that "
+                        f"(got {n_trials})")
+    before = stored.budget(study)
+    if before != n_trials:
+        study.set_user_attr(stored.BUDGET, n_trials)
+    return BudgetChange(study.study_name, before, n_trials, done, states["RUNNING"])
+
+
+def budget_in_database(storage: optuna.storages.RDBStorage, name: str) -> int | None:
+    """The study's budget as the database holds it now: one attribute, read in this thread's
+    Optuna session (inside the budget lock's transaction when held), never a cached copy."""
+    session = storage.scoped_session()
+    try:
+        value = session.execute(sqlalchemy.text(
+            "SELECT a.value_json FROM study_user_attributes a JOIN studies s ON s.study_id = a.study_id "
+            "WHERE s.study_name = :name AND a.key = :key"), {"name": name, "key": stored.BUDGET}).scalar()
+    finally:
+        session.close()
+    return None if value is None else int(json.loads(value))
 
 
 def load(

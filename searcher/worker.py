@@ -135,7 +135,9 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions,
     objective = (make_objective or training_objective)(spec, options)
     if study is None:
         with lock:  # several compose workers start at once: one creates the study and its baselines
-            studies.create_or_continue(spec, storage, n_trials=None, name=name)
+            created = studies.create_or_continue(spec, storage, n_trials=None, name=name)
+            if note := studies.kept_budget_note(created, spec.budget.n_trials):
+                log.info("%s", note)
         study = join()
     n_trials = int(study.user_attrs.get(stored.BUDGET, spec.budget.n_trials))
     data = getattr(objective, "data", None)  # the stand-in of the tests has none
@@ -149,6 +151,7 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions,
         while True:
             lock.acquire()
             try:
+                n_trials = _current_budget(storage, name, n_trials, options.index)
                 if reason := _stop_reason(study, n_trials, options, storage):
                     log.info("worker %d stops: %s", options.index, reason)
                     return EXIT_DONE
@@ -180,6 +183,16 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions,
         return EXIT_INTERRUPTED
     finally:
         _log_lock_waits(options.index, lock)
+
+
+def _current_budget(storage: optuna.storages.RDBStorage, name: str, known: int, index: int) -> int:
+    """The study's budget as stored now: `searcher budget` (from any host) may have changed it
+    since this worker's last trial."""
+    now = studies.budget_in_database(storage, name)
+    if now is None or now == known:
+        return known
+    log.info("worker %d: the study's budget is now %d trials (was %d)", index, now, known)
+    return now
 
 
 def _log_lock_waits(index: int, lock: BudgetLock) -> None:

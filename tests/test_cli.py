@@ -14,7 +14,7 @@ from searcher.cli import app
 
 runner = CliRunner()
 COMMANDS = ["launch", "create", "worker", "init", "studies", "status", "report", "export", "retrain", "dashboard",
-            "replay", "confirm"]
+            "replay", "confirm", "budget"]
 
 
 def _one_line_error(result) -> str:
@@ -156,6 +156,31 @@ def test_studies_with_a_storage_lists_what_is_stored(tmp_path):
     assert [r.split()[:5] for r in rows] == [["digits-mlp", "digits-mlp", "0", "0", "1"],
                                              ["digits-mlp-seed1", "digits-mlp", "1", "1", "1"]]
     assert "0.9100 (max)" in rows[0] and "0.9300 (max)" in rows[1]
+
+
+def test_budget_changes_a_stored_study_and_create_never_lowers_it(tmp_path):
+    url = _stored_studies(tmp_path)  # budget 3, one trial finished in each
+    result = runner.invoke(app, ["budget", "digits-mlp", "10", "--seed", "1", "--storage", url])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == ("digits-mlp-seed1: budget 3 -> 10 trials (1 finished, 0 running); no trial is "
+                                     "running: `searcher launch` or `searcher worker` runs the other 9")
+    created = runner.invoke(app, ["create", "digits-mlp", "--seed", "1", "--trials", "5", "--storage", url])
+    assert created.exit_code == 0, created.output
+    assert created.output.splitlines()[0] == ("digits-mlp-seed1: kept the budget of 10 trials (asked 5): creating "
+                                              "never lowers a budget; lower it with `searcher budget digits-mlp-seed1 5`")
+    assert "budget 10 trials, 1 finished" in created.output
+    zero = runner.invoke(app, ["budget", "digits-mlp", "0", "--storage", url])
+    assert zero.exit_code == 2 and "Invalid value for 'N'" in zero.output
+    runner.invoke(app, ["budget", "digits-mlp", "1", "--storage", url])
+    from searcher import study as studies
+    from searcher.storage import open_storage
+
+    study = studies.load("digits-mlp", open_storage(url), url=url)
+    study.add_trial(__import__("optuna").trial.create_trial(value=0.95, params={}, distributions={}))
+    line = _one_line_error(runner.invoke(app, ["budget", "digits-mlp", "1", "--storage", url]))
+    assert line == "Error: N: digits-mlp has 2 finished trials; its budget cannot go below that (got 1)"
+    line = _one_line_error(runner.invoke(app, ["launch", "digits-mlp", "--trials", "1", "--storage", url]))
+    assert line == "Error: --trials: digits-mlp has 2 finished trials; its budget cannot go below that (got 1)"
 
 
 def test_a_bad_study_name_names_the_flag():

@@ -34,6 +34,7 @@ from typer.testing import CliRunner
 from deploy_checks import assert_cli_accepts, env_names_searcher_reads, markdown_commands, searcher_args
 from searcher import sources
 from searcher.cli import app
+from searcher.devices import worker_index_from_env
 from searcher.spec import SHIPPED_STUDIES, load_spec
 from searcher.storage import RECONNECT_SECONDS
 from searcher.worker import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_RECYCLE
@@ -690,11 +691,14 @@ def test_the_worker_job_runs_one_gpu_per_pod_and_fails_instead_of_looping(render
     job = _one(objects, "Job", "searcher-worker")
     spec, pod = job["spec"], _pod_spec(job)
     assert spec["completionMode"] == "Indexed", "each pod gets JOB_COMPLETION_INDEX, searcher's worker index"
+    # What Kubernetes adds to an Indexed Job's pod; nothing in the manifest overrides it.
+    (container,) = pod["containers"]
+    env = _env_values(container, objects)
+    assert "--worker-index" not in container["args"] and worker_index_from_env({**env, "JOB_COMPLETION_INDEX": "3"}) == 3
     assert spec["parallelism"] == spec["completions"] >= 1, spec
     assert isinstance(spec["backoffLimit"], int) and spec["backoffLimit"] >= 1
     assert spec["ttlSecondsAfterFinished"] >= 86400, "a finished Job's logs stay a day at least"
     assert pod["restartPolicy"] == "Never", "podFailurePolicy needs restartPolicy: Never"
-    (container,) = pod["containers"]
     for key in ("requests", "limits"):
         assert container["resources"][key].get("nvidia.com/gpu") == 1, f"one GPU per worker pod ({key})"
     assert any(t.get("key") == "nvidia.com/gpu" for t in pod.get("tolerations", [])), "GPU nodes are often tainted"

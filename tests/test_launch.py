@@ -76,3 +76,71 @@ def test_runtime_flags_reach_the_worker_and_its_log_says_what_it_did(tmp_path):
     assert "precision float32 (mixed precision off: no GPU), XLA on" in log
     study = optuna.load_study(study_name="digits-mlp", storage=url)
     assert study.metric_names == ["val_accuracy"]
+
+
+def test_a_running_study_grows_from_6_to_10_trials_and_both_workers_go_on(tmp_path):
+    """`searcher budget` raises a running two-worker study's budget: both workers take it up before
+    their next trial, and no trial is interrupted and no worker restarted."""
+    import datetime as dt
+    import time
+
+    import yaml
+
+    raw = yaml.safe_load(Path("studies/digits-mlp.yaml").read_text())
+    # Every trial runs all its epochs (no pruning, no early stopping). The budget is raised once
+    # both workers run their first trial: the first budget then still holds four trial starts,
+    # two trial lengths of 24 epochs per worker, far longer than the raise takes to land.
+    raw["training"].update(max_epochs=24, patience=None)
+    raw.update(pruner={"name": "none"}, budget={"n_trials": 6})
+    (tmp_path / "grow.yaml").write_text(yaml.safe_dump(raw))
+    url = f"sqlite:///{tmp_path}/s.db"
+    started = dt.datetime.now()
+    launch = subprocess.Popen([sys.executable, "-m", "searcher", "launch", "grow.yaml", "--workers", "2",
+                               "--storage", url], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    try:
+        while True:
+            assert launch.poll() is None, launch.stdout.read()
+            try:
+                study = optuna.load_study(study_name="grow", storage=url)
+                if len(study.get_trials(states=(optuna.trial.TrialState.RUNNING,))) >= 2:
+                    break
+            except KeyError:  # not created yet
+                pass
+            time.sleep(0.5)
+        asked = dt.datetime.now()
+        budget = run_searcher("budget", "grow", "10", "--storage", url, cwd=tmp_path)
+        answered = dt.datetime.now()
+        assert budget.returncode == 0, budget.stdout + budget.stderr
+        assert budget.stdout.startswith("grow: budget 6 -> 10 trials ("), budget.stdout
+        assert budget.stdout.rstrip().endswith("running workers take it up before their next trial"), budget.stdout
+        output, _ = launch.communicate(timeout=1800)
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+    ended = dt.datetime.now()
+    assert launch.returncode == 0, output
+    study = optuna.load_study(study_name="grow", storage=url)
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 10, "10 finished, none failed or interrupted"
+    assert study.user_attrs["n_trials"] == 10
+    pids = sorted({t.user_attrs["worker_pid"] for t in trials})
+    assert len(pids) == 2
+    assert {t.user_attrs["worker_pid"] for t in trials if t.datetime_start > answered} == set(pids), \
+        "both workers started trials after the raise"
+    logs = tmp_path / "searcher-logs" / "grow"
+    for index in (0, 1):
+        log = (logs / f"worker-{index}.log").read_text()
+        assert log.count("; pid ") == 1, "one process per worker: none restarted or recycled"
+        assert f"worker {index}: the study's budget is now 10 trials (was 6)" in log
+        assert f"worker {index} stops: study budget of 10 trials reached" in log
+    assert "restarting" not in output and "ended with exit code" not in output
+
+    def at(moment: dt.datetime) -> str:
+        return f"{(moment - started).total_seconds():.1f}"
+
+    # The timeline, for the record (pytest -s shows it), in seconds after `launch` started.
+    print(f"\nbudget asked {at(asked)} s, answered {at(answered)} s: {budget.stdout.strip()}; launch ended {at(ended)} s")
+    for t in trials:
+        print(f"trial {t.number}: worker {pids.index(t.user_attrs['worker_pid'])}, {at(t.datetime_start)}-"
+              f"{at(t.datetime_complete)} s, {t.state.name}, {t.user_attrs['epochs']} epochs")

@@ -391,6 +391,7 @@ def test_bad_data_stores_nothing(tmp_path):
 
 def test_init_writes_a_cnn_spec_for_an_image_folder(tmp_path, monkeypatch):
     from searcher.init import init_spec
+    from searcher.sizing import describe as describe_budget
     from searcher.spec import load_spec
 
     monkeypatch.setenv("SEARCHER_CACHE_DIR", str(tmp_path / "cache"))
@@ -399,10 +400,103 @@ def test_init_writes_a_cnn_spec_for_an_image_folder(tmp_path, monkeypatch):
     spec = load_spec(made.path)
     assert spec.model.kind == "cnn" and spec.data.dataset == "images"
     assert (spec.data.color_mode, spec.data.image_size, spec.data.test_fraction) == ("grayscale", (8, 8), 0.2)
-    assert 12 <= spec.budget.n_trials <= 300 and spec.baselines[0].name == "plain-adam"
+    assert 8 <= spec.budget.n_trials <= 300 and spec.baselines[0].name == "plain-adam"
     text = made.path.read_text()
     assert "uint8 inputs 8x8x1, rescaled to [0, 1] (divided by 255)" in text
-    assert "about 5 minutes with 2 worker(s)" in text
+    sizing = made.sizing
+    assert spec.budget.n_trials == sizing.n_trials
+    # What the comment says is what the budget takes here: trials x seconds each / workers.
+    assert sizing.seconds == pytest.approx(sizing.n_trials * sizing.trial_seconds / 2)
+    assert f"# budget: {describe_budget(sizing)}, measured on a middle configuration." in text
+    if sizing.note is None:  # the fewest trials worth running fit: the budget fits the minutes asked
+        assert sizing.seconds <= 5 * 60 and spec.budget.n_trials >= 12
+
+
+def small_png_folder(folder: Path) -> Path:
+    """40 random 16x16 RGB PNGs in 4 class folders."""
+    rng = np.random.default_rng(0)
+    root = folder / "pngs"
+    for label in range(4):
+        (root / f"class-{label}").mkdir(parents=True)
+        for i in range(10):
+            png = tf.io.encode_png(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).numpy()
+            (root / f"class-{label}" / f"{i}.png").write_bytes(png)
+    return root
+
+
+def _trials_take(monkeypatch, epoch_s: float) -> None:
+    """A measured epoch of ``epoch_s`` seconds, whatever this machine's speed: the shaping is
+    decided by these numbers alone."""
+    from searcher import init
+    from searcher.sizing import TrialCost
+
+    monkeypatch.setattr(init, "_measure_trial", lambda raw, data: TrialCost(epoch_s=epoch_s, first_epoch_extra_s=0.0))
+
+
+@pytest.mark.parametrize(
+    ("epoch_s", "n_trials", "max_epochs", "searched", "note"),
+    [
+        # 12 trials of 40 epochs (~22 run) take 78 s; 21 epochs fit 48 s (80 % of the minute).
+        (0.25, 12, 21, 13, "--minutes 1 cannot hold 12 trials of the full study here (about 1.3 min); shaped to fit: "
+                           "21 epochs per trial (was 40)"),
+        # 5 epochs of the full space do not fit 12 trials; 8 trials of 6 knobs at 9 epochs (5 run) do.
+        (1.0, 8, 9, 6, "--minutes 1 cannot hold 12 trials of the full study here (about 4.6 min); shaped to fit: "
+                       "9 epochs per trial (was 40); 6 of 13 knobs searched (learning_rate, dropout, batch_size, "
+                       "depth, filters, dense_units)"),
+        # Nothing fits: the most shaped study, its fewest trials, and the minutes it needs.
+        (20.0, 8, 5, 6, "--minutes 1 is too short here: even shaped (5 epochs per trial (was 40); 6 of 13 knobs "
+                        "searched (learning_rate, dropout, batch_size, depth, filters, dense_units)), the fewest "
+                        "trials worth running (8) take about 11 min; pass --minutes 14, or --minutes 111 for the "
+                        "full study"),
+    ],
+)
+def test_init_shapes_the_study_when_the_minutes_cannot_hold_it(tmp_path, monkeypatch, epoch_s, n_trials, max_epochs,
+                                                                searched, note):
+    from searcher.init import init_spec
+    from searcher.sizing import describe as describe_budget
+
+    monkeypatch.setenv("SEARCHER_CACHE_DIR", str(tmp_path / "cache"))
+    _trials_take(monkeypatch, epoch_s)
+    made = init_spec(str(small_png_folder(tmp_path)), output=tmp_path / "pngs.yaml", workers=1, minutes=1)
+    spec = made.spec  # loaded back from the file: a valid spec
+    assert (spec.budget.n_trials, spec.training.max_epochs, len(spec.search.searched())) == (n_trials, max_epochs,
+                                                                                             searched)
+    assert made.sizing.note == note
+    text = made.path.read_text()
+    assert f"# {note}." in text and f"# budget: {describe_budget(made.sizing)}," in text
+    assert spec.pruner.n_warmup_steps < spec.training.max_epochs and spec.training.patience < spec.training.max_epochs
+    if searched < 13:
+        assert spec.sampler.n_startup_trials == 4 and "activation: relu" in text
+        assert "# fixed so the budget fits (see the top)" in text
+
+
+@pytest.mark.slow
+def test_a_shaped_spec_launches(tmp_path, monkeypatch):
+    """The most shaped spec init writes (fewest knobs, fewest epochs) runs as `searcher init` printed it."""
+    from typer.testing import CliRunner
+
+    from searcher.cli import app
+
+    monkeypatch.setenv("SEARCHER_CACHE_DIR", str(tmp_path / "cache"))
+    _trials_take(monkeypatch, 20.0)
+    root = small_png_folder(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["init", str(root), "-o", "pngs.yaml", "--minutes", "1", "--workers", "1"],
+                                terminal_width=300)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("wrote pngs.yaml: cnn on ")
+    assert lines[1].startswith("--minutes 1 is too short here: even shaped (5 epochs per trial (was 40); ")
+    assert lines[2] == "budget 8 trials, about 11 min here with 1 worker(s) (a trial: ~81 s); next: searcher launch pngs.yaml"
+    out = searcher("launch", "pngs.yaml", "--workers", "1", "--trials", "2", "--storage", f"sqlite:///{tmp_path}/s.db",
+                   cwd=tmp_path)
+    assert "pngs: 1 worker(s)" in out.stdout and "budget 2 trials" in out.stdout
+    import optuna
+
+    study = optuna.load_study(study_name="pngs", storage=f"sqlite:///{tmp_path}/s.db")
+    assert sorted(t.state.name for t in study.get_trials()) == ["COMPLETE", "COMPLETE"]
+    assert study.get_trials()[0].user_attrs["baseline"] == "plain-adam"
+    assert all(t.user_attrs["epochs"] <= 5 for t in study.get_trials())
 
 
 @pytest.mark.parametrize(

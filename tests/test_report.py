@@ -352,3 +352,33 @@ def test_adam_knobs_sampled_for_some_trials_only_are_shown_and_do_not_break_the_
     assert data.best.params["optimizer"] == "adam" and data.best.params["beta_1"] == pytest.approx(0.86)
     page = render_html(data)
     assert "beta_1=0.86" in page and "epsilon=1.0e-07" in page
+
+
+def test_the_best_against_a_baseline_reads_the_same_everywhere_for_a_loss(tmp_path: Path) -> None:
+    """val_loss is minimized: the summary says the best is lower and that lower is better, in the
+    launch summary, `searcher status` and the report alike (no bare sign to decode)."""
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    from searcher.cli import app
+    from searcher.launch import print_summary
+    from searcher.status import baseline_lines, take_snapshot
+
+    url = _storage(tmp_path)
+    study = optuna.create_study(storage=url, study_name="loss", direction="minimize")
+    study.set_metric_names(["val_loss"])
+    study.set_user_attr("spec", _spec("loss", "val_loss"))
+    lr = {"lr": DISTS["lr"]}
+    study.add_trial(create_trial(value=0.2434, params={"lr": 1e-3}, distributions=lr,
+                                 user_attrs={"baseline": "plain-adam"}))
+    study.add_trial(create_trial(value=0.2271, params={"lr": 3e-3}, distributions=lr))
+    line = "baseline plain-adam: 0.2434 (the best is 0.0163 lower; lower is better)"
+    assert baseline_lines(take_snapshot(study)) == [line]
+    console = Console(record=True, width=200)
+    print_summary(study, console=console, url=url, default_url=False)
+    assert f"  {line}" in console.export_text().splitlines()
+    status = CliRunner().invoke(app, ["status", "loss", "--storage", url], terminal_width=200)
+    assert status.exit_code == 0 and f"  {line}" in status.output.splitlines(), status.output
+    page = render_html(collect(study))
+    assert "the best against it (lower is better)" in page
+    assert '<span class="good">the best is 0.0163 lower</span>' in page

@@ -6,8 +6,9 @@ import statistics
 from typing import Any, Mapping
 
 from searcher.formatting import format_count, format_seconds
+from searcher.ranking import against_best, better_direction
 from searcher.report import _tradeoff
-from searcher.report._data import ReportData
+from searcher.report._data import BaselineRow, ReportData
 from searcher.report._text import esc, fmt
 
 
@@ -67,10 +68,11 @@ def baselines(d: ReportData) -> str:
     rows = [f"<tr class=best><td>best</td><td class=n>#{d.best.number}</td><td class=n>{d.best.value:.4f}</td>"
             "<td class=n></td></tr>"]
     rows += [f"<tr><td>{esc(b.name)}</td><td class=n>#{b.number}</td>" + (
-        f"<td class=n>{b.value:.4f}</td><td class=n>{_fmt_gain(d, b.gain)}</td></tr>" if b.value is not None
+        f"<td class=n>{b.value:.4f}</td><td class=n>{_fmt_gain(d, b)}</td></tr>" if b.value is not None
         else f"<td class=n>–</td><td class=n>{b.state}</td></tr>") for b in d.baselines]
     return (f"<h2>Best against the hand-tuned baselines</h2><table><tr><th>trial</th><th class=n>number</th>"
-            f"<th class=n>{esc(d.metric)}</th><th class=n>best − baseline</th></tr>{''.join(rows)}</table>")
+            f"<th class=n>{esc(d.metric)}</th><th class=n>the best against it ({better_direction(d.maximize)})</th>"
+            f"</tr>{''.join(rows)}</table>")
 
 
 def references(d: ReportData) -> str:
@@ -137,10 +139,11 @@ def confirmed(d: ReportData) -> str:
             f"<th class=n>single-run rank</th></tr>{rows}</table>")
 
 
-def _fmt_gain(d: ReportData, g: float) -> str:
-    cls = "" if g == 0 else "good" if (g > 0) == d.maximize else "bad"
+def _fmt_gain(d: ReportData, b: BaselineRow) -> str:
+    """``the best is 1.63 points higher``, green when the best is on the better side."""
+    cls = "" if b.gain == 0 else "good" if (b.gain > 0) == d.maximize else "bad"
     points = any(s in d.metric.lower() for s in ("acc", "auc", "precision", "recall", "f1"))  # fractions
-    return f'<span class="{cls}">{f"{g * 100:+.2f} pts" if points else f"{g:+.4g}"}</span>'
+    return f'<span class="{cls}">{against_best(d.best.value, b.value, maximize=d.maximize, points=points)}</span>'
 
 
 def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
