@@ -89,7 +89,7 @@ def references(d: ReportData) -> str:
         if isinstance(refs.get(name), dict) and metric in refs[name]:
             value = refs[name][metric]
             rows.append(f"<tr><td>{esc(label)}</td><td class=n>{value:.4f}</td>"
-                        f"<td class=n>{_fmt_gain(d, d.best.value - value)}</td></tr>")
+                        f"<td class=n>{_reference_gain(d, value)}</td></tr>")
     folds = " (mean over the folds)" if d.data and d.data.get("cv_folds") else ""
     return (f"<h2>Against reference models</h2><p>scikit-learn's HistGradientBoostingClassifier and a standardized "
             f"logistic regression, fitted on the same fit split and scored on the same validation split{folds}.</p>"
@@ -137,6 +137,13 @@ def confirmed(d: ReportData) -> str:
     return (f"<h2>Confirmed over fresh seeds</h2><table><tr><th class=n>confirmed rank</th><th class=n>trial</th>"
             f"<th class=n>mean {esc(d.metric)} ± sd</th><th class=n>runs</th><th class=n>single run</th>"
             f"<th class=n>single-run rank</th></tr>{rows}</table>")
+
+
+def _reference_gain(d: ReportData, value: float) -> str:
+    gain = d.best.value - value
+    cls = "" if gain == 0 else "good" if (gain > 0) == d.maximize else "bad"
+    points = any(s in d.metric.lower() for s in ("acc", "auc", "precision", "recall", "f1"))  # fractions
+    return f'<span class="{cls}">{against_best(d.best.value, value, maximize=d.maximize, points=points)}</span>'
 
 
 def _fmt_gain(d: ReportData, b: BaselineRow) -> str:
