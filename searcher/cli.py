@@ -106,13 +106,19 @@ def launch(
     workers_per_gpu: Annotated[int, typer.Option("--workers-per-gpu", min=1, help="Workers sharing one GPU (memory growth on).")] = 1,
     mixed_precision: MixedPrecisionOpt = None,
     xla: XlaOpt = None,
+    wait: WaitOpt = None,
 ) -> None:
     """Create or continue a study and run worker processes until its budget is reached.
+
+    A database lost while it runs is waited for (runtime.db_outage_minutes); --wait also
+    waits for one that is not up yet when it starts.
 
     Example: searcher launch digits-mlp --workers 2
     """
     from searcher.devices import parse_gpu_list
     from searcher.launch import LaunchRequest, launch as run_launch
+
+    _wait_for_storage(storage, wait)
 
     request = LaunchRequest(study=study, storage=storage, workers=workers, trials=trials, timeout=timeout,
                             data_dir=data_dir, seed=seed, name=name, workers_per_gpu=workers_per_gpu,
@@ -159,20 +165,38 @@ def init(
     minutes: Annotated[float, typer.Option("--minutes", min=1, help="Search time the budget is sized for.")] = 10.0,
     workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Workers the budget is sized for (default: as launch).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing spec file.")] = False,
+    categorical: Annotated[Optional[str], typer.Option(
+        "--categorical", metavar="A,B", help="CSV columns that are categories (one-hot), even if they hold numbers.")] = None,
+    numeric: Annotated[Optional[str], typer.Option(
+        "--numeric", metavar="A,B", help="CSV columns to keep as numbers even if they look like IDs or codes.")] = None,
+    ignore: Annotated[Optional[str], typer.Option(
+        "--ignore", metavar="A,B", help="CSV columns to leave out (IDs, dates, free text).")] = None,
+    missing: Annotated[Optional[str], typer.Option(
+        "--missing", metavar="HOW", help="data.missing: error, mean or most_frequent (default: mean where numbers "
+                                         "are missing; missing text is a category of its own).")] = None,
 ) -> None:
     """Look at your data and write a ready study spec: model, search space, preprocessing, budget.
 
-    Example: searcher init patients.csv --target diagnosis -o patients.yaml
+    Example: searcher init patients.csv --target diagnosis --categorical ward --ignore patient_id -o patients.yaml
     """
     from searcher.data import describe_data
-    from searcher.init import init_spec
+    from searcher.init import Roles, init_spec
     from searcher.sizing import describe as describe_budget
 
-    made = init_spec(data, output=output, target=target, test_path=test, minutes=minutes, workers=workers, force=force)
+    if missing not in (None, "error", "mean", "most_frequent"):
+        raise UserError(f"--missing: must be error, mean or most_frequent, got {missing!r}")
+    roles = Roles(categorical=_names(categorical), numeric=_names(numeric), ignore=_names(ignore), missing=missing)
+    made = init_spec(data, output=output, target=target, test_path=test, minutes=minutes, workers=workers, force=force,
+                     roles=roles)
     console.print(f"wrote {made.path}: {made.spec.model.kind} on {describe_data(made.summary)}", highlight=False)
     if made.sizing.note:
         console.print(made.sizing.note, highlight=False, markup=False)
     console.print(f"budget {describe_budget(made.sizing)}; next: searcher launch {made.path}", highlight=False)
+
+
+def _names(value: str | None) -> tuple[str, ...]:
+    """``A,B`` as column names (spaces around commas dropped)."""
+    return tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip())) if value else ()
 
 
 @app.command()
@@ -274,6 +298,7 @@ def status(
     name: NameOpt = None,
     seed: ReadSeedOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    wait: WaitOpt = None,
 ) -> None:
     """Trial counts by state, failure reasons, the best trial, and running trials with their worker.
 
@@ -282,6 +307,8 @@ def status(
     import json
 
     from searcher.status import render, take_snapshot
+
+    _wait_for_storage(storage, wait)
 
     snap = take_snapshot(_load_study(study, storage, name=name, seed=seed))
     if as_json:
@@ -351,10 +378,13 @@ def retrain(
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Maximum epochs (default: as in the search).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model file, .keras (default: CONFIG.keras).")] = None,
     data_dir: DataDirOpt = None,
+    serve: Annotated[Optional[Path], typer.Option(
+        "--serve", help="Also write a TensorFlow SavedModel on the raw inputs into this folder, and "
+                        "model.tflite there where it converts.")] = None,
 ) -> None:
     """Train an exported config (early stopping on validation), then score the test split once.
 
-    Example: searcher retrain best.yaml -o best.keras
+    Example: searcher retrain best.yaml -o best.keras --serve served/
     """
     from searcher.export import load_export, metrics_path, retrain as run_retrain
 
@@ -363,7 +393,8 @@ def retrain(
     trial_configs, source = load_export(config)
     model_path = output or config.with_suffix(".keras")
     import_tensorflow()
-    metrics = run_retrain(trial_configs, source=source, model_path=model_path, epochs=epochs, data_dir=data_dir)
+    metrics = run_retrain(trial_configs, source=source, model_path=model_path, epochs=epochs, data_dir=data_dir,
+                          serve=serve)
     trained = f"{metrics['final_model']}" if "members" in metrics else f"{metrics['epochs']} epochs"
     console.print(f"test accuracy {metrics['test_accuracy']:.4f} (loss {metrics['test_loss']:.4f}) on "
                   f"{metrics['test_examples']} held-out examples; {trained}, "
@@ -372,9 +403,21 @@ def retrain(
         if isinstance(ref, dict):
             console.print(f"  {name.replace('_', ' ')}: test accuracy {ref['test_accuracy']:.4f} "
                           f"(loss {ref['test_loss']:.4f})", highlight=False)
-    console.print(f"cost here: {metrics['model_bytes'] / 1e6:.3g} MB file, {metrics['latency_ms_b1']:.3g} ms per "
-                  f"example at batch 1, {metrics['latency_ms_b256']:.3g} at batch 256", highlight=False)
-    console.print(f"wrote {model_path} and {metrics_path(model_path)}", highlight=False)
+    console.print(f"cost here: {metrics['model_bytes'] / 1e6:.3g} MB file; {_latency(metrics)} "
+                  f"({metrics['latency_of']})", highlight=False)
+    serving = metrics.get("serving")
+    if serving:
+        console.print(f"SavedModel: {_latency(serving['saved_model_latency'])}", highlight=False)
+        console.print(f"TensorFlow Lite: {_latency(serving['tflite_latency'])}" if serving["tflite"] else
+                      f"TensorFlow Lite: not written ({serving['tflite_skipped']})", highlight=False)
+    shipped = [str(model_path), *([serving["saved_model"]] + ([serving["tflite"]] if serving["tflite"] else [])
+                                  if serving else [])]
+    console.print(f"wrote {', '.join(shipped)} and {metrics_path(model_path)}", highlight=False)
+
+
+def _latency(figures: dict) -> str:
+    return (f"{figures['latency_ms_b1']:.3g} ms per example at batch 1, {figures['latency_ms_b256']:.3g} "
+            "at batch 256")
 
 
 @app.command()
@@ -382,14 +425,16 @@ def dashboard(
     storage: StorageOpt = None,
     host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8080,
+    wait: WaitOpt = None,
 ) -> None:
     """Serve optuna-dashboard on the study storage.
 
-    Example: searcher dashboard --port 8080
+    Example: searcher dashboard --port 8080 --wait 300
     """
     from searcher.dashboard import make_dashboard_server
     from searcher.storage import mask_url, resolve_url
 
+    _wait_for_storage(storage, wait)
     url = resolve_url(storage)
     server = make_dashboard_server(url, host=host, port=port)
     console.print(f"optuna-dashboard for {mask_url(url)} at http://{host}:{server.server_port}/ (Ctrl-C to stop)",
@@ -469,6 +514,15 @@ def confirm(
     console.print(f"{added} new run(s); confirmed winner: trial {ranking[0].trial}"
                   + ("" if single_best is ranking[0] else f" (the single-run best was trial {single_best.trial})"),
                   highlight=False)
+
+
+def _wait_for_storage(storage: str | None, seconds: float | None) -> None:
+    """``--wait``: wait for a database that is not up (yet), one line, instead of failing at once."""
+    if seconds:
+        from searcher.storage import resolve_url
+        from searcher.study import wait_until_ready
+
+        wait_until_ready(resolve_url(storage), seconds=seconds)
 
 
 def _load_study(study: str, storage: str | None, *, name: str | None = None, seed: int | None = None):

@@ -21,8 +21,9 @@ from optuna.trial import TrialState
 
 from searcher import ranking
 from searcher.errors import UserError
+from searcher.devices import TrainingRuntime
 from searcher.export import ranked_trials
-from searcher.stored import CONFIG, CONFIRMED, CURVE, N_PARAMS, OF_TRIAL, RUN, SEED, THREADS
+from searcher.stored import CONFIG, CONFIRMED, CURVE, N_PARAMS, OF_TRIAL, RUN, RUNTIME, SEED, THREADS
 from searcher.space import TrialConfig
 
 log = logging.getLogger(__name__)
@@ -51,14 +52,22 @@ def use_trial_threads(study: optuna.Study, number: int) -> None:
     """Give this process the thread count the trial's worker had (before TensorFlow is imported):
     float sums depend on how the work is split, so a replay on other threads drifts."""
     trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
-    if trial is not None and trial.user_attrs.get(THREADS):
+    if trial is not None and trial.user_attrs.get(RUNTIME):
+        os.environ.update(stored_runtime(trial).thread_env())
+    elif trial is not None and trial.user_attrs.get(THREADS):  # stored before the runtime was
         os.environ["TF_NUM_INTRAOP_THREADS"] = str(trial.user_attrs[THREADS])
         os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+
+
+def stored_runtime(trial: optuna.trial.FrozenTrial) -> TrainingRuntime:
+    """How the trial trained (XLA, precision, threads), to train its config again the same way."""
+    return TrainingRuntime.from_dict(trial.user_attrs.get(RUNTIME))
 
 
 def replay_trial(study: optuna.Study, number: int, *, data_dir: str | None = None) -> Replay:
     """Re-run a trial's exact config and seed for as many epochs as it ran; compare curves."""
     from searcher.data import load_search_data
+    from searcher.devices import apply_runtime
     from searcher.training import train
 
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -71,8 +80,10 @@ def replay_trial(study: optuna.Study, number: int, *, data_dir: str | None = Non
     if not stored:
         raise UserError(f"trial {number} ({trial.state.name.lower()}) reported no epochs; nothing to compare")
     config = stored_config(trial)
+    runtime = stored_runtime(trial)
+    apply_runtime(runtime)
     data = load_search_data(config.data, split_seed=config.split_seed, data_dir=data_dir)
-    result = train(config, data, direction=_metric_direction(study), max_epochs=len(stored))
+    result = train(config, data, direction=_metric_direction(study), runtime=runtime, max_epochs=len(stored))
     return Replay(trial=number, stored=stored, replayed=result.curve[: len(stored)])
 
 
@@ -108,18 +119,30 @@ def confirm_seed(config_seed: int, run: int) -> int:
     return trial_seed(config_seed, 1000 + run)
 
 
-def _run_one(config_json: dict[str, Any], seed: int, direction: str, data_dir: str | None, threads: int) -> float:
-    os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
-    os.environ["TF_NUM_INTEROP_THREADS"] = "1"
-    from searcher.devices import import_tensorflow
+def _run_one(config_json: dict[str, Any], seed: int, direction: str, data_dir: str | None,
+             runtime_json: dict[str, Any]) -> float:
+    from searcher.devices import apply_runtime, import_tensorflow
 
+    runtime = TrainingRuntime.from_dict(runtime_json)
+    os.environ.update(runtime.thread_env())
     import_tensorflow()  # a spawned process: quiet like the parent
+    apply_runtime(runtime)
     from searcher.data import load_search_data
     from searcher.training import cv_score, train_every_fold
 
     config = TrialConfig.model_validate(config_json).model_copy(update={"seed": seed})
     data = load_search_data(config.data, split_seed=config.split_seed, data_dir=data_dir)
-    return cv_score(train_every_fold(config, data, direction=direction), direction).value  # as the search scored it
+    # As the search trained and scored it.
+    return cv_score(train_every_fold(config, data, direction=direction, runtime=runtime), direction).value
+
+
+def _confirm_runtime(trial: optuna.trial.FrozenTrial, threads: int) -> dict[str, Any]:
+    """The trial's runtime; a trial stored without thread counts gets this machine's share."""
+    runtime = stored_runtime(trial)
+    if runtime.intra_op_threads is None:
+        runtime = TrainingRuntime(xla=runtime.xla, mixed_precision=runtime.mixed_precision,
+                                  intra_op_threads=threads, inter_op_threads=1)
+    return runtime.to_dict()
 
 
 def _metric_direction(study: optuna.Study) -> str:
@@ -163,7 +186,7 @@ def confirm(
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {
                 pool.submit(_run_one, t.user_attrs[CONFIG], confirm_seed(t.user_attrs[SEED], run), direction,
-                            data_dir, threads): (t, run)
+                            data_dir, _confirm_runtime(t, threads)): (t, run)
                 for t, run in todo
             }
             for future, (t, run) in futures.items():

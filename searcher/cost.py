@@ -15,7 +15,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -44,10 +44,22 @@ def measure_cost(model: Any, examples: Split) -> dict[str, float | int]:
         path = Path(folder) / "model.keras"
         model.save(path)
         size = path.stat().st_size
-    figures: dict[str, float | int] = {MODEL_BYTES: int(size)}
-    for name, batch in ((LATENCY_B1, 1), (LATENCY_LARGE, LARGE_BATCH)):
-        figures[name] = float(f"{_latency_ms(model, _batch(examples, batch)) / batch:.4g}")
+    figures: dict[str, float | int] = {MODEL_BYTES: int(size), **measure_latency(model.predict_on_batch, examples)}
     figures[COST_SECONDS] = round(time.perf_counter() - started, 3)
+    return figures
+
+
+def measure_latency(predict: Callable[[Any], Any], examples: Split, *,
+                    as_numpy: bool = False) -> dict[str, float]:
+    """``latency_ms_b1`` and ``latency_ms_b256`` of ``predict`` (any callable on a batch of model
+    inputs that returns the result on the host): a Keras model's ``predict_on_batch``, a
+    SavedModel's ``serve`` or a TFLite signature runner (``as_numpy``: inputs as numpy arrays)."""
+    figures = {}
+    for name, size in ((LATENCY_B1, 1), (LATENCY_LARGE, LARGE_BATCH)):
+        batch = _batch(examples, size)
+        if as_numpy:
+            batch = {k: v.numpy() for k, v in batch.items()} if isinstance(batch, dict) else batch.numpy()
+        figures[name] = float(f"{_latency_ms(predict, batch) / size:.4g}")
     return figures
 
 
@@ -65,12 +77,12 @@ def _batch(examples: Split, size: int) -> Any:
     return next(iter(to_tf_dataset(rows, batch_size=size)))[0]
 
 
-def _latency_ms(model: Any, batch: Any) -> float:
+def _latency_ms(predict: Callable[[Any], Any], batch: Any) -> float:
     for _ in range(WARMUP_CALLS):
-        model.predict_on_batch(batch)
+        predict(batch)
     times: list[float] = []
     while len(times) < LATENCY_REPEATS and (len(times) < MIN_REPEATS or sum(times) < TIMING_BUDGET_S):
         t0 = time.perf_counter()
-        model.predict_on_batch(batch)  # returns numpy: the result is on the host, the work done
+        predict(batch)  # returns host values: the work is done
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1000.0

@@ -28,6 +28,7 @@ from searcher import sources
 from searcher.errors import DataError
 from searcher.sources import DATA_DIR_ENV, Features, RawData, Table  # noqa: F401  (DATA_DIR_ENV: CLI help)
 from searcher.spec import DataSpec
+from searcher.table import MISSING_TEXT
 
 DEFAULT_TEST_FRACTION = 0.2
 # One fixed seed for carving a test split: every study on the same file scores the same test set.
@@ -99,8 +100,10 @@ class Preprocessing:
     ``scale`` (arrays) or maps each column's fit-split range to [0, 1] (tables, through
     ``mean``/``variance``), ``standardize`` subtracts ``mean`` and divides by the standard
     deviation per feature (per channel for images). ``fill`` replaces NaN per feature
-    (``data.missing: mean``). A table's categorical columns are one-hot encoded over the
-    values of the fit split; a value never seen there gets its own "other" slot.
+    (``data.missing``: the fit split's mean or most frequent value). A table's categorical
+    columns are one-hot encoded over the values of the fit split; a value never seen there
+    gets its own "other" slot, and a missing cell its own "missing" slot, or with
+    ``category_fill`` (``data.missing: most_frequent``) the slot of that column's value.
     """
 
     kind: Literal["array", "table"]
@@ -113,6 +116,8 @@ class Preprocessing:
     fill: tuple[float, ...] = ()
     numeric: tuple[str, ...] = ()
     vocabularies: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    category_fill: tuple[str, ...] = ()  # one value per categorical column; empty: "missing" is a slot
+    fill_with: Literal["mean", "most_frequent"] = "mean"
 
     @classmethod
     def identity(cls, shape: tuple[int, ...]) -> Preprocessing:
@@ -130,16 +135,22 @@ class Preprocessing:
             if self.vocabularies:
                 sizes = ", ".join(f"{name} ({len(values)})" for name, values in self.vocabularies)
                 parts.append(f"{len(self.vocabularies)} categorical column(s) one-hot: {sizes}")
+                parts.append("missing categories imputed with the fit split's most frequent" if self.category_fill
+                             else "a missing category is a category of its own")
             if self.fill:
-                parts.append("missing values imputed with fit-split means")
+                parts.append(f"missing numbers imputed with fit-split {self._fill_name}")
             return "; ".join(parts)
         shape = "x".join(map(str, self.shape))
         how = {"rescale": f"rescaled to [0, 1] (divided by {self.scale:g})",
                "standardize": f"standardized per {'channel' if len(self.shape) == 3 else 'feature'} "
                               "(fit-split mean and variance)",
                "none": "fed as they are"}[self.mode]
-        fill = "; missing values imputed with fit-split means" if self.fill else ""
+        fill = f"; missing values imputed with fit-split {self._fill_name}" if self.fill else ""
         return f"{self.dtype} inputs {shape}, {how}{fill}"
+
+    @property
+    def _fill_name(self) -> str:
+        return "means" if self.fill_with == "mean" else "most frequent values"
 
 
 @dataclass(frozen=True)
@@ -237,9 +248,9 @@ def to_tf_dataset(split: Split, *, batch_size: int, shuffle_seed: int | None = N
         split = Split(Rows(split.x, np.arange(len(split.x))), split.y)
     if isinstance(split.x, Rows):
         return _streamed(split, batch_size=batch_size, shuffle_seed=shuffle_seed, weights=weights)
-    x = {input_name(name): _column_input(column) for name, column in split.x.items()} if isinstance(split.x, dict) \
-        else split.x
-    parts = (x, split.y) if weights is None else (x, split.y, weights[split.y])
+    if isinstance(split.x, dict):
+        return _table_dataset(split, batch_size=batch_size, shuffle_seed=shuffle_seed, weights=weights)
+    parts = (split.x, split.y) if weights is None else (split.x, split.y, weights[split.y])
     ds = tf.data.Dataset.from_tensor_slices(parts)
     if shuffle_seed is not None:
         ds = ds.shuffle(len(split), seed=shuffle_seed, reshuffle_each_iteration=True)
@@ -265,6 +276,21 @@ def _streamed(split: Split, *, batch_size: int, shuffle_seed: int | None, weight
         return (x, *rest)
 
     return ds.batch(batch_size).map(read, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _table_dataset(split: Split, *, batch_size: int, shuffle_seed: int | None, weights: np.ndarray | None):
+    """A table's batches gathered from whole-column tensors by (shuffled) row indices: shuffling
+    rows of many columns one element at a time cost minutes per epoch and gigabytes of
+    buffer at a million rows; shuffling the indices costs neither."""
+    import tensorflow as tf
+
+    columns = {input_name(name): tf.constant(_column_input(column)) for name, column in split.x.items()}
+    parts = (columns, tf.constant(split.y)) + ((tf.constant(weights[split.y]),) if weights is not None else ())
+    rows = tf.data.Dataset.range(len(split))
+    if shuffle_seed is not None:
+        rows = rows.shuffle(len(split), seed=shuffle_seed, reshuffle_each_iteration=True)
+    gather = lambda index: tf.nest.map_structure(lambda part: tf.gather(part, index), parts)  # noqa: E731
+    return rows.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def check_search_data(spec: Any, *, split_seed: int, data_dir: str | Path | None = None) -> dict[str, Any]:
@@ -389,12 +415,12 @@ def _check_finite(x: np.ndarray, where: str, *, missing: str, rows_are_lines: bo
         raise DataError(f"{where}: {int(infinite.sum())} infinite value(s), the first in {_row_name(row, rows_are_lines)}; "
                         "replace them (data.missing imputes only missing values)")
     nan = np.isnan(x)
-    if nan.any() and missing != "mean":
+    if nan.any() and missing == "error":
         first = np.argwhere(nan)[0]
         feature = f", feature {int(first[1])}" if x.ndim > 1 else ""
         raise DataError(f"{where}: {int(nan.sum())} missing (NaN) value(s), the first in "
-                        f"{_row_name(int(first[0]), rows_are_lines)}{feature}; set data.missing: mean to impute "
-                        "them with the fit split's means, or fill them in")
+                        f"{_row_name(int(first[0]), rows_are_lines)}{feature}; set data.missing: mean (or most_frequent) to "
+                        "impute them from the fit split, or fill them in")
 
 
 def _row_name(row: int, rows_are_lines: bool) -> str:
@@ -471,8 +497,9 @@ def fit_preprocessing(spec: DataSpec, fit: Split, table: Table | None) -> Prepro
     if mode == "auto":
         mode = "rescale" if x.ndim >= 4 or x.dtype == np.uint8 else "standardize"
     # Fitted whenever imputation is asked for: a NaN may first appear in validation, test or at prediction.
-    fill = tuple(_per_feature(np.nanmean, x)) if spec.missing == "mean" else ()
-    common = {"kind": "array", "shape": tuple(x.shape[1:]), "dtype": str(x.dtype), "mode": mode, "fill": fill}
+    fill = tuple(_per_feature(_FILLS[spec.missing], x)) if spec.missing != "error" else ()
+    common = {"kind": "array", "shape": tuple(x.shape[1:]), "dtype": str(x.dtype), "mode": mode, "fill": fill,
+              "fill_with": spec.missing if fill else "mean"}
     if mode == "rescale":
         largest = 255.0 if x.dtype == np.uint8 else float(np.nanmax(np.abs(x)))
         return Preprocessing(**common, scale=largest if largest > 0 else 1.0)
@@ -489,21 +516,43 @@ def _per_feature(stat, x: np.ndarray) -> list[float]:
     return [float(v) if np.isfinite(v) else 0.0 for v in values]
 
 
+def _nan_most_frequent(x: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Per column, the most frequent value that is not NaN (the smallest of a tie); NaN for none."""
+    out = np.full(x.shape[1], np.nan)
+    for j in range(x.shape[1]):
+        values, counts = np.unique(x[:, j][~np.isnan(x[:, j])], return_counts=True)
+        if len(values):
+            out[j] = values[np.argmax(counts)]
+    return out
+
+
+_FILLS = {"mean": np.nanmean, "most_frequent": _nan_most_frequent}
+
+
+def _most_frequent_category(column: np.ndarray) -> str:
+    values, counts = np.unique(column[column != MISSING_TEXT].astype(str), return_counts=True)
+    return str(values[np.argmax(counts)]) if len(values) else MISSING_TEXT
+
+
 def _fit_table(spec: DataSpec, fit: Split, table: Table) -> Preprocessing:
     numeric = np.stack([fit.x[name] for name in table.numeric], axis=1) if table.numeric else np.zeros((len(fit), 0))
     mode = "standardize" if spec.preprocess == "auto" else spec.preprocess
-    fill = tuple(_per_feature(np.nanmean, numeric)) if table.numeric and spec.missing == "mean" else ()
+    fill = tuple(_per_feature(_FILLS[spec.missing], numeric)) if table.numeric and spec.missing != "error" else ()
     mean, variance = (), ()
     if table.numeric and mode == "standardize":
         mean, variance = tuple(_per_feature(np.nanmean, numeric)), tuple(_per_feature(np.nanvar, numeric))
     elif table.numeric and mode == "rescale":
         low, high = _per_feature(np.nanmin, numeric), _per_feature(np.nanmax, numeric)
         mean, variance = tuple(low), tuple((h - lo) ** 2 for lo, h in zip(low, high))
-    vocabularies = tuple((name, tuple(sorted(set(fit.x[name].astype(str))))) for name in table.categorical)
+    vocabularies = tuple((name, tuple(sorted(set(fit.x[name].astype(str)) - {MISSING_TEXT})))
+                         for name in table.categorical)
+    category_fill = (tuple(_most_frequent_category(fit.x[name]) for name in table.categorical)
+                     if spec.missing == "most_frequent" else ())
     names = [input_name(c) for c in table.columns]
     if len(set(names)) < len(names):
         clash = next(c for c in table.columns if names.count(input_name(c)) > 1)
         raise DataError(f"data.features: columns {clash!r} and another both become model input {input_name(clash)!r} "
                         "(Keras input names cannot hold '/'); rename one")
     return Preprocessing(kind="table", shape=(len(table.numeric),), dtype="float32", mode=mode, mean=mean,
-                         variance=variance, fill=fill, numeric=table.numeric, vocabularies=vocabularies)
+                         variance=variance, fill=fill, numeric=table.numeric, vocabularies=vocabularies,
+                         category_fill=category_fill, fill_with=spec.missing if fill else "mean")

@@ -260,7 +260,72 @@ class RuntimeOptions:
     xla: bool = False  # applied by the model builder as compile(jit_compile=...); only reported here
 
 
-def compute_dtype_policy(options: RuntimeOptions, n_visible_gpus: int) -> str:
+@dataclass(frozen=True)
+class TrainingRuntime:
+    """How a trial trains beyond its config: XLA, mixed precision, TensorFlow's thread pools.
+
+    The one place every call of ``objective.train`` takes them from. A worker builds it from
+    the spec and its placement and records it on each trial (user attr ``runtime``);
+    ``retrain``, ``replay``, ``confirm`` and ``init`` read it back and apply it, so a replay on
+    the same device trains as the trial did (Keras' default ``jit_compile="auto"`` would turn
+    XLA on whenever a GPU is visible, and thread counts change float sums).
+    """
+
+    xla: bool = False
+    mixed_precision: bool = False
+    intra_op_threads: int | None = None  # None: TensorFlow's default for this host
+    inter_op_threads: int | None = None
+
+    ATTR = "runtime"
+
+    @classmethod
+    def from_spec(cls, runtime: Any, placement: WorkerPlacement | None = None) -> TrainingRuntime:
+        """The spec's ``runtime`` switches, with a worker's thread counts when placed."""
+        return cls(xla=runtime.xla, mixed_precision=runtime.mixed_precision,
+                   intra_op_threads=placement.intra_op_threads if placement else None,
+                   inter_op_threads=placement.inter_op_threads if placement else None)
+
+    def to_dict(self, *, n_visible_gpus: int = 0) -> dict[str, Any]:
+        """What a trial records: the switches and the dtype policy they gave on its device."""
+        return {"xla": self.xla, "mixed_precision": self.mixed_precision,
+                "precision": compute_dtype_policy(self, n_visible_gpus),
+                "intra_op_threads": self.intra_op_threads, "inter_op_threads": self.inter_op_threads}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None) -> TrainingRuntime:
+        """Read back ``to_dict``; None (a trial stored before runtimes were recorded) is how
+        workers trained then: XLA off, float32."""
+        raw = raw or {}
+        return cls(xla=bool(raw.get("xla", False)), mixed_precision=bool(raw.get("mixed_precision", False)),
+                   intra_op_threads=raw.get("intra_op_threads"), inter_op_threads=raw.get("inter_op_threads"))
+
+    def placement(self, environ: Mapping[str, str] | None = None) -> WorkerPlacement:
+        """This process's placement with the recorded thread counts (a process that is not a worker)."""
+        base = WorkerPlacement.from_env(0, os.environ if environ is None else environ)
+        return WorkerPlacement(0, base.gpu, self.intra_op_threads or base.intra_op_threads,
+                               self.inter_op_threads or base.inter_op_threads)
+
+    def thread_env(self) -> dict[str, str]:
+        """Environment variables that size TensorFlow's pools at import (set before it is imported)."""
+        env = {}
+        if self.intra_op_threads:
+            env.update(TF_NUM_INTRAOP_THREADS=str(self.intra_op_threads), OMP_NUM_THREADS=str(self.intra_op_threads))
+        if self.inter_op_threads:
+            env["TF_NUM_INTEROP_THREADS"] = str(self.inter_op_threads)
+        return env
+
+
+def apply_runtime(runtime: TrainingRuntime, *, tf: Any = None, keras: Any = None) -> str:
+    """Set this process up as ``runtime`` says (threads, dtype policy) before it trains; one log line.
+
+    For the processes that train outside a worker: retrain, replay, confirm's runs, init.
+    """
+    os.environ.update(runtime.thread_env())
+    return configure_tensorflow(runtime.placement(), runtime, tf=tf, keras=keras,
+                                allow_cpu_fallback=cpu_fallback_allowed(os.environ))
+
+
+def compute_dtype_policy(options: RuntimeOptions | TrainingRuntime, n_visible_gpus: int) -> str:
     """Return the Keras dtype policy: ``mixed_float16`` only when asked for and a GPU is visible.
 
     Args:
@@ -311,7 +376,7 @@ def _filter_stderr(patterns: Sequence[re.Pattern[str]]) -> Iterator[None]:
                 sys.stderr.flush()
 
 
-def configure_tensorflow(placement: WorkerPlacement, options: RuntimeOptions, *, tf: Any = None,
+def configure_tensorflow(placement: WorkerPlacement, options: RuntimeOptions | TrainingRuntime, *, tf: Any = None,
                          keras: Any = None, allow_cpu_fallback: bool = False) -> str:
     """Set threads, GPU memory growth and the dtype policy; return one log line saying what was done.
 

@@ -23,6 +23,7 @@ import optuna
 import yaml
 
 from searcher import ranking, stored
+from searcher.devices import TrainingRuntime
 from searcher.errors import SpecError, UserError
 from searcher.formatting import format_cost
 from searcher.space import TrialConfig
@@ -86,6 +87,8 @@ def export_config(study: optuna.Study, *, rank: int | None = None, pick: ranking
         "cost": {**ranking.figures_of(trial), stored.LATENCY_LARGE: trial.user_attrs.get(stored.LATENCY_LARGE)},
         "baseline": trial.user_attrs.get(stored.BASELINE),
         "spec_hash": study.user_attrs.get(stored.SPEC_HASH),
+        # How the trial trained (XLA, precision, threads): retrain trains the same way.
+        "runtime": trial.user_attrs.get(stored.RUNTIME) or TrainingRuntime().to_dict(),
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     document = {"searcher_export": FORMAT_VERSION, "source": source, "config": trial.user_attrs[stored.CONFIG]}
@@ -154,30 +157,37 @@ def retrain(
     model_path: Path,
     epochs: int | None = None,
     data_dir: str | None = None,
+    serve: Path | None = None,
 ) -> dict[str, Any]:
     """Train ``configs`` as the search did (every fold, with ``data.cv_folds``), then evaluate
     once on the test split; more than one model is saved as their average.
 
-    Writes the ``.keras`` model and ``<model>.metrics.json``; returns the metrics.
+    Writes the ``.keras`` model and ``<model>.metrics.json``, and with ``serve`` a SavedModel
+    (and a ``.tflite`` file where it converts) in that folder; returns the metrics. Latency
+    is measured on the written files, loaded back.
     """
-    from searcher.cost import measure_cost
     from searcher.data import load_search_data, load_test_split
+    from searcher.serve import keras_latency, write_serving
     from searcher.models import ensemble_model
+    from searcher.devices import apply_runtime
     from searcher.training import cv_score, fold_models, train_every_fold
 
     if model_path.suffix != ".keras":
         raise UserError(f"-o: the model file must end in .keras, got {model_path.name}")
     started = time.perf_counter()
+    runtime = TrainingRuntime.from_dict(source.get("runtime"))
+    apply_runtime(runtime)
     config = configs[0]
     data = load_search_data(config.data, split_seed=config.split_seed, data_dir=data_dir)
     direction = source.get("direction") or METRICS[config.training.metric]
     # One list of fold results per config: scored as the search scored it.
-    trained = [train_every_fold(member, data, direction=direction, max_epochs=epochs) for member in configs]
+    trained = [train_every_fold(member, data, direction=direction, runtime=runtime, max_epochs=epochs)
+               for member in configs]
     scored = [cv_score(folds, direction) for folds in trained]
     result = trained[0][0]
     if data.folds:  # every fold again, for the one epoch count its score belongs to
         members = [m for member, score in zip(configs, scored)
-                   for m in fold_models(member, data, epochs=score.epoch, direction=direction)]
+                   for m in fold_models(member, data, epochs=score.epoch, direction=direction, runtime=runtime)]
     else:
         members = [folds[0].model for folds in trained]
     model = ensemble_model(members)
@@ -203,7 +213,10 @@ def retrain(
         **({"members": [{"trial": n, "fold": k, f"best_{config.training.metric}": round(value, 6),
                          "best_epoch": score.epoch} for n, score in zip(numbers, scored)
                         for k, value in enumerate(score.values, 1)]} if len(members) > 1 else {}),
-        **measure_cost(model, data.val),  # on this machine: compare with the trial's stored figures
+        # On this machine, on what is shipped: compare with the trial's stored figures.
+        stored.MODEL_BYTES: model_path.stat().st_size,
+        **keras_latency(model_path, data.val),
+        **({"serving": write_serving(model, serve, data.val)} if serve else {}),
         "seconds": round(time.perf_counter() - started, 2),
         "model": str(model_path),
         "source": source,

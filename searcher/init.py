@@ -7,6 +7,7 @@ short measured training run of a middle configuration on this machine.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import os
@@ -23,6 +24,7 @@ from searcher.sizing import describe as describe_budget
 from searcher.data import SearchData, describe_data, load_search_data
 from searcher.errors import UserError
 from searcher.spec import DataSpec, StudySpec, load_spec, parse_spec
+from searcher.table import MISSING_TEXT, read_header
 
 _MAX_IMAGE_SIDE = 96  # larger images are resized for the default budget
 _FINE_VALIDATION = 1_000  # below this many validation rows, accuracy is too coarse to rank trials
@@ -31,6 +33,8 @@ _FINE_VALIDATION = 1_000  # below this many validation rows, accuracy is too coa
 # split, 0.043 as a 5-fold mean).
 _CROSS_VALIDATE_BELOW = 2_000
 _CV_FOLDS = 5
+_TIMING_ROWS = 50_000  # init times a larger table's epoch on this many rows and scales up
+_FEW_VALUES = 10  # an integer column with at most this many values may be codes: offered as categorical
 
 
 @dataclass(frozen=True)
@@ -43,13 +47,29 @@ class Scaffold:
     sizing: Sizing
 
 
+@dataclass(frozen=True)
+class Roles:
+    """Column roles a user gives ``init`` for a CSV file (``--categorical`` ...); ``missing``:
+    ``data.missing``, else chosen from the data."""
+
+    categorical: tuple[str, ...] = ()
+    numeric: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    missing: str | None = None
+
+    def given(self) -> bool:
+        return bool(self.categorical or self.numeric or self.ignore)
+
+
 def init_spec(data_path: str, *, output: Path | None, target: str | None = None, test_path: str | None = None,
-              minutes: float = 10.0, workers: int | None = None, force: bool = False) -> Scaffold:
+              minutes: float = 10.0, workers: int | None = None, force: bool = False,
+              roles: Roles = Roles()) -> Scaffold:
     """Inspect ``data_path`` (a CSV file, a folder of class subfolders, or a .npz), write a spec.
 
     ``test_path``: a separate test file or folder like ``data_path``; else a test split is carved.
+    ``roles``: for a CSV file, columns to treat as categories or numbers, or to leave out.
     """
-    data = _data_spec(data_path, target=target)
+    data = _data_spec(data_path, target=target, roles=roles)
     if test_path:
         if data.dataset == "npz":
             raise UserError("--test: a .npz holds its own test split (x_test, y_test)")
@@ -63,7 +83,10 @@ def init_spec(data_path: str, *, output: Path | None, target: str | None = None,
         raise UserError(f"-o: {output} exists; pass --force to overwrite it, or choose another name")
     notes: list[str] = []
     stored = None if data.dataset == "images" else sources.read(data)  # read once: gaps, own test split
-    data = _with_missing(data, stored, notes)
+    offers: list[str] = []
+    if stored is not None and stored.table is not None:
+        data, offers = _with_roles(data, stored, roles, notes)
+    data = _with_missing(data, stored, notes, given=roles.missing)
     data = _with_image_size(data, notes)
     search_data = load_search_data(data, split_seed=0)
     kind = "cnn" if len(search_data.input_shape) == 3 and search_data.preprocessing.kind == "array" else "mlp"
@@ -75,53 +98,115 @@ def init_spec(data_path: str, *, output: Path | None, target: str | None = None,
 
         workers = len(detect_gpus()) or default_cpu_workers(os.cpu_count() or 1)
     sizing = size_budget(raw, _measure_trial(raw, search_data), minutes=minutes, workers=workers)
-    text = _render(sizing.raw, data_path=data_path, search_data=search_data, notes=notes, sizing=sizing,
+    text = _render(sizing.raw, data_path=data_path, search_data=search_data, notes=notes + offers, sizing=sizing,
                    output=output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
     return Scaffold(output, load_spec(output), search_data.summary(), sizing)
 
 
-def _data_spec(data_path: str, *, target: str | None) -> DataSpec:
+def _data_spec(data_path: str, *, target: str | None, roles: Roles) -> DataSpec:
     path = Path(data_path)
+    csv_only = [flag for flag, given in (("--target", target), ("--categorical", roles.categorical),
+                                         ("--numeric", roles.numeric), ("--ignore", roles.ignore)) if given]
     if path.is_dir():
-        if target:
-            raise UserError("--target: is only used with a CSV file, not an image folder")
+        if csv_only:
+            raise UserError(f"{csv_only[0]}: is only used with a CSV file, not an image folder")
+        if roles.missing and roles.missing != "error":
+            raise UserError(f"--missing: {roles.missing} imputation is for tables (CSV, npz), not an image folder")
         return DataSpec(dataset="images", path=data_path)
     if not path.exists():
         raise UserError(f"{data_path}: no such file or folder")
     if path.suffix.lower() == ".npz":
-        return DataSpec(dataset="npz", path=data_path)
+        if csv_only:
+            raise UserError(f"{csv_only[0]}: is only used with a CSV file, not a .npz")
+        return DataSpec(dataset="npz", path=data_path, missing=roles.missing or "error")
     if path.suffix.lower() != ".csv":
         raise UserError(f"{data_path}: expected a .csv file, a .npz file or a folder with one subfolder per class")
-    header = _csv_header(path)
+    header = read_header(path)
+    columns = f"(columns: {', '.join(header)})"
     if not target:
         raise UserError(f"--target: which column holds the class? {path.name} has columns {', '.join(header)}")
     if target not in header:
-        raise UserError(f"--target: {path.name} has no column {target!r} (columns: {', '.join(header)})")
-    return DataSpec(dataset="csv", path=data_path, target=target)
+        raise UserError(f"--target: {path.name} has no column {target!r} {columns}")
+    seen: dict[str, str] = {}
+    for flag, names in (("--categorical", roles.categorical), ("--numeric", roles.numeric),
+                        ("--ignore", roles.ignore)):
+        for name in names:
+            if name not in header:
+                raise UserError(f"{flag}: {path.name} has no column {name!r} {columns}")
+            if name == target:
+                raise UserError(f"{flag}: {name!r} is the target (--target)")
+            if name in seen:
+                raise UserError(f"{flag}: {name!r} is also given to {seen[name]}; give a column one role")
+            seen[name] = flag
+    features = tuple(h for h in header if h != target and h not in roles.ignore) if roles.ignore else ()
+    return DataSpec(dataset="csv", path=data_path, target=target, categorical=roles.categorical, features=features,
+                    missing=roles.missing or "error")
 
 
-def _csv_header(path: Path) -> list[str]:
-    import csv
+def _with_roles(data: DataSpec, raw: sources.RawData, roles: Roles, notes: list[str]) -> tuple[DataSpec, list[str]]:
+    """Leave out ID-like and constant columns (with a note), force ``--numeric`` columns to be
+    numbers, and offer integer columns of few values as categories (comments for the spec)."""
+    x, kinds = raw.x_train, raw.table
+    for name in roles.numeric:
+        if name in kinds.categorical:
+            column = x[name]
+            filled = np.flatnonzero(column != MISSING_TEXT)
+            raise UserError(f"--numeric: column {name!r} holds text ({column[filled[0]]!r} in line "
+                            f"{filled[0] + 2} of {data.path}); it cannot be a number")
+    left_out, offers = [], []
+    rows = len(raw.y_train)
+    for name in kinds.columns:
+        column = x[name]
+        values = column[~np.isnan(column)] if name in kinds.numeric else column[column != MISSING_TEXT]
+        distinct = len(np.unique(values))
+        gaps = len(values) < rows
+        if distinct + gaps <= 1:
+            left_out.append(name)
+            notes.append(f"features: {name!r} is left out: it holds one value in every row"
+                         if distinct else f"features: {name!r} is left out: every cell is missing")
+            continue
+        if name in roles.numeric or name in roles.categorical:
+            continue
+        integers = name in kinds.numeric and np.array_equal(values, np.round(values))
+        if distinct == rows and (name in kinds.categorical or integers):
+            left_out.append(name)
+            notes.append(f"features: {name!r} is left out: every value is different, like an ID "
+                         f"(pass --numeric {name} or --categorical {name} to keep it)")
+        elif integers and 3 <= distinct <= _FEW_VALUES:
+            offers.append(f"categorical?: {name!r} holds {distinct} distinct whole numbers; if they are codes "
+                          f"rather than amounts, add it to data.categorical (init --categorical {name})")
+    if not left_out:
+        return data, offers
+    features = tuple(c for c in (data.features or read_header(Path(data.path))) if c in kinds.columns
+                     and c not in left_out)
+    if not features:
+        raise UserError(f"{data.path}: no feature column is left ({', '.join(left_out)} left out); "
+                        "keep one with --numeric or --categorical")
+    return data.model_copy(update={"features": features}), offers
 
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        return [h.strip() for h in next(csv.reader(f), [])]
 
-
-def _with_missing(data: DataSpec, raw: sources.RawData | None, notes: list[str]) -> DataSpec:
-    """Impute only where the data (``raw``; None for images) has gaps, and say so."""
+def _with_missing(data: DataSpec, raw: sources.RawData | None, notes: list[str], *,
+                  given: str | None) -> DataSpec:
+    """Impute numbers only where the data (``raw``; None for images) has gaps, and say so."""
     if raw is None:
         return data
-    missing = 0
+    missing = text = 0
     for x in (raw.x_train, raw.x_test):
         if isinstance(x, dict):
-            missing += sum(int(np.isnan(x[name]).sum()) for name in raw.table.numeric)
+            features = data.features or raw.table.columns
+            missing += sum(int(np.isnan(x[name]).sum()) for name in raw.table.numeric if name in features)
+            text += sum(int((x[name] == MISSING_TEXT).sum()) for name in raw.table.categorical if name in features)
         elif isinstance(x, np.ndarray) and x.dtype.kind == "f":
             missing += int(np.isnan(x).sum())
+    if text and given != "most_frequent":
+        notes.append(f"missing: {text} missing text cell(s); \"missing\" is a category of its own in each column")
+    if given:
+        return data
     if not missing:
         return data
-    notes.append(f"missing: {missing} missing value(s) in the data, imputed with the fit split's means")
+    notes.append(f"missing: {missing} missing number(s) in the data, imputed with the fit split's means")
     return data.model_copy(update={"missing": "mean"})
 
 
@@ -177,7 +262,7 @@ def _spec_dict(data: DataSpec, search_data: SearchData, kind: str, notes: list[s
         notes.append(f"class_weight: the largest class has {imbalance:.1f}x the examples of the smallest; "
                      "balanced weights make every class count" + (" and AUC ranks trials" if
                                                                  search_data.n_classes == 2 else ""))
-    batches = [16, 32, 64, 128] if rows < 5_000 else [32, 64, 128, 256]
+    batches = [16, 32, 64, 128] if rows < 5_000 else [32, 64, 128, 256] if rows < 200_000 else [128, 256, 512, 1024]
     search: dict[str, Any] = {
         "activation": {"choices": ["relu", "elu", "selu", "gelu", "swish", "tanh", "leaky_relu"]},
         "initializer": {"choices": ["he_normal", "he_uniform", "glorot_uniform", "lecun_normal"]},
@@ -240,15 +325,25 @@ def _measure_trial(raw: dict[str, Any], search_data: SearchData) -> TrialCost:
     from searcher.devices import import_tensorflow
 
     import_tensorflow()  # before searcher.training imports Keras: without TensorFlow's start-up lines
+    from searcher.devices import TrainingRuntime, apply_runtime
     from searcher.training import train
     from searcher.space import suggest_values, trial_config
 
     spec = parse_spec({**raw, "name": "init-timing"}, source="searcher init")
+    runtime = TrainingRuntime.from_spec(spec.runtime)  # what the written spec's workers will use
+    apply_runtime(runtime)
     config = trial_config(spec, suggest_values(_MiddleTrial(), spec), seed=0)
-    result = train(config, search_data, direction=spec.training.direction, max_epochs=3)
+    # A large table is timed on a sample: an epoch's steps scale with its rows.
+    scale = max(1.0, len(search_data.train) / _TIMING_ROWS)
+    if scale > 1:
+        pick = np.random.default_rng(0).permutation
+        search_data = dataclasses.replace(
+            search_data, train=search_data.train.take(pick(len(search_data.train))[:_TIMING_ROWS]),
+            val=search_data.val.take(pick(len(search_data.val))[:_TIMING_ROWS]), folds=())
+    result = train(config, search_data, direction=spec.training.direction, runtime=runtime, max_epochs=3)
     steady = statistics.median(result.epoch_seconds[1:]) if len(result.epoch_seconds) > 1 else result.epoch_seconds[0]
     # The first epoch also builds and traces the model: every model pays that once.
-    return TrialCost(epoch_s=steady, first_epoch_extra_s=max(0.0, result.epoch_seconds[0] - steady),
+    return TrialCost(epoch_s=steady * scale, first_epoch_extra_s=max(0.0, result.epoch_seconds[0] - steady),
                      folds=raw["data"].get("cv_folds") or 1)
 
 
@@ -261,7 +356,10 @@ def _render(raw: dict[str, Any], *, data_path: str, search_data: SearchData, not
         "cv_folds": "stratified, seeded folds of the training rows; a trial's value is the mean over them",
         "test_fraction": "held out; only `searcher retrain` scores it, once",
         "test_path": "the held-out test set; only `searcher retrain` scores it, once",
-        "missing": "imputed with the fit split's means, inside the model",
+        "missing": {"mean": "numbers: the fit split's means; text: a category of its own; inside the model",
+                    "most_frequent": "the fit split's most frequent value or category, inside the model",
+                    "error": "a missing number is an error; missing text is a category of its own"}[
+                        raw["data"].get("missing", "error")],
         "image_size": "every image is resized to this (height, width)",
     }
     sized = "shortened so the budget fits (see the top)" if any("epochs" in c for c in sizing.shaped) else \

@@ -27,9 +27,11 @@ from searcher.status import render, take_snapshot
 from searcher.space import describe
 from searcher.data import check_search_data, describe_data
 from searcher.spec import FILE_DATASETS, StudySpec, directions
-from searcher.storage import DEFAULT_SQLITE, BudgetLock, describe_db_error, mask_url, open_storage, resolve_url
+from searcher.outage import DatabaseUnavailable, Outage, is_unreachable
+from searcher.storage import (DEFAULT_SQLITE, RECONNECT_SECONDS, BudgetLock, describe_db_error, mask_url, open_storage,
+                              resolve_url)
 from searcher.supervisor import LaunchPlan, WorkerProcess, fail_orphaned_trials, start_worker, stop_workers, supervise
-from searcher.worker import EXIT_DONE, EXIT_INTERRUPTED, raise_keyboard_interrupt
+from searcher.worker import EXIT_DONE, EXIT_INTERRUPTED, EXIT_UNAVAILABLE, StopOnce
 
 log = logging.getLogger(__name__)
 REFRESH_SECONDS = 1.0
@@ -53,7 +55,7 @@ class LaunchRequest:
 
 
 def create_study(spec: StudySpec, url: str, *, n_trials: int | None, name: str | None = None,
-                 exact: bool = False) -> tuple[optuna.Study, str | None]:
+                 exact: bool = False, outage: Outage | None = None) -> tuple[optuna.Study, str | None]:
     """Create the study (or continue it) and enqueue its baselines once; return it with a line
     to show when its budget is not the one asked for.
 
@@ -63,7 +65,8 @@ def create_study(spec: StudySpec, url: str, *, n_trials: int | None, name: str |
     once make one study and one set of baselines. ``name``: the study's name (default: the spec's).
     """
     name = name or spec.name
-    storage = studies.open_study_storage(spec, url)
+    # With an outage to follow (launch) a lost database is waited for in the watch loop, not in each connect.
+    storage = studies.open_study_storage(spec, url, outage=outage, reconnect_seconds=0 if outage else RECONNECT_SECONDS)
     with BudgetLock(url, name, storage=storage):
         study = studies.create_or_continue(spec, storage, n_trials=n_trials, name=name)
         if exact and n_trials is not None:
@@ -94,7 +97,9 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
     if spec.data.dataset in FILE_DATASETS:  # a user's own file: check it before anything is stored
         data_summary = check_search_data(spec, split_seed=spec.split_seed, data_dir=request.data_dir)
         console.print(f"data: {describe_data(data_summary)}", highlight=False)
-    study, note = create_study(spec, url, n_trials=request.trials, name=name, exact=request.trials is not None)
+    outage = Outage(minutes=spec.runtime.db_outage_minutes)
+    study, note = create_study(spec, url, n_trials=request.trials, name=name, exact=request.trials is not None,
+                               outage=outage)
     if note:
         console.print(note, highlight=False, markup=False)
     n_trials = study.user_attrs[stored.BUDGET]
@@ -127,9 +132,14 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
         console.print(f"  worker {slot.placement.index}: {slot.placement.describe()}")
         start_worker(slot, plan)
 
-    previous = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    # One-shot: a second Ctrl-C or SIGTERM must not cut short the stopping of the workers.
+    previous = {signum: signal.signal(signum, stop) for stop in [StopOnce()] for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
-        _watch(study, slots, plan, console=console)
+        _watch(study, slots, plan, console=console, outage=outage)
+    except DatabaseUnavailable as e:
+        console.print(f"[red]{e}: stopping workers; run the same launch again when the database is back[/]")
+        stop_workers(slots)
+        return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: stopping workers...[/]")
         stop_workers(slots)
@@ -139,7 +149,8 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
                       f"Run the same launch again to continue; interrupted trials run again first.")
         return EXIT_INTERRUPTED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     print_summary(study, console=console, url=url, default_url=request.storage is None)
     crashed = [s for s in slots if s.last_exit not in (EXIT_DONE, None)]
     for slot in crashed:
@@ -179,8 +190,12 @@ def _goal_lines(spec: StudySpec) -> list[str]:
     return lines
 
 
-def _watch(study: optuna.Study, slots: list[WorkerProcess], plan: LaunchPlan, *, console: Console) -> None:
-    """Supervise until every worker is done; redraw the view (or log finished trials)."""
+def _watch(study: optuna.Study, slots: list[WorkerProcess], plan: LaunchPlan, *, console: Console,
+           outage: Outage) -> None:
+    """Supervise until every worker is done; redraw the view (or log finished trials).
+
+    A lost database is waited for (one log line when lost, one when back), up to
+    ``runtime.db_outage_minutes``; then DatabaseUnavailable."""
     started = time.monotonic()
     initial = take_snapshot(study).finished
     reported: set[int] = set()
@@ -201,9 +216,14 @@ def _watch(study: optuna.Study, slots: list[WorkerProcess], plan: LaunchPlan, *,
                                 refresh=True)
                 else:
                     _log_finished(study, reported, console)
-            except optuna.exceptions.StorageInternalError as e:
-                # A database restart cut a query short; the workers wait it out, and so does the view.
-                log.warning("storage error, retrying: %s", describe_db_error(e))
+            except Exception as e:
+                if is_unreachable(e):  # the workers wait it out, and so does the view
+                    outage.lost(e)
+                    outage.check_deadline()
+                elif isinstance(e, optuna.exceptions.StorageInternalError):
+                    log.warning("storage error, retrying: %s", describe_db_error(e))
+                else:
+                    raise
             if all(s.finished for s in slots):
                 return
             time.sleep(REFRESH_SECONDS)

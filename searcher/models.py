@@ -2,7 +2,8 @@
 
 The first layers are the data's preprocessing, fitted on the fit split (``data.Preprocessing``):
 rescaling, per-feature standardization, imputation and one-hot categories, so the model
-takes raw inputs and a saved ``.keras`` file needs nothing else. Then MLP and CNN share one
+takes raw inputs and a saved ``.keras`` file needs nothing else: they are Keras's own
+layers and ops, so it loads with ``keras.models.load_model`` where searcher is not installed. Then MLP and CNN share one
 block: layer -> optional batch norm -> activation -> optional dropout, with the initializer
 and L2 on every kernel. Import this module only in worker processes and retrain: it
 imports TensorFlow.
@@ -11,8 +12,10 @@ imports TensorFlow.
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 from searcher.data import Preprocessing, input_name
+from searcher.table import missing_variants
 from searcher.space import ModelConfig
 
 # Keras names an activation layer where a string is not enough.
@@ -27,7 +30,7 @@ def build_model(
     *,
     preprocessing: Preprocessing,
     n_classes: int,
-    jit_compile: bool | str = "auto",
+    jit_compile: bool = False,
 ) -> keras.Model:
     """Return the compiled network ``config`` describes, on raw inputs as ``preprocessing`` says.
 
@@ -86,11 +89,8 @@ def ensemble_model(members: list[keras.Model]) -> keras.Model:
 
 @keras.saving.register_keras_serializable(package="searcher")
 class FillMissing(keras.layers.Layer):
-    """Replaces NaN with per-feature values fitted on the fit split (``data.missing: mean``).
-
-    Keras has no imputation layer; a saved model that uses this one loads once
-    ``searcher.models`` is imported.
-    """
+    """Replaces NaN with per-feature values. New models impute with Keras's own ops instead;
+    ``.keras`` files saved with this layer still load where ``searcher.models`` is imported."""
 
     def __init__(self, values: list[float], **kwargs) -> None:
         super().__init__(**kwargs)
@@ -115,16 +115,38 @@ def _input_layers(pre: Preprocessing):
     if pre.numeric:
         columns = [raw[name] for name in pre.numeric]
         parts.append(_scaled(keras.layers.Concatenate(name="numeric")(columns) if len(columns) > 1 else columns[0], pre))
-    for name, vocabulary in pre.vocabularies:
-        parts.append(keras.layers.StringLookup(vocabulary=list(vocabulary), output_mode="one_hot",
-                                               name=f"onehot_{input_name(name)}")(raw[name]))
+    fills = pre.category_fill or (None,) * len(pre.vocabularies)
+    for (name, vocabulary), fill in zip(pre.vocabularies, fills):
+        parts.append(_one_hot(raw[name], vocabulary, fill=fill, name=input_name(name)))
     inputs = {input_name(name): tensor for name, tensor in raw.items()}
     return inputs, keras.layers.Concatenate(name="features")(parts) if len(parts) > 1 else parts[0]
 
 
+def _one_hot(column, vocabulary: tuple[str, ...], *, fill: str | None, name: str):
+    """One-hot slots: "other" (a value the fit split never had), the vocabulary, then "missing"
+    (every spelling of a missing cell), unless ``fill`` names the value a missing cell takes.
+
+    Built from Keras's own layers so that the saved file loads without searcher: a one-hot
+    lookup of the raw string, then a fixed (non-trained) matrix from lookup slot to slot
+    (a matrix product: it converts to TensorFlow Lite at any batch size).
+    """
+    fill = fill if fill in vocabulary else None  # a column with no value in the fit split has no most frequent
+    variants = [v for v in missing_variants() if v not in vocabulary]
+    lookup = keras.layers.StringLookup(vocabulary=list(vocabulary) + variants, num_oov_indices=1,
+                                       output_mode="one_hot", name=f"lookup_{name}")(column)
+    width = len(vocabulary) + (1 if fill is not None else 2)
+    slots = np.zeros((1 + len(vocabulary) + len(variants), width), dtype="float32")
+    slots[np.arange(1 + len(vocabulary)), np.arange(1 + len(vocabulary))] = 1.0
+    missing_slot = width - 1 if fill is None else 1 + vocabulary.index(fill)
+    slots[1 + len(vocabulary):, missing_slot] = 1.0
+    return keras.layers.Dense(width, use_bias=False, kernel_initializer=keras.initializers.Constant(slots),
+                              trainable=False, name=f"slots_{name}")(lookup)
+
+
 def _scaled(x, pre: Preprocessing):
     if pre.fill:
-        x = FillMissing(list(pre.fill), name="fill_missing")(x)
+        # Keras ops, not a layer of searcher's: the saved model then loads with Keras alone.
+        x = keras.ops.where(keras.ops.isnan(x), keras.ops.convert_to_tensor(list(pre.fill), dtype=x.dtype), x)
     if pre.mode == "rescale" and pre.kind == "array":
         return keras.layers.Rescaling(1.0 / pre.scale, name="rescale")(x)
     if pre.mean:  # standardize; a table's rescale is a min-max map, the same layer with (min, range**2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import Any
 
 import keras
@@ -17,7 +18,9 @@ import optuna
 from searcher import stored
 from searcher.cost import measure_cost
 from searcher.data import SearchData
-from searcher.memory import MemoryGuard
+from searcher.devices import TrainingRuntime
+from searcher.memory import MemoryGuard, MemoryLimitExceeded
+from searcher.outage import Outage, TrialReaped, is_unreachable
 from searcher.ranking import cost_of, violations
 from searcher.space import TrialConfig, suggest_values, trial_config
 from searcher.spec import COST_OBJECTIVES, StudySpec, objective_names
@@ -32,26 +35,66 @@ from searcher.training import (
 )
 
 
+class _TrialWriter:
+    """Writes a trial's epochs to the database without stalling training during an outage.
+
+    A write that finds the database unreachable is kept and written with the next one that
+    gets through (intermediate values), or simply superseded (the curve); the training goes
+    on meanwhile. A trial failed as stale by another process ends here (``TrialReaped``).
+    """
+
+    def __init__(self, trial: optuna.Trial, outage: Outage) -> None:
+        self.trial, self.outage = trial, outage
+
+    def attempt(self, write: Any) -> bool:
+        try:
+            write()
+        except optuna.exceptions.UpdateFinishedTrialError:
+            raise TrialReaped(f"trial {self.trial.number} was failed as stale while this worker trained it; "
+                              "its retry runs it again, this run stops") from None
+        except Exception as e:
+            if not is_unreachable(e):
+                raise
+            self.outage.lost(e)
+            return False
+        self.outage.back()
+        return True
+
+
 class _ReportAndPrune(keras.callbacks.Callback):
     """Report the validation metric each epoch and stop training when the pruner says so.
 
     Like optuna-integration's ``KerasPruningCallback``, but it stops ``fit`` instead of
-    raising inside it, so a pruned trial still records its epochs and timings.
+    raising inside it, so a pruned trial still records its epochs and timings. Epochs that
+    end while the database is unreachable are reported once it is back; the pruner is asked
+    only then.
     """
 
-    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+    def __init__(self, trial: optuna.Trial, metric: str, outage: Outage) -> None:
         super().__init__()
         self.trial, self.metric = trial, metric
+        self.writer = _TrialWriter(trial, outage)
+        self.pending: list[tuple[int, float]] = []
+        self.prune = False
         self.pruned_at: int | None = None
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
         value = (logs or {}).get(self.metric)
         if value is None:
             return
-        self.trial.report(float(value), step=epoch)
-        if self.trial.should_prune():
+        self.pending.append((epoch, float(value)))
+        if self.writer.attempt(self._report_pending) and self.writer.attempt(self._ask_pruner) and self.prune:
             self.pruned_at = epoch + 1
             self.model.stop_training = True
+
+    def _ask_pruner(self) -> None:
+        self.prune = self.trial.should_prune()
+
+    def _report_pending(self) -> None:
+        while self.pending:
+            step, value = self.pending[0]
+            self.trial.report(value, step=step)
+            self.pending.pop(0)
 
 
 class _RecordCurve(keras.callbacks.Callback):
@@ -61,15 +104,39 @@ class _RecordCurve(keras.callbacks.Callback):
     the learning curve that intermediate values would hold goes here instead.
     """
 
-    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+    def __init__(self, trial: optuna.Trial, metric: str, outage: Outage) -> None:
         super().__init__()
         self.trial, self.metric, self.curve = trial, metric, []
+        self.writer = _TrialWriter(trial, outage)
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
         value = (logs or {}).get(self.metric)
         if value is not None:
             self.curve.append(float(value))
-            self.trial.set_user_attr(stored.CURVE, self.curve)
+            self.writer.attempt(lambda: self.trial.set_user_attr(stored.CURVE, self.curve))
+
+
+class _MemoryLimit(keras.callbacks.Callback):
+    """Fails the trial between two batches once the worker's resident memory passes the limit.
+
+    The check runs in the training thread, so it cannot be lost the way an interrupt sent from
+    another thread can be inside TensorFlow. It reads resident memory at most every
+    ``interval_s`` (a clock read per batch otherwise), at the start of a batch: a batch-begin
+    hook gets no logs, so Keras does not wait for the previous batch's results.
+    """
+
+    def __init__(self, guard: MemoryGuard, *, interval_s: float = 0.05) -> None:
+        super().__init__()
+        self.guard, self.interval_s, self._next = guard, interval_s, 0.0
+
+    def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+        now = time.monotonic()
+        self.guard.progressed(now)
+        if now < self._next:
+            return
+        self._next = now + self.interval_s
+        if self.guard.over_limit():
+            raise TrialFailed("out of memory", f"resident memory {self.guard.peak_mb:.0f} MB")
 
 
 class Objective:
@@ -78,12 +145,15 @@ class Objective:
     Args:
         spec: the study spec (search space, training settings, seed).
         data: training and validation splits, loaded once per worker process.
-        jit_compile: XLA on or off (``runtime.xla``).
+        runtime: XLA, precision and threads (``TrainingRuntime``), recorded on each trial.
+        n_visible_gpus: GPUs this process trains on, for the precision the trial records.
     """
 
-    def __init__(self, spec: StudySpec, data: SearchData, *, jit_compile: bool | str = "auto") -> None:
-        self.spec, self.data, self.jit_compile = spec, data, jit_compile
+    def __init__(self, spec: StudySpec, data: SearchData, *, runtime: TrainingRuntime, n_visible_gpus: int = 0) -> None:
+        self.spec, self.data, self.runtime = spec, data, runtime
+        self._runtime_attr = runtime.to_dict(n_visible_gpus=n_visible_gpus)
         self._host = socket.gethostname()
+        self.outage = Outage(minutes=spec.runtime.db_outage_minutes)
 
     def config_for(self, trial: optuna.Trial) -> TrialConfig:
         values = suggest_values(trial, self.spec)
@@ -91,68 +161,69 @@ class Objective:
         seed = trial.user_attrs.get(stored.SEED, trial_seed(self.spec.seed, trial.number))
         return trial_config(self.spec, values, seed=seed)
 
+    def _record(self, trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+        """Store ``attrs`` on the trial; they must land, so an unreachable database is waited for
+        (``runtime.db_outage_minutes``); a trial failed as stale meanwhile ends the run."""
+        try:
+            self.outage.retry(lambda: [trial.set_user_attr(k, v) for k, v in attrs.items()])
+        except optuna.exceptions.UpdateFinishedTrialError:
+            raise TrialReaped(f"trial {trial.number} was failed as stale while this worker trained it; its "
+                              "retry runs it again, this run's result is dropped") from None
+
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
-        trial.set_user_attr(stored.WORKER_PID, os.getpid())
-        trial.set_user_attr(stored.WORKER_HOST, self._host)
         config = self.config_for(trial)
-        trial.set_user_attr(stored.CONFIG, config.to_dict())
-        trial.set_user_attr(stored.SEED, config.seed)
-        trial.set_user_attr(stored.THREADS, os.environ.get("TF_NUM_INTRAOP_THREADS"))
+        self._record(trial, {stored.WORKER_PID: os.getpid(), stored.WORKER_HOST: self._host,
+                             stored.CONFIG: config.to_dict(), stored.SEED: config.seed,
+                             stored.THREADS: os.environ.get("TF_NUM_INTRAOP_THREADS"), stored.RUNTIME: self._runtime_attr})
         limits = self.spec.constraints.limits() if self.spec.constraints else {}
         if "max_params" in limits:
             self._reject_if_too_big(trial, config, limits["max_params"])
         objectives = objective_names(self.spec)
-        pruning = _ReportAndPrune(trial, config.training.metric)
+        pruning = _ReportAndPrune(trial, config.training.metric, self.outage)
         # Optuna's pruners need Trial.report, which multi-objective studies lack: record the curve only.
-        watch = _RecordCurve(trial, config.training.metric) if len(objectives) > 1 else pruning
+        watch = _RecordCurve(trial, config.training.metric, self.outage) if len(objectives) > 1 else pruning
         guard = MemoryGuard(self.spec.runtime.max_worker_memory_mb)
+        callbacks = [watch] + ([_MemoryLimit(guard)] if guard.limit_mb else [])
+        direction = self.spec.training.direction
         try:
             with guard:
-                result = train(
-                    config,
-                    self.data,
-                    direction=self.spec.training.direction,
-                    callbacks=[watch],
-                    jit_compile=self.jit_compile,
-                )
+                result = train(config, self.data, direction=direction, runtime=self.runtime, callbacks=callbacks)
                 # Fold 1 reports each epoch and may be pruned; the other folds run only for survivors.
                 folds = [result]
                 if pruning.pruned_at is None and self.data.folds:
-                    folds += train_other_folds(config, self.data, direction=self.spec.training.direction,
-                                               epochs=len(result.curve), jit_compile=self.jit_compile)
-        except KeyboardInterrupt:
-            if not guard.tripped:
-                trial.set_user_attr(stored.FAIL_REASON, "interrupted")
-                raise
-            trial.set_user_attr(stored.FAIL_REASON, "out of memory")
-            trial.set_user_attr(stored.FAIL_DETAIL, f"worker resident memory {guard.peak_mb:.0f} MB > "
-                                               f"runtime.max_worker_memory_mb {self.spec.runtime.max_worker_memory_mb}")
-            raise TrialFailed("out of memory", f"resident memory {guard.peak_mb:.0f} MB") from None
+                    folds += train_other_folds(config, self.data, direction=direction, epochs=len(result.curve),
+                                               runtime=self.runtime)
+        except MemoryLimitExceeded:  # the backstop, for a step that did not return to Python
+            raise self._fail(trial, guard, TrialFailed("out of memory", f"resident memory {guard.peak_mb:.0f} MB"))
         except TrialFailed as e:
-            trial.set_user_attr(stored.FAIL_REASON, e.reason)
-            trial.set_user_attr(stored.FAIL_DETAIL, str(e)[:300])
-            raise
+            raise self._fail(trial, guard, e)
         except Exception as e:
-            trial.set_user_attr(stored.FAIL_REASON, "exception")
-            trial.set_user_attr(stored.FAIL_DETAIL, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300])
+            self._record(trial, {stored.FAIL_REASON: "exception", stored.PEAK_RSS_MB: round(guard.peak_mb),
+                                 stored.FAIL_DETAIL: f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]})
             raise
-        finally:
-            trial.set_user_attr(stored.PEAK_RSS_MB, round(guard.peak_mb))
-        direction = self.spec.training.direction
         summary = result.summary() | (cross_validated(folds, direction) if len(folds) > 1 else {})
-        for key, value in summary.items():
-            trial.set_user_attr(key, value)
-        for key, value in measure_cost(result.model, self.data.val).items():
-            trial.set_user_attr(key, value)
+        summary |= measure_cost(result.model, self.data.val)
+        self._record(trial, summary | {stored.PEAK_RSS_MB: round(guard.peak_mb)})
+        if pruning.pending:  # epochs that ended during an outage: reported now that the database is back
+            self.outage.retry(pruning._report_pending)
         figures = {name: cost_of(trial, name) for name in COST_OBJECTIVES}
-        for key, value in violations(limits, figures).items():
-            trial.set_constraint(key, value)
+        self.outage.retry(lambda: [trial.set_constraint(k, v) for k, v in violations(limits, figures).items()])
         if pruning.pruned_at is not None:
             raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at}")
         value = cv_score(folds, direction).value
         if len(objectives) > 1:
             return value, figures[objectives[1]]
         return value
+
+    def _fail(self, trial: optuna.Trial, guard: MemoryGuard, error: TrialFailed) -> TrialFailed:
+        """Record why the trial failed; out of memory says by how much (it is not retried)."""
+        detail = str(error)[:300]
+        if error.reason == "out of memory":
+            detail = (f"worker resident memory {guard.peak_mb:.0f} MB > runtime.max_worker_memory_mb "
+                      f"{self.spec.runtime.max_worker_memory_mb}")
+        self._record(trial, {stored.FAIL_REASON: error.reason, stored.FAIL_DETAIL: detail,
+                             stored.PEAK_RSS_MB: round(guard.peak_mb)})
+        return error
 
     def _reject_if_too_big(self, trial: optuna.Trial, config: TrialConfig, max_params: int) -> None:
         """Build and count the network; over ``constraints.max_params`` it ends now, untrained.
@@ -161,7 +232,7 @@ class Objective:
         NSGA-II learn where the feasible region is; it counts against the budget like any
         finished trial, and is never "best".
         """
-        n_params = count_params(config, self.data, jit_compile=self.jit_compile)
+        n_params = count_params(config, self.data, runtime=self.runtime)
         trial.set_user_attr(stored.N_PARAMS, n_params)
         if n_params <= max_params:
             return

@@ -16,11 +16,9 @@ files in a folder and pass ``--data-dir`` (or set ``SEARCHER_DATA_DIR``):
 
 from __future__ import annotations
 
-import csv
 import gzip
 import hashlib
 import json
-import math
 import os
 import pickle
 import re
@@ -31,8 +29,10 @@ from typing import Union
 
 import numpy as np
 
+from searcher import table as csv_table
 from searcher.errors import DataError
 from searcher.spec import DataSpec
+from searcher.table import Table
 
 DATA_DIR_ENV = "SEARCHER_DATA_DIR"
 CACHE_DIR_ENV = "SEARCHER_CACHE_DIR"
@@ -53,18 +53,6 @@ _FILES = {
 }
 
 Features = Union[np.ndarray, dict[str, np.ndarray]]  # an array, or a table's columns by name
-
-
-@dataclass(frozen=True)
-class Table:
-    """A table's feature columns: which are numbers and which are categories (strings)."""
-
-    numeric: tuple[str, ...]
-    categorical: tuple[str, ...]
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return self.numeric + self.categorical
 
 
 @dataclass(frozen=True)
@@ -138,7 +126,7 @@ def _read_npz(path: Path) -> RawData:
 
 def _read_csv_files(spec: DataSpec) -> RawData:
     path = Path(spec.path)
-    header, rows = _read_csv(path)
+    header = csv_table.read_header(path)
     for name in (spec.target, *spec.features, *spec.categorical):
         if name not in header:
             field = "data.target" if name == spec.target else ("data.features" if name in spec.features
@@ -147,101 +135,20 @@ def _read_csv_files(spec: DataSpec) -> RawData:
     names = spec.features or tuple(h for h in header if h != spec.target)
     if spec.target in names:
         raise DataError(f"data.features: lists the target column {spec.target!r}")
-    table = _column_kinds(path, header, rows, names, declared=spec.categorical)
-    x_train, y_train = _table_columns(path, header, rows, table, spec.target)
+    train = csv_table.scan(path, text_columns=(*spec.categorical, spec.target))
+    kinds = csv_table.column_kinds(train, names, declared=spec.categorical)
+    x_train, y_train = csv_table.table_columns(train, kinds, spec.target)
     if not spec.test_path:
-        return RawData(x_train, y_train, None, None, table=table, train_source=str(path))
+        return RawData(x_train, y_train, None, None, table=kinds, train_source=str(path))
     test_path = Path(spec.test_path)
-    test_header, test_rows = _read_csv(test_path, field="data.test_path")
-    missing = [c for c in (*table.columns, spec.target) if c not in test_header]
+    test_header = csv_table.read_header(test_path, field="data.test_path")
+    missing = [c for c in (*kinds.columns, spec.target) if c not in test_header]
     if missing:
         raise DataError(f"data.test_path: {test_path} lacks column(s) {', '.join(missing)} that {path.name} has; "
                         "train and test files need the same feature columns")
-    x_test, y_test = _table_columns(test_path, test_header, test_rows, table, spec.target)
-    return RawData(x_train, y_train, x_test, y_test, table=table, train_source=str(path), test_source=str(test_path))
-
-
-def _read_csv(path: Path, *, field: str = "data.path") -> tuple[list[str], list[list[str]]]:
-    if not path.is_file():
-        raise DataError(f"{field}: {path} not found")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = [h.strip() for h in next(reader, [])]
-            rows = [row for row in reader if any(cell.strip() for cell in row)]
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"{path}: not a readable CSV file ({e})") from None
-    if not header:
-        raise DataError(f"{path}: is empty (expected a header row, then one row per example)")
-    if len(set(header)) != len(header):
-        repeated = sorted({h for h in header if header.count(h) > 1})
-        raise DataError(f"{path}: column name(s) {', '.join(map(repr, repeated))} appear more than once in the header")
-    if not rows:
-        raise DataError(f"{path}: has a header but no rows")
-    for i, row in enumerate(rows):
-        if len(row) != len(header):
-            raise DataError(f"{path}: line {_line(i)} has {len(row)} fields, the header {len(header)}")
-    return header, rows
-
-
-def _line(row_index: int) -> int:
-    return row_index + 2  # the line an editor shows: 1-based, after the header
-
-
-def _as_number(cell: str) -> float | None:
-    """The cell's number; NaN for an empty cell; None when it is not a number."""
-    cell = cell.strip()
-    if cell == "" or cell.lower() in ("nan", "na", "null"):
-        return math.nan
-    try:
-        return float(cell)
-    except ValueError:
-        return None
-
-
-def _column_kinds(path: Path, header: list[str], rows: list[list[str]], names: tuple[str, ...], *,
-                  declared: tuple[str, ...]) -> Table:
-    """Numbers where every filled cell is a number, categories where none is; a column that
-    mixes them is an error (a typo in a numeric column must not silently make it categorical)."""
-    numeric, categorical = [], []
-    for name in names:
-        if name in declared:
-            categorical.append(name)
-            continue
-        j = header.index(name)
-        parsed = [_as_number(row[j]) for row in rows]
-        bad = [i for i, v in enumerate(parsed) if v is None]
-        if not bad:
-            numeric.append(name)
-        elif len(bad) == len(rows):
-            categorical.append(name)
-        else:
-            i = bad[0]
-            raise DataError(f"{path}: column {name!r}, line {_line(i)}: {rows[i][j].strip()!r} is not a number "
-                            f"({len(rows) - len(bad)} of its {len(rows)} values are); fix the value, or list the "
-                            "column in data.categorical")
-    return Table(tuple(numeric), tuple(categorical))
-
-
-def _table_columns(path: Path, header: list[str], rows: list[list[str]], table: Table,
-                   target: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    columns: dict[str, np.ndarray] = {}
-    for name in table.numeric:
-        j = header.index(name)
-        values = [_as_number(row[j]) for row in rows]
-        for i, v in enumerate(values):
-            if v is None:
-                raise DataError(f"{path}: column {name!r}, line {_line(i)}: {rows[i][j].strip()!r} is not a number")
-        columns[name] = np.asarray(values, dtype=np.float32)
-    for name in table.categorical:
-        j = header.index(name)
-        columns[name] = np.asarray([row[j].strip() for row in rows], dtype=object)
-    j = header.index(target)
-    labels = [row[j].strip() for row in rows]
-    empty = [i for i, v in enumerate(labels) if v == ""]
-    if empty:
-        raise DataError(f"{path}: column {target!r} (the target), line {_line(empty[0])}: empty label")
-    return columns, np.asarray(labels, dtype=object)
+    test = csv_table.scan(test_path, text_columns=(*kinds.categorical, spec.target), field="data.test_path")
+    x_test, y_test = csv_table.table_columns(test, kinds, spec.target)
+    return RawData(x_train, y_train, x_test, y_test, table=kinds, train_source=str(path), test_source=str(test_path))
 
 
 # --- image folders -----------------------------------------------------------------------

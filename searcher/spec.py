@@ -304,6 +304,11 @@ class DataSpec(_Frozen):
     its value is their mean at the epoch where that mean is best; ``retrain`` averages the K
     models into one. For small data,
     where one validation split of a few dozen rows is too noisy to select on.
+
+    ``missing``: a missing cell (empty, NA, N/A, NaN, null, None, ?) of a text column is a
+    category of its own, except with ``most_frequent``, which imputes the fit split's most
+    frequent category. In numbers it is an error (``error``, naming the column and line), or
+    imputed with the fit split's mean (``mean``) or most frequent value (``most_frequent``).
     """
 
     dataset: Literal["digits", "mnist", "fashion_mnist", "cifar10", "npz", "csv", "images"]
@@ -316,7 +321,7 @@ class DataSpec(_Frozen):
     image_size: tuple[int, int] | None = None
     color_mode: Literal["rgb", "grayscale"] = "rgb"
     preprocess: Literal["auto", "standardize", "rescale", "none"] = "auto"
-    missing: Literal["error", "mean"] = "error"
+    missing: Literal["error", "mean", "most_frequent"] = "error"
     validation_fraction: float = Field(0.2, gt=0, lt=1)
     cv_folds: int | None = Field(None, ge=2, le=20)
     split_seed: int | None = Field(None, ge=0)  # None: the study's seed
@@ -353,8 +358,8 @@ class DataSpec(_Frozen):
                 raise FieldError(name, f"must not repeat a column, got {list(values)}")
         if self.features and (extra := [c for c in self.categorical if c not in self.features]):
             raise FieldError("categorical", f"{extra[0]!r} is not in data.features")
-        if self.missing == "mean" and self.dataset not in ("npz", "csv"):
-            raise FieldError("missing", f"mean imputation is for tables (npz, csv), not {self.dataset}")
+        if self.missing != "error" and self.dataset not in ("npz", "csv"):
+            raise FieldError("missing", f"{self.missing} imputation is for tables (npz, csv), not {self.dataset}")
         if self.cv_folds and self.validation_fraction != DataSpec.model_fields["validation_fraction"].default:
             raise FieldError("validation_fraction", f"is not used with cv_folds: each of the {self.cv_folds} folds "
                                                     f"validates on 1/{self.cv_folds} of the training rows; drop one")
@@ -474,6 +479,9 @@ class RuntimeSpec(_Frozen):
     recycle_after_trials: int = Field(100, ge=1)
     recycle_memory_growth_mb: int | None = Field(2048, ge=64)
     max_worker_memory_mb: int | None = Field(None, ge=256)
+    # How long a worker waits for a lost database (a drained PostgreSQL pod is away 1-3 minutes)
+    # before it exits 69 (EX_UNAVAILABLE), which launch, Kubernetes, compose and Slurm restart.
+    db_outage_minutes: float = Field(30.0, gt=0)
 
     @model_validator(mode="after")
     def _grace_exceeds_interval(self) -> RuntimeSpec:

@@ -28,6 +28,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
 
 from searcher.errors import StorageError
+from searcher.outage import Outage, is_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +98,15 @@ def open_storage(
     grace_period: int | None = None,
     stale_trial_callback: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
     create: bool = True,
+    outage: Outage | None = None,
+    reconnect_seconds: float = RECONNECT_SECONDS,
 ) -> optuna.storages.RDBStorage:
     """Connect (creating Optuna's tables on a new database); errors become one line.
 
     With ``create=False`` a missing SQLite file is an error instead of a new empty study file.
+    ``outage`` follows this storage's connects (see ``OutageAwareStorage``); a connect that is
+    refused is tried again for ``reconnect_seconds`` (workers pass 0: they wait in their own
+    loop, and a trial's epochs must not stall on a report during an outage).
     """
     if url.startswith("sqlite"):
         path = Path(make_url(url).database)
@@ -109,7 +115,7 @@ def open_storage(
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with _creating_tables(url):
-            storage = optuna.storages.RDBStorage(
+            storage = OutageAwareStorage(
                 url,
                 engine_kwargs=_engine_kwargs(url),
                 heartbeat_interval=heartbeat_interval,
@@ -127,11 +133,46 @@ def open_storage(
         raise StorageError(f"storage {mask_url(url)}: its tables have Optuna schema {current}, Optuna "
                            f"{optuna.__version__} needs {head}; run `optuna storage upgrade --storage URL` "
                            "(or use the Optuna version that made them)")
+    storage.outage = outage or Outage()
     if url.startswith("sqlite"):
         _use_write_ahead_log(storage.engine)
     else:
-        wait_out_restarts(storage.engine)
+        wait_out_restarts(storage.engine, seconds=reconnect_seconds, outage=storage.outage)
     return storage
+
+
+class OutageAwareStorage(optuna.storages.RDBStorage):
+    """Optuna's RDBStorage, living through database outages of minutes (see searcher/outage.py).
+
+    Heartbeats: Optuna's heartbeat thread ends at the first exception ``record_heartbeat``
+    raises, so a trial whose worker trained on through an outage would never beat again and
+    be reaped. Here a failed beat is noted and the thread beats again an interval later.
+    """
+
+    outage: Outage
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as e:
+            if is_unreachable(e):
+                self.outage.lost(e)
+            else:
+                log.warning("heartbeat of trial id %d not recorded: %s", trial_id, describe_db_error(e))
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """The one override of Optuna's private API: every reaper of stale trials asks here
+        (``study.optimize`` before each trial, launch's watch loop, both through
+        ``fail_stale_trials``), and Optuna has no public hook to say "not yet".
+
+        During an outage every worker's heartbeats stop; after it, a live worker beats again
+        within a heartbeat interval. So this process reaps nothing until it has itself had the
+        database back for a full grace period: staleness is judged from then, not from the
+        last beat the outage swallowed.
+        """
+        stale = super()._get_stale_trial_ids(study_id)
+        grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
+        return stale if self.outage.settled(grace) else []
 
 
 def _use_write_ahead_log(engine: Engine) -> None:
@@ -188,8 +229,9 @@ def _lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
-def wait_out_restarts(engine: Engine, *, seconds: float = RECONNECT_SECONDS) -> None:
-    """Make the engine retry a refused connection for up to ``seconds`` instead of failing.
+def wait_out_restarts(engine: Engine, *, seconds: float = RECONNECT_SECONDS, outage: Outage | None = None) -> None:
+    """Make the engine retry a refused connection for up to ``seconds`` instead of failing,
+    and tell ``outage`` when the server is lost and when it is back.
 
     Call it once the engine has connected. With ``pool_pre_ping`` a connection that died
     in a PostgreSQL restart is replaced on its next use; this makes the replacement wait
@@ -200,13 +242,19 @@ def wait_out_restarts(engine: Engine, *, seconds: float = RECONNECT_SECONDS) -> 
         deadline = time.monotonic() + seconds
         for attempt in itertools.count():
             try:
-                return dialect.connect(*cargs, **cparams)
+                connection = dialect.connect(*cargs, **cparams)
             except dialect.loaded_dbapi.OperationalError as e:
+                if outage is not None:
+                    outage.lost(e)
                 if time.monotonic() >= deadline:
                     raise
-                if attempt == 0:
+                if attempt == 0 and outage is None:
                     log.warning("storage unreachable, retrying for up to %.0f s: %s", seconds, describe_db_error(e))
                 time.sleep(1.0)
+            else:
+                if outage is not None:
+                    outage.back()
+                return connection
 
     sqlalchemy.event.listen(engine, "do_connect", connect)
 

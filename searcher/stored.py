@@ -27,6 +27,7 @@ REFERENCES = "references"  # boosted trees and logistic regression on the same s
 CONFIG = "config"  # TrialConfig.to_dict: everything needed to train it again
 SEED = "seed"
 WORKER_PID, WORKER_HOST, THREADS = "worker_pid", "worker_host", "threads"
+RUNTIME = "runtime"  # devices.TrainingRuntime.to_dict: XLA, precision, threads; retrain and replay train so
 BASELINE, BASELINE_NOTE = "baseline", "baseline_note"  # the name and why of a queued baseline trial
 # --- trial attrs: how it went
 CURVE = "curve"  # the validation curve of a multi-objective trial (it has no intermediate values)

@@ -25,8 +25,9 @@ from optuna.trial import TrialState
 from searcher import stored
 from searcher.errors import StorageError, UserError
 from searcher.space import baseline_params, grid_search_space
+from searcher.outage import Outage
 from searcher.spec import NAME_PATTERN, StudySpec, directions, load_spec, objective_names, resolve_spec_path
-from searcher.storage import mask_url, open_storage
+from searcher.storage import RECONNECT_SECONDS, mask_url, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +86,17 @@ def retry_interrupted(study: optuna.Study, number: int, spec: StudySpec) -> bool
     return waiting() > before
 
 
-def open_study_storage(spec: StudySpec, url: str) -> optuna.storages.RDBStorage:
-    """The study's storage with heartbeats on, so a killed worker's trial is failed and retried."""
+def open_study_storage(spec: StudySpec, url: str, *, outage: Outage | None = None,
+                       reconnect_seconds: float = RECONNECT_SECONDS) -> optuna.storages.RDBStorage:
+    """The study's storage with heartbeats on, so a killed worker's trial is failed and retried;
+    ``outage`` and ``reconnect_seconds`` as for ``open_storage``."""
     return open_storage(
         url,
         heartbeat_interval=spec.runtime.heartbeat_interval,
         grace_period=spec.runtime.grace_period,
         stale_trial_callback=_stale_trial_callback(spec),
+        outage=outage or Outage(minutes=spec.runtime.db_outage_minutes),
+        reconnect_seconds=reconnect_seconds,
     )
 
 
@@ -295,11 +300,11 @@ def wait_until_ready(url: str, *, seconds: float, name: str | None = None, poll_
                 raise StorageError(f"{e} (waited {seconds:.0f} s)") from None
             if waiting_since is None:
                 waiting_since = time.monotonic()
-                log.info("waiting up to %.0f s: %s", seconds, e)
+                log.warning("waiting up to %.0f s: %s", seconds, e)
             time.sleep(min(poll_seconds, left))
             continue
         if waiting_since is not None:
-            log.info("ready after %.0f s", time.monotonic() - waiting_since)
+            log.warning("ready after %.0f s", time.monotonic() - waiting_since)
         return
 
 

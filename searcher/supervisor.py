@@ -22,7 +22,7 @@ import optuna
 from searcher import stored
 from searcher.devices import WorkerPlacement
 from searcher.storage import STORAGE_ENV
-from searcher.worker import EXIT_DONE, EXIT_FAILURES, EXIT_RECYCLE
+from searcher.worker import EXIT_DONE, EXIT_FAILURES, EXIT_RECYCLE, EXIT_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,11 @@ def supervise(slots: list[WorkerProcess], plan: LaunchPlan) -> None:
         code = slot.last_exit = slot.process.returncode
         if code == EXIT_RECYCLE:
             slot.recycles += 1
+            start_worker(slot, plan)
+        elif code == EXIT_UNAVAILABLE:
+            # The database was away longer than runtime.db_outage_minutes: a fresh worker waits again;
+            # launch itself gives up when it has waited as long (launch._watch).
+            log.warning("worker %d exited %d (database unavailable); restarting", slot.placement.index, code)
             start_worker(slot, plan)
         elif code in (EXIT_DONE, EXIT_FAILURES, 1) or slot.restarts >= MAX_RESTARTS:
             # 1 is a user error (bad spec, storage): restarting would only repeat it.

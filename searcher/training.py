@@ -1,7 +1,8 @@
 """Training as a library: one loop (``train``), its callbacks, folds and cross-validated scores.
 
 ``train`` is the single training loop; the search, ``retrain``, ``replay``, ``confirm`` and
-``init`` all call it, so they train the same way. With ``data.cv_folds`` a config trains fold 1
+``init`` all call it, with one ``TrainingRuntime`` (XLA, precision, threads), so they train the
+same way. With ``data.cv_folds`` a config trains fold 1
 as any trial (reported each epoch, prunable, stopped early), then the other folds for as many
 epochs; its value is the best epoch of the folds' mean curve (``cv_score``).
 Imports TensorFlow: worker processes only.
@@ -20,6 +21,7 @@ import numpy as np
 
 from searcher import stored
 from searcher.data import SearchData, Split, class_weights, to_tf_dataset
+from searcher.devices import TrainingRuntime
 from searcher.models import build_model
 from searcher.space import TrialConfig
 
@@ -157,8 +159,8 @@ def train(
     data: SearchData,
     *,
     direction: str,
+    runtime: TrainingRuntime,
     callbacks: list[keras.callbacks.Callback] = (),
-    jit_compile: bool | str = "auto",
     max_epochs: int | None = None,
     early_stopping: bool = True,
 ) -> TrainResult:
@@ -169,7 +171,7 @@ def train(
     (default the config's) and keeps the last epoch's weights.
     """
     training = config.training
-    model = _fresh_model(config, data, jit_compile=jit_compile, seed=config.seed)
+    model = _fresh_model(config, data, runtime=runtime, seed=config.seed)
     model.steps_per_execution = steps_per_call(len(data.train), training.batch_size)
     clock = _EpochClock()
     val_batch = max(training.batch_size, 256)
@@ -219,22 +221,22 @@ def fold_seed(seed: int, fold: int) -> int:
 
 
 def train_other_folds(config: TrialConfig, data: SearchData, *, direction: str, epochs: int,
-                      jit_compile: bool | str = "auto") -> list[TrainResult]:
+                      runtime: TrainingRuntime) -> list[TrainResult]:
     """``config`` on folds 2..K of ``data`` (``data.cv_folds``) for exactly ``epochs`` each, the
     epochs fold 1 ran: without early stopping, so every fold has a value at every epoch of
     fold 1's curve and ``cv_score`` can average them epoch by epoch."""
     return [train(config.model_copy(update={"seed": fold_seed(config.seed, k)}), fold, direction=direction,
-                  jit_compile=jit_compile, max_epochs=epochs, early_stopping=False)
+                  runtime=runtime, max_epochs=epochs, early_stopping=False)
             for k, fold in enumerate(data.folds, 2)]
 
 
-def train_every_fold(config: TrialConfig, data: SearchData, *, direction: str,
+def train_every_fold(config: TrialConfig, data: SearchData, *, direction: str, runtime: TrainingRuntime,
                      max_epochs: int | None = None) -> list[TrainResult]:
     """``config`` trained on fold 1 and, with ``data.cv_folds``, on every other fold, as a trial trains."""
-    first = train(config, data, direction=direction, max_epochs=max_epochs)
+    first = train(config, data, direction=direction, runtime=runtime, max_epochs=max_epochs)
     if not data.folds:
         return [first]
-    return [first, *train_other_folds(config, data, direction=direction, epochs=len(first.curve))]
+    return [first, *train_other_folds(config, data, direction=direction, epochs=len(first.curve), runtime=runtime)]
 
 
 @dataclass(frozen=True)
@@ -262,12 +264,13 @@ def cv_score(results: list[TrainResult], direction: str) -> FoldScore:
     return FoldScore(best + 1, tuple(r.curve[best] for r in results))
 
 
-def fold_models(config: TrialConfig, data: SearchData, *, epochs: int, direction: str) -> list[keras.Model]:
+def fold_models(config: TrialConfig, data: SearchData, *, epochs: int, direction: str,
+                runtime: TrainingRuntime) -> list[keras.Model]:
     """``config`` trained on every fold for exactly ``epochs`` (its ``cv_score`` epoch): the models
     a cross-validated config's final model averages, each as the search scored it."""
     splits = [data, *data.folds]
     return [train(config.model_copy(update={"seed": fold_seed(config.seed, k)}), fold, direction=direction,
-                  max_epochs=epochs, early_stopping=False).model
+                  runtime=runtime, max_epochs=epochs, early_stopping=False).model
             for k, fold in enumerate(splits, 1)]
 
 
@@ -285,16 +288,16 @@ def cross_validated(results: list[TrainResult], direction: str) -> dict[str, Any
     }
 
 
-def count_params(config: TrialConfig, data: SearchData, *, jit_compile: bool | str = "auto") -> int:
+def count_params(config: TrialConfig, data: SearchData, *, runtime: TrainingRuntime) -> int:
     """The parameter count of ``config``'s network, built as ``train`` builds it, untrained."""
-    return int(_fresh_model(config, data, jit_compile=jit_compile).count_params())
+    return int(_fresh_model(config, data, runtime=runtime).count_params())
 
 
-def _fresh_model(config: TrialConfig, data: SearchData, *, jit_compile: bool | str,
+def _fresh_model(config: TrialConfig, data: SearchData, *, runtime: TrainingRuntime,
                  seed: int | None = None) -> keras.Model:
     """``config``'s compiled network in a cleared Keras session; weights drawn from ``seed`` if given."""
     keras.backend.clear_session()
     if seed is not None:
         keras.utils.set_random_seed(seed)
     return build_model(config.model, preprocessing=data.preprocessing, n_classes=data.n_classes,
-                       jit_compile=jit_compile)
+                       jit_compile=runtime.xla)

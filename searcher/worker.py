@@ -4,11 +4,13 @@ Each worker joins the study (or creates it, for compose workers), loads its data
 takes the budget lock, checks the budget, starts a trial and releases the lock, until the
 budget, the deadline or a recycle point. It exits with a code the supervisor (and a
 Kubernetes Job's pod failure policy) reads: EXIT_DONE, EXIT_FAILURES, EXIT_RECYCLE,
-EXIT_INTERRUPTED. ``searcher worker`` on another host runs the same loop.
+EXIT_INTERRUPTED, EXIT_UNAVAILABLE (the database stayed away past ``runtime.db_outage_minutes``;
+restart it later). ``searcher worker`` on another host runs the same loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -24,7 +26,7 @@ from searcher import stored
 from searcher import study as studies
 from searcher.devices import (
     LOCK_DIR_ENV,
-    RuntimeOptions,
+    TrainingRuntime,
     WorkerPlacement,
     claim_gpu,
     configure_tensorflow,
@@ -33,6 +35,7 @@ from searcher.devices import (
     worker_index_from_env,
 )
 from searcher.memory import rss_mb
+from searcher.outage import DatabaseUnavailable, Outage, TrialReaped, is_unreachable
 from searcher.spec import StudySpec
 from searcher.storage import BudgetLock, describe_db_error, resolve_url
 
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 
 ObjectiveFunc = Callable[[optuna.Trial], float]
 EXIT_DONE, EXIT_FAILURES, EXIT_RECYCLE, EXIT_INTERRUPTED = 0, 3, 75, 130
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the database stayed unreachable; restart the worker later
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,8 @@ def serve(request: WorkerRequest) -> int:
     trials (``run_worker``); return the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     optuna.logging.set_verbosity(optuna.logging.INFO)  # a worker's log lists its trials
+    for handler in logging.getLogger("optuna").handlers:  # its records do not propagate to the root logger
+        handler.addFilter(InterruptedTrialFilter())
     spec, _ = studies.load_launch_spec(request.study, request.seed, mixed_precision=request.mixed_precision,
                                        xla=request.xla)
     joins = studies.study_name(spec.name, name=request.name, seed=request.seed)
@@ -114,75 +120,154 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions,
 
     ``make_objective`` builds the function that runs one trial, once per process; the
     default trains the spec's Keras model (tests pass a stand-in without TensorFlow).
+    A database lost on the way is waited for (see searcher/outage.py); past
+    ``runtime.db_outage_minutes`` the worker returns EXIT_UNAVAILABLE.
     """
-    storage = studies.open_study_storage(spec, url)
+    stop = StopOnce()
+    stop.install()
+    outage = Outage(minutes=spec.runtime.db_outage_minutes)
     name = options.study_name or spec.name
-    lock = BudgetLock(url, name, storage=storage)
-
-    def join() -> optuna.Study:
-        # Replicas of one container image (Kubernetes pods, compose services) share pid and index,
-        # and equal seeds would sample the same random start-up trials. The host name differs, and
-        # as a str its hash is salted per process.
-        sampler_seed = abs(hash((spec.seed, options.index, socket.gethostname(), os.getpid()))) % (2**31)
-        joined = studies.load(name, storage, url=url, sampler=studies.make_sampler(spec, seed=sampler_seed),
-                              pruner=studies.make_pruner(spec))
-        studies.check_same_spec(joined, spec)
-        return joined
-
-    # A joining worker is refused (no such study, another spec) before it loads anything; one that
-    # creates the study loads the data first, so it never stores a study its data cannot run.
-    study = None if options.create else join()
-    objective = (make_objective or training_objective)(spec, options)
-    if study is None:
-        with lock:  # several compose workers start at once: one creates the study and its baselines
-            created = studies.create_or_continue(spec, storage, n_trials=None, name=name)
-            if note := studies.kept_budget_note(created, spec.budget.n_trials):
-                log.info("%s", note)
-        study = join()
-    n_trials = int(study.user_attrs.get(stored.BUDGET, spec.budget.n_trials))
-    data = getattr(objective, "data", None)  # the stand-in of the tests has none
-    if data is not None and stored.DATA not in study.user_attrs:
-        study.set_user_attr(stored.DATA, data.summary())
     streak = _FailureStreak()
-    runner = _ReleaseFirst(objective, lock)
+    lock: BudgetLock | None = None
+    runner: _ReleaseFirst | None = None
+    study: optuna.Study | None = None
     ran, settled_mb = 0, None
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     try:
+        # Reconnects are waited for here and in the objective, not inside each connect: an epoch's
+        # report must fail at once during an outage so that training goes on.
+        storage = outage.retry(lambda: studies.open_study_storage(spec, url, outage=outage, reconnect_seconds=0))
+        lock = BudgetLock(url, name, storage=storage)
+
+        def join() -> optuna.Study:
+            # Replicas of one container image (Kubernetes pods, compose services) share pid and index,
+            # and equal seeds would sample the same random start-up trials. The host name differs, and
+            # as a str its hash is salted per process.
+            sampler_seed = abs(hash((spec.seed, options.index, socket.gethostname(), os.getpid()))) % (2**31)
+            joined = studies.load(name, storage, url=url, sampler=studies.make_sampler(spec, seed=sampler_seed),
+                                  pruner=studies.make_pruner(spec))
+            studies.check_same_spec(joined, spec)
+            return joined
+
+        def create() -> optuna.Study:
+            with lock:  # several compose workers start at once: one creates the study and its baselines
+                created = studies.create_or_continue(spec, storage, n_trials=None, name=name)
+                if note := studies.kept_budget_note(created, spec.budget.n_trials):
+                    log.info("%s", note)
+            return join()
+
+        # A joining worker is refused (no such study, another spec) before it loads anything; one that
+        # creates the study loads the data first, so it never stores a study its data cannot run.
+        study = None if options.create else outage.retry(join)
+        objective = (make_objective or training_objective)(spec, options)
+        if isinstance(getattr(objective, "outage", None), Outage):
+            objective.outage = outage  # one view of the database per process: one line when lost, one when back
+        study = study or outage.retry(create)
+        n_trials = int(study.user_attrs.get(stored.BUDGET, spec.budget.n_trials))
+        data = getattr(objective, "data", None)  # the stand-in of the tests has none
+        if data is not None and stored.DATA not in study.user_attrs:
+            outage.retry(lambda: study.set_user_attr(stored.DATA, data.summary()))
+        runner = _ReleaseFirst(objective, lock)
         while True:
-            lock.acquire()
+            runner.trial = None
             try:
-                n_trials = _current_budget(storage, name, n_trials, options.index)
-                if reason := _stop_reason(study, n_trials, options, storage):
-                    log.info("worker %d stops: %s", options.index, reason)
-                    return EXIT_DONE
-                if recycle := _recycle_reason(spec, ran, settled_mb):  # checked after the budget: no fresh process to stop
-                    log.info("worker %d recycles: %s", options.index, recycle)
-                    return EXIT_RECYCLE
-                study.optimize(runner, n_trials=1, catch=(Exception,), callbacks=[streak])
+                lock.acquire()
+                try:
+                    n_trials = _current_budget(storage, name, n_trials, options.index)
+                    if reason := _stop_reason(study, n_trials, options, storage):
+                        log.info("worker %d stops: %s", options.index, reason)
+                        return EXIT_DONE
+                    if recycle := _recycle_reason(spec, ran, settled_mb, streak.out_of_memory):  # checked after the budget: no fresh process to stop
+                        log.info("worker %d recycles: %s", options.index, recycle)
+                        return EXIT_RECYCLE
+                    study.optimize(runner, n_trials=1, catch=(Exception,), callbacks=[streak])
+                finally:
+                    lock.release()
+            except TrialReaped as e:
+                log.warning("worker %d: %s", options.index, e)
             except Exception as e:
-                if (cause := _storage_trouble(e)) is None:
+                if _reaped(study, runner.trial, e):
+                    log.warning("worker %d: trial %d was failed as stale while this worker ran it; its retry "
+                                "runs it again, this run's result is dropped", options.index, runner.trial.number)
+                elif is_unreachable(e):
+                    # Nothing is lost: a trial cut short at its start or its end stays RUNNING without
+                    # heartbeats, and the stale-trial check fails it and queues it again.
+                    outage.lost(e)
+                    outage.retry(lambda: studies.count_states_in_database(storage, name))
+                    continue
+                elif (cause := _storage_trouble(e)) is not None:
+                    # Errors in a row still stop the worker, as failed trials do.
+                    streak.count += 1
+                    log.warning("worker %d carries on after a storage error (%d in a row): %s", options.index,
+                                streak.count, describe_db_error(cause))
+                else:
                     raise
-                # A trial cut short stays RUNNING without heartbeats, or was failed already: either
-                # way the stale-trial check fails it and enqueues a retry. Errors in a row still
-                # stop the worker, as failed trials do.
-                streak.count += 1
-                log.warning("worker %d carries on after a storage error (%d in a row): %s", options.index,
-                            streak.count, describe_db_error(cause))
-            finally:
-                lock.release()
             ran += 1
             if ran == 1:
                 settled_mb = rss_mb()  # after the first trial: TensorFlow, data and tracing are loaded
             if streak.count >= spec.runtime.max_failures_in_a_row:
                 log.error("worker %d stops: %d trials failed in a row", options.index, streak.count)
                 return EXIT_FAILURES
+    except DatabaseUnavailable as e:
+        log.error("worker %d stops: %s; exit %d (restart it when the database is back)", options.index, e,
+                  EXIT_UNAVAILABLE)
+        return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
-        retried = runner.trial is not None and studies.retry_interrupted(study, runner.trial.number, spec)
-        log.info("worker %d interrupted; its running trial was marked failed%s", options.index,
-                 " and queued to run again with the same params and seed" if retried else "")
+        trial = runner.trial if runner is not None else None
+        retried = trial is not None and study is not None and _requeue(study, trial, spec, options.index)
+        how = signal.Signals(stop.signalled).name if stop.signalled else "KeyboardInterrupt"
+        log.info("worker %d interrupted (%s); %s", options.index, how,
+                 "its running trial was marked failed and queued to run again with the same params and seed"
+                 if retried else "no running trial to queue again")
         return EXIT_INTERRUPTED
     finally:
-        _log_lock_waits(options.index, lock)
+        if lock is not None:
+            _log_lock_waits(options.index, lock)
+
+
+class InterruptedTrialFilter(logging.Filter):
+    """Drops the traceback Optuna logs with a trial a signal interrupted: a stop, not a bug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            record.exc_info = None
+        return True
+
+
+def _reaped(study: optuna.Study | None, trial: optuna.Trial | None, error: Exception) -> bool:
+    """Whether ``error`` says this worker's trial was failed by another process (stale heartbeat):
+    Optuna then refuses to record it (``Cannot tell a FAIL trial``, UpdateFinishedTrialError)."""
+    if study is None or trial is None:
+        return False
+    refused = isinstance(error, (ValueError, AssertionError)) or _storage_trouble(error) is not None
+    try:
+        return refused and _stored(study, trial.number).state == optuna.trial.TrialState.FAIL
+    except Exception:
+        return False
+
+
+def _requeue(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, index: int) -> bool:
+    """Fail the interrupted trial (if the interrupt landed where Optuna did not) and queue it once."""
+    try:
+        frozen = _stored(study, trial.number)
+        if frozen.state == optuna.trial.TrialState.RUNNING:  # the signal landed where Optuna did not fail it
+            trial.set_user_attr(stored.FAIL_REASON, "interrupted")
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        elif frozen.user_attrs.get(stored.FAIL_REASON) != "interrupted":
+            return False  # it ended on its own (complete, pruned, failed) before the signal
+        return studies.retry_interrupted(study, trial.number, spec)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    except Exception as e:
+        if not is_unreachable(e):
+            raise
+        log.warning("worker %d: trial %d not queued again here, the database is unreachable (%s); the "
+                    "stale-trial check will", index, trial.number, describe_db_error(e))
+        return False
+
+
+def _stored(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    """The trial as the database has it now (another process may have failed it)."""
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
 
 
 def _current_budget(storage: optuna.storages.RDBStorage, name: str, known: int, index: int) -> int:
@@ -210,7 +295,7 @@ def training_objective(spec: StudySpec, options: WorkerOptions) -> ObjectiveFunc
     placement = WorkerPlacement.from_env(options.index, os.environ)
     # Before TensorFlow starts: what the scheduler gave this worker, whatever TF then finds.
     log.info("worker %d: assigned %s", options.index, placement.describe())
-    runtime = RuntimeOptions(mixed_precision=spec.runtime.mixed_precision, xla=spec.runtime.xla)
+    runtime = TrainingRuntime.from_spec(spec.runtime, placement)
     line = configure_tensorflow(placement, runtime, allow_cpu_fallback=cpu_fallback_allowed(os.environ))
     log.info("%s; pid %d on %s; study %s", line, os.getpid(), socket.gethostname(), options.study_name or spec.name)
 
@@ -220,7 +305,9 @@ def training_objective(spec: StudySpec, options: WorkerOptions) -> ObjectiveFunc
     data = load_search_data(spec.data, split_seed=spec.split_seed, data_dir=options.data_dir)
     check_model_kind(data, spec.model.kind, source=spec.data.path or spec.data.dataset)
     log.info("data: %s", data.preprocessing.describe())
-    return Objective(spec, data, jit_compile=spec.runtime.xla)
+    import tensorflow as tf
+
+    return Objective(spec, data, runtime=runtime, n_visible_gpus=len(tf.config.list_physical_devices("GPU")))
 
 
 def _storage_trouble(error: BaseException) -> BaseException | None:
@@ -239,12 +326,32 @@ def _storage_trouble(error: BaseException) -> BaseException | None:
     return None
 
 
-def raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    # Optuna fails the running trial on KeyboardInterrupt, so SIGTERM leaves nothing RUNNING.
-    # One is enough: scancel signals every process of the job and the batch shell forwards its
-    # TERM too; a second interrupt would cut short the failing and re-queueing of the trial.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
+class StopOnce:
+    """The worker's handler of SIGTERM, SIGINT and SIGUSR1: the first one interrupts, the rest are noted only.
+
+    Optuna fails the running trial on KeyboardInterrupt, so a signal leaves nothing RUNNING.
+    scancel signals every process of the job and the batch shell forwards its TERM too; a
+    second KeyboardInterrupt would land in the handling of the first (failing the trial,
+    queuing it again) and cut it short. So however many arrive, in whatever order, the worker
+    stops once and queues its trial once.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.signalled: int | None = None
+        self.count = 0
+
+    def install(self) -> None:
+        for signum in self.SIGNALS:
+            signal.signal(signum, self)
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.count += 1
+        if self.signalled is not None:
+            return
+        self.signalled = signum
+        raise KeyboardInterrupt
 
 
 def _stop_reason(study: optuna.Study, n_trials: int, options: WorkerOptions,
@@ -258,13 +365,15 @@ def _stop_reason(study: optuna.Study, n_trials: int, options: WorkerOptions,
     return None
 
 
-def _recycle_reason(spec: StudySpec, ran: int, settled_mb: float | None) -> str | None:
+def _recycle_reason(spec: StudySpec, ran: int, settled_mb: float | None, out_of_memory: int | None = None) -> str | None:
     """Why this worker should hand over to a fresh process, if it should.
 
     Memory that TensorFlow does not give back between trials shows as growth over what
     the worker held after its first trial; a fresh process costs a few seconds of start-up.
     """
     runtime = spec.runtime
+    if out_of_memory is not None:
+        return f"trial {out_of_memory} ran out of memory (runtime.max_worker_memory_mb {runtime.max_worker_memory_mb})"
     if ran >= runtime.recycle_after_trials:
         return f"ran {ran} trials (runtime.recycle_after_trials)"
     now = rss_mb()
@@ -286,14 +395,24 @@ class _ReleaseFirst:
     def __call__(self, trial: optuna.Trial) -> float:
         self.trial = trial
         self.lock.release()
-        return self.objective(trial)
+        try:
+            return self.objective(trial)
+        except KeyboardInterrupt:
+            # Wherever the signal landed (also before or after training), the trial says why it ended.
+            with contextlib.suppress(Exception):
+                trial.set_user_attr(stored.FAIL_REASON, "interrupted")
+            raise
 
 
 class _FailureStreak:
-    """Counts this worker's failed trials in a row (a broken setup, not a bad config)."""
+    """Counts this worker's failed trials in a row (a broken setup, not a bad config), and notes
+    a trial that ran out of memory: the memory it took is not all given back."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.out_of_memory: int | None = None  # the number of a trial that ran out of memory
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.count = self.count + 1 if trial.state == optuna.trial.TrialState.FAIL else 0
+        if trial.user_attrs.get(stored.FAIL_REASON) == "out of memory":
+            self.out_of_memory = trial.number

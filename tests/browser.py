@@ -48,6 +48,7 @@ def chromium_page(*, width: int = 1400, height: int = 900) -> Iterator[tuple[obj
         browser = p.chromium.launch(executable_path=executable, args=list(CHROMIUM_ARGS))
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(BROWSER_TIMEOUT_MS)  # goto and every wait, not only wait_for_plotly
             page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
             yield page, errors
@@ -55,13 +56,15 @@ def chromium_page(*, width: int = 1400, height: int = 900) -> Iterator[tuple[obj
             browser.close()
 
 
+BROWSER_TIMEOUT_MS = 300_000  # a guard against a hang: a busy machine draws slowly
+
 PLOTS_READY_JS = """() => {
   const divs = [...document.querySelectorAll('.plotly-graph-div')];
   return divs.length > 0 && divs.every(d => d.querySelector('svg.main-svg'));
 }"""
 
 
-def wait_for_plotly(page, *, timeout_ms: int = 30_000) -> int:
+def wait_for_plotly(page, *, timeout_ms: int = BROWSER_TIMEOUT_MS) -> int:
     """Wait until every plotly container holds a drawn svg; return the number of containers."""
     page.wait_for_function(PLOTS_READY_JS, timeout=timeout_ms)
     return page.locator(".plotly-graph-div").count()

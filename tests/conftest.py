@@ -109,6 +109,11 @@ class SearchRun:
     def url(self) -> str:
         return f"sqlite:///{self.db}"
 
+    def study(self) -> "optuna.Study":
+        import optuna
+
+        return optuna.load_study(study_name=self.name, storage=self.url)
+
     def copy(self, folder) -> "SearchRun":
         import sqlite3
 
@@ -121,15 +126,10 @@ class SearchRun:
 @pytest.fixture(scope="session")
 def digits_search(tmp_path_factory: pytest.TempPathFactory) -> SearchRun:
     """`searcher launch digits-mlp --workers 2 --trials 12` on real data, real processes."""
-    import subprocess
-    import sys
+    from cli_process import run_searcher
 
     folder = tmp_path_factory.mktemp("digits-search")
     run = SearchRun(folder, "digits-mlp")
-    out = subprocess.run(
-        [sys.executable, "-m", "searcher", "launch", "digits-mlp", "--workers", "2", "--trials", "12",
-         "--storage", run.url],
-        cwd=folder, capture_output=True, text=True, timeout=600,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
+    run_searcher("launch", "digits-mlp", "--workers", "2", "--trials", "12", "--storage", run.url, cwd=folder,
+                 check=True)
     return run

@@ -237,7 +237,7 @@ class PostgresServer:
         max_connections: the server's ``max_connections`` (the scale tests run 200 workers on 100).
     """
 
-    def __init__(self, *, bin_dir: Path | str | None = None, start_timeout: float = 30.0,
+    def __init__(self, *, bin_dir: Path | str | None = None, start_timeout: float = 300.0,
                  max_connections: int = 200) -> None:
         self.managed = True
         self.max_connections = max_connections
@@ -403,10 +403,10 @@ class PostgresServer:
         process.wait()
         self._process = None
         # The orphaned backends are reaped by init; they only have to be dead.
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 120
         while any(_alive(proc) for proc in backends):
             if time.monotonic() > deadline:
-                raise PostgresServerError(f"PostgreSQL backends of pid {process.pid} survived SIGKILL for 10 s")
+                raise PostgresServerError(f"PostgreSQL backends of pid {process.pid} survived SIGKILL for 120 s")
             time.sleep(0.05)
 
     def close(self) -> None:
@@ -622,7 +622,7 @@ class PgBouncer:
         self._process = subprocess.Popen(
             [program, str(self.base_dir / "pgbouncer.ini")], stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True, **run_as)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 300  # a guard against a hang, not a speed limit
         while True:
             try:
                 socket.create_connection((self.server.host, self.port), timeout=1).close()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_process import HANG_GUARD
 from searcher.devices import detect_gpus
 
 pytestmark = pytest.mark.slow
@@ -65,7 +66,7 @@ def leaves(figures: dict, prefix: str = "") -> dict[str, object]:
 def quick_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path_factory.mktemp("bench") / "latest.json"
     result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--json", str(out)], cwd=REPO,
-                            capture_output=True, text=True, timeout=1200)
+                            capture_output=True, text=True, timeout=2 * HANG_GUARD)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result, json.loads(out.read_text())
 

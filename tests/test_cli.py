@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
+from cli_process import STUDIES, run_searcher
 from searcher.cli import app
 
 runner = CliRunner()
@@ -40,7 +39,7 @@ def test_studies_lists_the_shipped_studies():
 
 
 def _spec_with_typo(tmp_path: Path) -> Path:
-    raw = yaml.safe_load(Path("studies/digits-mlp.yaml").read_text())
+    raw = yaml.safe_load((STUDIES / "digits-mlp.yaml").read_text())
     raw["search"]["learning_rate"] = {"low": -0.1, "high": 0.1}
     path = tmp_path / "typo.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -101,8 +100,7 @@ def test_debug_shows_the_traceback():
 
 def test_the_installed_command_prints_one_line_and_exits_1(tmp_path):
     """The real console script, as a person runs it."""
-    out = subprocess.run([sys.executable, "-m", "searcher", "launch", str(_spec_with_typo(tmp_path))],
-                         capture_output=True, text=True, timeout=120)
+    out = run_searcher("launch", str(_spec_with_typo(tmp_path)), cwd=tmp_path)
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == [
         f"Error: {tmp_path}/typo.yaml: search.learning_rate.low: must be > 0, got -0.1"
@@ -218,21 +216,17 @@ def _export_file(tmp_path: Path) -> Path:
 
 def test_retrain_prints_its_result_and_no_tensorflow_start_up_lines(tmp_path):
     """The real command in a fresh process: TensorFlow's C++ lines go to fd 2 before Python's logging."""
-    import os
-
     from searcher.devices import DEBUG_ENV
 
     export = _export_file(tmp_path)
-    env = {k: v for k, v in os.environ.items() if k not in (DEBUG_ENV, "TF_CPP_MIN_LOG_LEVEL")}
-    out = subprocess.run([sys.executable, "-m", "searcher", "retrain", str(export), "-o", str(tmp_path / "m.keras")],
-                         capture_output=True, text=True, timeout=300, env=env)
+    env = {DEBUG_ENV: None, "TF_CPP_MIN_LOG_LEVEL": None}  # TensorFlow as chatty as it is by default
+    out = run_searcher("retrain", str(export), "-o", str(tmp_path / "m.keras"), cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stderr == ""
     lines = out.stdout.splitlines()
     assert [line.split()[0] for line in lines] == ["test", "cost", "wrote"], lines
     assert lines[0].startswith("test accuracy ") and lines[1].startswith("cost here: ")
     # --debug shows them: proof that TensorFlow prints them here, so the check above means something.
-    debug = subprocess.run([sys.executable, "-m", "searcher", "--debug", "retrain", str(export), "-o",
-                            str(tmp_path / "m.keras")], capture_output=True, text=True, timeout=300, env=env)
+    debug = run_searcher("--debug", "retrain", str(export), "-o", str(tmp_path / "m.keras"), cwd=tmp_path, env=env)
     assert debug.returncode == 0, debug.stdout + debug.stderr
     assert [s for s in TF_STARTUP_LINES if s in debug.stderr], debug.stderr

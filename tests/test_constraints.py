@@ -1,16 +1,14 @@
 """Deployable models: cost figures, constraints, a second objective, the Pareto front, picks.
 
-The spec and picking tests use real Optuna studies with hand-made trials; the searches are
-real `searcher launch` runs on digits (2 epochs), shared per module.
+The spec tests and the no-feasible-trial messages use real Optuna studies with hand-made
+trials (picking itself is in test_ranking.py); the searches are real `searcher launch` runs on
+digits (2 epochs), shared per module.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
@@ -18,9 +16,11 @@ import pytest
 import yaml
 from optuna.trial import TrialState, create_trial
 
+from cli_process import run_searcher
+from made_trials import cost_study
 from searcher import ranking
 from searcher.errors import SpecError, UserError
-from searcher.export import export_config, write_export
+from searcher.export import export_config
 from searcher.spec import directions, load_spec, objective_names, parse_spec
 
 DIGITS = load_spec("digits-mlp").to_dict()
@@ -70,73 +70,11 @@ def test_new_sections_round_trip_and_leave_older_specs_alone():
     assert directions(spec) == ["maximize", "minimize"]
 
 
-# --- picking, on hand-made trials --------------------------------------------------------
-
-
-def _study(rows, *, objectives=("val_accuracy",), constraints=None):
-    """rows: (accuracy, n_params, latency_ms, over the limit?) per complete trial."""
-    study = optuna.create_study(directions=["maximize"] + ["minimize"] * (len(objectives) - 1))
-    study.set_metric_names(list(objectives))
-    study.set_user_attr("spec", {"constraints": constraints or {}})
-    for acc, n, ms, over in rows:
-        values = [acc] + ([n] if len(objectives) > 1 else [])
-        study.add_trial(create_trial(values=values, user_attrs={"n_params": n, "latency_ms_b1": ms, "config": {
-            "training": {"metric": "val_accuracy"}}}, system_attrs={"constraints:max_params": 1.0 if over else -0.5}))
-    return study
-
-
-ROWS = [(0.980, 40_000, 0.5, False), (0.990, 90_000, 0.9, True), (0.977, 9_000, 0.3, False),
-        (0.976, 3_000, 0.4, False), (0.960, 2_000, 0.2, False), (0.975, 12_000, 0.25, False)]
-
-
-def test_best_front_and_smallest_within_count_feasible_trials_only():
-    study = _study(ROWS)
-    ranked = ranking.ranked(study)
-    assert [t.number for t in ranked] == [0, 2, 3, 5, 4], "trial 1 is over a constraint: never ranked"
-    assert [t.number for t in ranking.front(ranked, cost="n_params", maximize=True)] == [4, 3, 2, 0]
-    assert [t.number for t in ranking.front(ranked, cost="latency_ms", maximize=True)] == [4, 5, 2, 0]
-    assert [t.number for t in ranking.within(ranked, 0.5, maximize=True)] == [0, 2, 3, 5]
-    assert ranking.cheapest(ranking.within(ranked, 0.3, maximize=True), "n_params").number == 2
-
-    trial, why = ranking.pick_by_cost(study, ranking.PickByCost(smallest_within=0.5))
-    assert trial.number == 3
-    assert why == "smallest (3,000 parameters) within 0.5 points of the best val_accuracy 0.9800 (trial 0)"
-    trial, why = ranking.pick_by_cost(study, ranking.PickByCost(max_params=10_000))
-    assert (trial.number, why) == (2, "best val_accuracy with n_params <= 10,000")
-    trial, _ = ranking.pick_by_cost(study, ranking.PickByCost(max_latency_ms=0.3))
-    assert trial.number == 2
-    trial, _ = ranking.pick_by_cost(study, ranking.PickByCost(smallest_within=0.5, max_latency_ms=0.25))
-    assert trial.number == 5, "the smallest within 0.5 points that is also fast enough"
-
-    with pytest.raises(UserError, match=r"^--smallest-within: no feasible trial with latency_ms_b1 <= 0.2 is within "
-                                        r"0.5 points of the best val_accuracy 0.9800 \(trial 0\); the best with "
-                                        r"latency_ms_b1 <= 0.2 is trial 4 at 0.9600$"):
-        ranking.pick_by_cost(study, ranking.PickByCost(smallest_within=0.5, max_latency_ms=0.2))
-    with pytest.raises(UserError, match=r"^--max-params: no feasible complete trial with n_params <= 1,000; the "
-                                        r"smallest has 2,000 parameters \(trial 4\)$"):
-        ranking.pick_by_cost(study, ranking.PickByCost(max_params=1000))
-    with pytest.raises(UserError, match=r"^--max-params: must be > 0, got 0$"):
-        ranking.PickByCost(max_params=0)
-
-
-def test_export_header_says_how_the_trial_was_picked(tmp_path):
-    document = export_config(_study(ROWS), pick=ranking.PickByCost(smallest_within=0.5))
-    assert document["source"]["trial"] == 3
-    text = write_export(document, tmp_path / "small.yaml", fmt="yaml")
-    assert text.startswith("# searcher export: study no-name-")
-    assert "(smallest (3,000 parameters) within 0.5 points of the best val_accuracy 0.9800 (trial 0))" in \
-        text.splitlines()[0]
-    plain = export_config(_study(ROWS))
-    assert (plain["source"]["trial"], plain["source"]["picked"]) == (0, "best feasible validation value")
-    two = export_config(_study(ROWS, objectives=("val_accuracy", "n_params")))
-    assert two["source"]["picked"] == ("best feasible val_accuracy on the Pareto front "
-                                       "(val_accuracy (maximize), n_params (minimize))")
-    with pytest.raises(UserError, match=r"^--rank cannot be combined with --smallest-within"):
-        export_config(_study(ROWS), rank=1, pick=ranking.PickByCost(max_params=5))
+# --- no feasible trial, on hand-made trials ----------------------------------------------------
 
 
 def test_no_feasible_trial_is_said_everywhere():
-    study = _study([(0.99, 90_000, 0.9, True)], constraints={"max_params": 5000})
+    study = cost_study([(0.99, 90_000, 0.9, True)], constraints={"max_params": 5000})
     message = (r"has no feasible trial: 1 finished trial\(s\) over a constraint \(max_params 5,000\), all 1 "
                r"complete one\(s\) among them; loosen the constraint, narrow the search space, or give it more "
                r"trials \(searcher launch no-name-.* --trials N\)$")
@@ -158,7 +96,7 @@ def _rejected_before_training(study: optuna.Study, n_params: int) -> None:
 
 def test_a_study_whose_every_trial_was_rejected_by_size_says_so_not_launch_again(tmp_path):
     """Every trial over max_params ends untrained (20 of 20 in one real search): none is COMPLETE, yet it ran."""
-    study = _study([], constraints={"max_params": 1500})
+    study = cost_study([], constraints={"max_params": 1500})
     for n_params in (4480, 1834, 2860):
         _rejected_before_training(study, n_params)
     message = (r"^study '.*' has no feasible trial: 3 finished trial\(s\) over a constraint \(max_params 1,500\), "
@@ -190,19 +128,12 @@ def test_a_study_whose_every_trial_was_rejected_by_size_says_so_not_launch_again
 # --- real searches ----------------------------------------------------------------------
 
 
-def searcher(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "searcher", *args], cwd=cwd, capture_output=True, text=True,
-                         timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert out.returncode == 0, out.stdout + out.stderr
-    return out
-
-
 def _launch(folder: Path, name: str, trials: int, **sections) -> tuple[optuna.Study, str, str]:
     spec = with_(training=SHORT, budget={"n_trials": trials}, **sections)
     spec.pop("name", None)
     (folder / f"{name}.yaml").write_text(yaml.safe_dump(spec))
     url = f"sqlite:///{folder}/{name}.db"
-    out = searcher("launch", f"{name}.yaml", "--workers", "2", "--storage", url, cwd=folder)
+    out = run_searcher("launch", f"{name}.yaml", "--workers", "2", "--storage", url, cwd=folder, check=True)
     return optuna.load_study(study_name=name, storage=url), url, out.stdout
 
 
@@ -250,13 +181,13 @@ def test_a_network_over_max_params_ends_before_training(constrained):
         data = collect(study)
         assert data.best.number == ranking.ranked(study)[0].number and data.best.feasible
         assert all(r.feasible for r in data.complete)
-    status = json.loads(searcher("status", "small", "--json", "--storage", url, cwd=folder).stdout)
+    status = json.loads(run_searcher("status", "small", "--json", "--storage", url, cwd=folder, check=True).stdout)
     assert status["infeasible"] == len(ranking.infeasible(trials)) >= 2
     if ranking.ranked(study):
         best = ranking.ranked(study)[0]
         assert status["best_trial"] == best.number and ranking.is_feasible(best)
         assert status["best_cost"]["n_params"] == best.user_attrs["n_params"]
-        exported = yaml.safe_load(searcher("export", "small", "--storage", url, cwd=folder).stdout)
+        exported = yaml.safe_load(run_searcher("export", "small", "--storage", url, cwd=folder, check=True).stdout)
         assert exported["source"]["trial"] == best.number
         assert exported["source"]["picked"] == "best feasible validation value"
     else:
@@ -279,9 +210,9 @@ def test_two_objectives_make_a_pareto_front_without_pruning(pareto):
     on_front = ranking.front(complete, cost="n_params", maximize=True)
     assert {t.number for t in on_front} == {t.number for t in study.best_trials}, "the same front as Optuna's"
 
-    status = json.loads(searcher("status", "pareto", "--json", "--storage", url, cwd=folder).stdout)
+    status = json.loads(run_searcher("status", "pareto", "--json", "--storage", url, cwd=folder, check=True).stdout)
     assert [p["trial"] for p in status["front"]] == [t.number for t in on_front]
-    out = searcher("export", "pareto", "--smallest-within", "100", "--storage", url, cwd=folder).stdout
+    out = run_searcher("export", "pareto", "--smallest-within", "100", "--storage", url, cwd=folder, check=True).stdout
     assert yaml.safe_load(out)["source"]["n_params"] == min(t.user_attrs["n_params"] for t in complete)
     assert out.splitlines()[1].startswith("# cost: ") and "ms/example (batch 1)" in out.splitlines()[1]
 
@@ -293,34 +224,9 @@ def test_two_objectives_make_a_pareto_front_without_pruning(pareto):
     assert "curves" in data.figures and all(len(r.curve) == 2 for r in data.complete), "curves from the user attr"
     assert "tradeoff" in data.figures and "The Pareto front (val_accuracy against n_params)" in render_html(data)
 
-    run = searcher("confirm", "pareto", "--top", "2", "--seeds", "1", "--workers", "2", "--storage", url, cwd=folder)
+    run = run_searcher("confirm", "pareto", "--top", "2", "--seeds", "1", "--workers", "2", "--storage", url,
+                       cwd=folder, check=True)
     members = on_front[::-1][:2]  # the front's two best by accuracy (it may have only one)
     assert f"{len(members)} new run(s)" in run.stdout
     confirmed = optuna.load_study(study_name="pareto", storage=url).user_attrs["confirmed_ranking"]
     assert {r["trial"] for r in confirmed} == {t.number for t in members}
-
-
-def test_tradeoff_marks_the_front_the_baselines_and_what_a_point_buys():
-    import plotly.graph_objects as go
-
-    from searcher.report import _tradeoff as tradeoff
-
-    study = _study(ROWS + [(0.976, 3_000, 0.35, False)])  # trial 6 ties trial 3: the earlier one stays
-    study.add_trial(create_trial(values=[0.95], user_attrs={"n_params": 4480, "latency_ms_b1": 0.3,
-                                                            "baseline": "tutorial"}))
-    d = tradeoff.collect(study)
-    assert (d.cost, d.multi, d.best) == ("n_params", False, 0)
-    assert d.front == (4, 3, 2, 0)
-    assert [(p.points, p.by, p.trial.number) for p in d.picks] == [
-        (0.5, "n_params", 3), (0.5, "latency_ms", 5), (1.0, "n_params", 3), (1.0, "latency_ms", 5)]
-    fig = tradeoff.draw(go, d)
-    assert [t.name for t in fig.data] == ["trial", "infeasible (over a constraint)", "Pareto front", "baseline"]
-    assert list(fig.data[2].x) == [2_000, 3_000, 9_000, 40_000] and fig.layout.xaxis.type == "log"
-    assert list(fig.data[1].x) == [90_000], "the trial over a constraint is drawn, never on the front"
-    page = tradeoff.tables_html(d)
-    assert "The Pareto front (val_accuracy against parameters): 4 trial(s)" in page
-    assert page.count("<tr") == 1 + 4 + 1 + 4
-
-    two = tradeoff.collect(_study([(0.98, 40_000, 0.5, False), (0.98, 9_000, 0.3, False), (0.97, 2_000, 0.2, False)],
-                                  objectives=("val_accuracy", "n_params")))
-    assert (two.multi, two.front, two.best) == (True, (2, 1), 1), "a tie on the metric goes to the cheaper"

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from cli_process import HANG_GUARD
 from searcher.data import load_search_data, load_test_split
 from searcher.errors import DataError
 from searcher.spec import DataSpec
@@ -118,7 +119,7 @@ def test_offline_download_fails_with_one_line_naming_the_file(tmp_path):
     )
     env = {"KERAS_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
            "TF_CPP_MIN_LOG_LEVEL": "3", "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=HANG_GUARD)
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("DATAERROR"))
     assert "could not download mnist" in line
     assert "put mnist.npz in a folder and pass --data-dir FOLDER (or set SEARCHER_DATA_DIR)" in line

@@ -12,6 +12,8 @@ import pytest
 
 from searcher.devices import (
     RuntimeOptions,
+    TrainingRuntime,
+    apply_runtime,
     WorkerPlacement,
     assigned_gpu,
     compute_dtype_policy,
@@ -24,6 +26,7 @@ from searcher.devices import (
     plan_workers,
     worker_index_from_env,
 )
+from cli_process import HANG_GUARD
 from searcher.errors import UserError
 
 # --- planning ------------------------------------------------------------------------------
@@ -331,7 +334,7 @@ print(tf.config.threading.get_intra_op_parallelism_threads(), keras.mixed_precis
 def test_real_tensorflow_on_a_cpu_worker():
     placement = plan_workers(2, gpus=[], cpu_count=2)[0]
     result = subprocess.run([sys.executable, "-c", _REAL_WORKER], env={**os.environ, **placement.env()},
-                            capture_output=True, text=True, timeout=180)
+                            capture_output=True, text=True, timeout=HANG_GUARD)
     assert result.returncode == 0, result.stderr[-2000:]
     line, checks = result.stdout.strip().splitlines()[-2:]
     assert line == ("worker 0: CPU (no GPU visible), precision float32 (mixed precision off: no GPU), "
@@ -349,7 +352,7 @@ def test_claim_gpu_spreads_workers_over_gpus_and_frees_on_exit(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import sys,time; from searcher.devices import claim_gpu; "
-         f"g,h=claim_gpu('auto', gpus=['0','1'], lock_dir={str(tmp_path)!r}); print(g, flush=True); time.sleep(60)"],
+         f"g,h=claim_gpu('auto', gpus=['0','1'], lock_dir={str(tmp_path)!r}); print(g, flush=True); time.sleep(3600)"],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "0"
@@ -381,3 +384,72 @@ def test_the_start_up_filter_drops_only_the_known_lines_written_to_fd_2(capfd):
         os.write(2, noise.encode())
         os.write(2, b"E0000 00:00:1.0 1 some_op.cc:1] a real error\n")
     assert capfd.readouterr().err == "E0000 00:00:1.0 1 some_op.cc:1] a real error\n"
+
+
+# --- one training runtime for the search, retrain, replay, confirm and init -------------------
+
+
+def test_a_trial_records_its_runtime_and_a_replay_applies_it_on_a_gpu_host(monkeypatch):
+    runtime = TrainingRuntime(xla=False, mixed_precision=True, intra_op_threads=3, inter_op_threads=2)
+    recorded = runtime.to_dict(n_visible_gpus=1)
+    assert recorded == {"xla": False, "mixed_precision": True, "precision": "mixed_float16",
+                        "intra_op_threads": 3, "inter_op_threads": 2}
+    replayed = TrainingRuntime.from_dict(recorded)
+    assert replayed == runtime
+    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(name, raising=False)
+    tf, keras = _FakeTF(n_gpus=1), _FakeKeras()
+    line = apply_runtime(replayed, tf=tf, keras=keras)
+    assert ("intra", 3) in tf.calls and ("inter", 2) in tf.calls
+    assert keras.policies == ["mixed_float16"]
+    assert "XLA off" in line, "a visible GPU does not turn XLA on: the trial's switch does"
+    assert os.environ["TF_NUM_INTRAOP_THREADS"] == "3"
+
+
+def test_a_trial_stored_before_runtimes_were_recorded_replays_as_workers_trained():
+    assert TrainingRuntime.from_dict(None) == TrainingRuntime(xla=False, mixed_precision=False)
+    assert TrainingRuntime().to_dict(n_visible_gpus=2)["precision"] == "float32"
+
+
+def test_the_spec_runtime_and_the_placement_make_the_workers_runtime():
+    from searcher.spec import load_spec
+
+    spec = load_spec("digits-mlp")
+    runtime = TrainingRuntime.from_spec(spec.runtime.model_copy(update={"xla": True}), WorkerPlacement(0, "1", 4, 2))
+    assert runtime == TrainingRuntime(xla=True, mixed_precision=False, intra_op_threads=4, inter_op_threads=2)
+
+
+TRAINING_CALLS = {"train", "train_every_fold", "train_other_folds", "fold_models", "count_params", "_fresh_model"}
+
+
+def test_every_call_of_train_takes_the_runtime_from_one_place():
+    """Read the code: each call of the training functions passes ``runtime=``, the one model
+    builder call takes ``jit_compile=runtime.xla``, and no training function has a default
+    (Keras' ``jit_compile="auto"`` turned XLA on whenever a GPU was visible)."""
+    import ast
+
+    root = Path(__file__).parent.parent / "searcher"
+    calls, builds = [], []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                # Bare names: the training functions are imported by name (model.count_params() is Keras').
+                name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", None)
+                if name in TRAINING_CALLS and not isinstance(node.func, ast.Name):
+                    continue
+                where = f"{path.relative_to(root.parent)}:{node.lineno}"
+                keywords = {k.arg: k.value for k in node.keywords}
+                if name in TRAINING_CALLS:
+                    calls.append(where)
+                    assert "runtime" in keywords, f"{where}: {name}(...) without runtime="
+                if name == "build_model":
+                    builds.append(where)
+                    assert ast.unparse(keywords.get("jit_compile", ast.Constant(None))) == "runtime.xla", where
+            if isinstance(node, ast.FunctionDef) and node.name in TRAINING_CALLS and path.name == "training.py":
+                kwonly = {a.arg: d for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults)}
+                assert "runtime" in kwonly and kwonly["runtime"] is None, f"{node.name}: runtime must be required"
+                assert "jit_compile" not in kwonly, node.name
+    assert len(calls) >= 8 and builds == ["searcher/training.py:" + builds[0].split(":")[1]], (calls, builds)
+    for caller in ("confirm.py", "export.py", "init.py", "objective.py", "training.py"):
+        assert any(caller in c for c in calls), f"{caller} trains through the shared runtime"

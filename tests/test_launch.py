@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import optuna
 import pytest
+
+from cli_process import STUDIES, HeldTrials, run_searcher, start_searcher, wait_for
+from searches import digits_spec, finished, running
 
 pytestmark = pytest.mark.slow
 
 
-def run_searcher(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "searcher", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
-
-
-def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in study.get_trials() if t.state.name in ("COMPLETE", "PRUNED")]
-
-
 def test_launch_two_workers_then_continue(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
-    first = run_searcher("launch", "digits-mlp", "--workers", "2", "--trials", "6", "--storage", url, cwd=tmp_path)
-    assert first.returncode == 0, first.stdout + first.stderr
+    held = HeldTrials(tmp_path)  # until both workers are inside a trial: neither can run them all
+    launch = start_searcher("launch", "digits-mlp", "--workers", "2", "--trials", "6", "--storage", url, cwd=tmp_path,
+                            env=held.env())
+    wait_for(lambda: len({t.user_attrs["worker_pid"] for t in running(optuna.load_study(
+        study_name="digits-mlp", storage=url))}) == 2, what="a trial in each worker", process=launch)
+    held.release()
+    first = launch.finish(check=True)
     study = optuna.load_study(study_name="digits-mlp", storage=url)
     done = finished(study)
     assert len(done) == 6
@@ -59,7 +53,7 @@ def test_launch_two_workers_then_continue(tmp_path):
 def test_a_changed_spec_cannot_join_the_study(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     spec = tmp_path / "digits-mlp.yaml"
-    spec.write_text(Path("studies/digits-mlp.yaml").read_text())
+    spec.write_text((STUDIES / "digits-mlp.yaml").read_text())
     assert run_searcher("launch", str(spec), "--workers", "1", "--trials", "1", "--storage", url, cwd=tmp_path).returncode == 0
     spec.write_text(spec.read_text().replace("max_epochs: 20", "max_epochs: 5"))
     out = run_searcher("worker", str(spec), "--storage", url, cwd=tmp_path)
@@ -82,44 +76,31 @@ def test_a_running_study_grows_from_6_to_10_trials_and_both_workers_go_on(tmp_pa
     """`searcher budget` raises a running two-worker study's budget: both workers take it up before
     their next trial, and no trial is interrupted and no worker restarted."""
     import datetime as dt
-    import time
 
-    import yaml
-
-    raw = yaml.safe_load(Path("studies/digits-mlp.yaml").read_text())
-    # Every trial runs all its epochs (no pruning, no early stopping). The budget is raised once
-    # both workers run their first trial: the first budget then still holds four trial starts,
-    # two trial lengths of 24 epochs per worker, far longer than the raise takes to land.
-    raw["training"].update(max_epochs=24, patience=None)
-    raw.update(pruner={"name": "none"}, budget={"n_trials": 6})
-    (tmp_path / "grow.yaml").write_text(yaml.safe_dump(raw))
+    # Both first trials are held after their first epoch until the raise has landed, so the
+    # workers are mid-trial when it lands, however fast or slow the machine is.
+    spec = digits_spec(tmp_path, "grow", training={"max_epochs": 4, "patience": None}, pruner={"name": "none"},
+                       budget={"n_trials": 6})
     url = f"sqlite:///{tmp_path}/s.db"
+    held = HeldTrials(tmp_path)
     started = dt.datetime.now()
-    launch = subprocess.Popen([sys.executable, "-m", "searcher", "launch", "grow.yaml", "--workers", "2",
-                               "--storage", url], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
+    launch = start_searcher("launch", str(spec), "--workers", "2", "--storage", url, cwd=tmp_path, env=held.env())
     try:
-        while True:
-            assert launch.poll() is None, launch.stdout.read()
-            try:
-                study = optuna.load_study(study_name="grow", storage=url)
-                if len(study.get_trials(states=(optuna.trial.TrialState.RUNNING,))) >= 2:
-                    break
-            except KeyError:  # not created yet
-                pass
-            time.sleep(0.5)
+        wait_for(lambda: len([t for t in optuna.load_study(study_name="grow", storage=url).get_trials(
+                     states=(optuna.trial.TrialState.RUNNING,)) if t.intermediate_values]) >= 2,
+                 what="both workers in their first trial", process=launch)
         asked = dt.datetime.now()
         budget = run_searcher("budget", "grow", "10", "--storage", url, cwd=tmp_path)
         answered = dt.datetime.now()
         assert budget.returncode == 0, budget.stdout + budget.stderr
         assert budget.stdout.startswith("grow: budget 6 -> 10 trials ("), budget.stdout
         assert budget.stdout.rstrip().endswith("running workers take it up before their next trial"), budget.stdout
-        output, _ = launch.communicate(timeout=1800)
+        held.release()
+        output = launch.finish().stdout
     finally:
-        if launch.poll() is None:
-            launch.kill()
+        launch.stop()
     ended = dt.datetime.now()
-    assert launch.returncode == 0, output
+    assert launch.poll() == 0, output
     study = optuna.load_study(study_name="grow", storage=url)
     trials = study.get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE"] * 10, "10 finished, none failed or interrupted"

@@ -11,6 +11,7 @@ from searcher.spec import ACTIVATIONS, INITIALIZERS, OPTIMIZERS, load_spec
 
 keras = pytest.importorskip("keras")
 
+from searcher.devices import TrainingRuntime  # noqa: E402
 from searcher.data import Preprocessing, load_search_data  # noqa: E402
 from searcher.models import build_model  # noqa: E402
 from searcher.training import train  # noqa: E402
@@ -103,10 +104,11 @@ def _one_epoch(spec, digits_data, **knobs):
     values.update(knobs)
     trial = optuna.trial.FixedTrial(baseline_params(spec, values) | {"momentum": 0.9})
     config = trial_config(spec, suggest_values(trial, spec), seed=1)
-    result = train(config, digits_data, direction="maximize", max_epochs=1)
+    result = train(config, digits_data, direction="maximize", runtime=TrainingRuntime(), max_epochs=1)
     return result
 
 
+@pytest.mark.slow  # one model per value
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_every_activation_trains(digits, activation):
     spec, data = digits
@@ -115,12 +117,14 @@ def test_every_activation_trains(digits, activation):
     assert 0.0 <= result.curve[0] <= 1.0
 
 
+@pytest.mark.slow  # one model per value
 @pytest.mark.parametrize("initializer", INITIALIZERS)
 def test_every_initializer_trains(digits, initializer):
     spec, data = digits
     assert math.isfinite(_one_epoch(spec, data, initializer=initializer).history["loss"][0])
 
 
+@pytest.mark.slow  # one model per value
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_every_optimizer_trains(digits, optimizer):
     spec, data = digits
@@ -136,7 +140,7 @@ def test_a_cnn_trains_on_digits():
     spec = load_spec("digits-cnn")
     data = load_search_data(spec.data, split_seed=0)
     config = _baseline_config("digits-cnn", "small-cnn")
-    result = train(config, data, direction="maximize", max_epochs=2)
+    result = train(config, data, direction="maximize", runtime=TrainingRuntime(), max_epochs=2)
     assert len(result.curve) == 2 and result.curve[-1] > 0.5
 
 
@@ -163,26 +167,6 @@ def test_adam_knobs_are_sampled_only_for_adam_and_reach_the_optimizer():
     assert (float(optimizer.beta_1), float(optimizer.beta_2), float(optimizer.epsilon)) == pytest.approx(
         (adam.beta_1, adam.beta_2, adam.epsilon))
     assert 0.8 <= adam.beta_1 <= 0.95 and 1e-8 <= adam.epsilon <= 1e-5
-
-
-def test_a_nan_loss_fails_the_trial_with_reason_nan_and_the_search_goes_on(tmp_path):
-    """A learning rate of 1e12 blows SGD up in the first epoch; the next trial still completes."""
-    from searcher.objective import Objective
-    from searcher.training import TrialFailed
-    from searcher.spec import parse_spec
-
-    spec = parse_spec({"name": "nan", "data": {"dataset": "digits"}, "model": {"kind": "mlp"},
-                       "search": {"optimizer": "sgd", "learning_rate": {"low": 1e-3, "high": 1e13, "log": True},
-                                  "depth": 1, "units": [16]},
-                       "training": {"max_epochs": 2, "patience": None}}, source="nan.yaml")
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/nan.db", direction="maximize")
-    for lr in (1e12, 0.01):
-        study.enqueue_trial({"lr": lr})
-    study.optimize(Objective(spec, load_search_data(spec.data, split_seed=0)), n_trials=2, catch=(TrialFailed,))
-    blown, fine = study.trials
-    assert blown.state.name == "FAIL" and blown.user_attrs["fail_reason"] == "nan"
-    assert blown.user_attrs["fail_detail"].startswith("nan: loss became ") and "in epoch 1" in blown.user_attrs["fail_detail"]
-    assert fine.state.name == "COMPLETE" and fine.value > 0.1
 
 
 def test_a_small_epoch_in_one_call_trains_the_same_numbers(digits, monkeypatch):

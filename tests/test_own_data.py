@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli_process import run_searcher
+from own_files import digits_png_folder, wine_csv, write_csv
 from searcher import ranking, sources
 from searcher.data import Rows, class_weights, load_search_data, load_test_split, to_tf_dataset
 from searcher.errors import DataError
@@ -21,43 +23,6 @@ from searcher.spec import DataSpec
 
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
-
-
-def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
-
-
-def wine_csv(folder: Path) -> tuple[Path, Path]:
-    """scikit-learn's wine (features from 0.1 to 1,680) with a categorical column and a string
-    target, as a training and a test file."""
-    from sklearn.datasets import load_wine
-    from sklearn.model_selection import train_test_split
-
-    wine = load_wine()
-    names = np.array(["barolo", "grignolino", "barbera"])
-    cellar = np.array(["north", "south", "east"])[np.arange(len(wine.target)) % 3]
-    header = list(wine.feature_names) + ["cellar", "cultivar"]  # one name holds a "/"
-    rows = [[f"{v:g}" for v in x] + [c, names[t]] for x, t, c in zip(wine.data, wine.target, cellar)]
-    train, test = train_test_split(rows, test_size=36, random_state=0, stratify=wine.target)
-    return write_csv(folder / "wine.csv", header, train), write_csv(folder / "wine-test.csv", header, test)
-
-
-def digits_png_folder(folder: Path, *, per_class: int = 30) -> Path:
-    """scikit-learn's digits as 8x8 grayscale PNG files, one subfolder per class."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    root = folder / "digits-png"
-    for label in range(10):
-        (root / f"digit-{label}").mkdir(parents=True)
-        for i, image in enumerate(digits.images[digits.target == label][:per_class]):
-            png = tf.io.encode_png((image * 255 / 16).astype("uint8")[..., None]).numpy()
-            (root / f"digit-{label}" / f"{i:03d}.png").write_bytes(png)
-    return root
 
 
 # --- preprocessing, fitted on the fit split and inside the model -----------------------------
@@ -98,24 +63,6 @@ def test_cross_validation_folds_partition_the_training_rows_each_with_its_own_pr
     assert len({f.preprocessing.mean for f in folds}) == 5
     assert load_search_data(DataSpec(dataset="npz", path=str(tmp_path / "c.npz"), cv_folds=5),
                             split_seed=3).val.y.tolist() == data.val.y.tolist()  # seeded
-
-
-def test_a_cross_validated_value_is_the_best_epoch_of_the_folds_mean_curve():
-    from searcher.training import TrainResult, cv_score
-
-    def fold(*curve: float) -> TrainResult:
-        return TrainResult(model=None, history={"val_loss": list(curve)}, metric="val_loss", direction="minimize")
-
-    # Each fold's own best (0.10 at epoch 1, 0.12 at epoch 3) averages to 0.11, a curve no single
-    # epoch reaches; the folds' mean curve is 0.25, 0.20, 0.26: epoch 2, value 0.20.
-    folds = [fold(0.10, 0.20, 0.40), fold(0.40, 0.20, 0.12)]
-    score = cv_score(folds, "minimize")
-    assert (score.epoch, score.values) == (2, (0.20, 0.20)) and score.value == pytest.approx(0.20)
-    assert score.value > np.mean([f.best_value for f in folds])  # less optimistic than per-fold bests
-    longer = [fold(0.3, 0.2, 0.1), fold(0.3, 0.25)]  # a shorter curve bounds the epochs compared
-    assert cv_score(longer, "minimize").epoch == 2
-    accuracy = [TrainResult(None, {"val_accuracy": [0.8, 0.9]}, "val_accuracy", "maximize")]
-    assert (cv_score(accuracy, "maximize").epoch, cv_score(accuracy, "maximize").value) == (2, 0.9)
 
 
 def test_cross_validation_needs_k_examples_of_every_class(tmp_path):
@@ -277,7 +224,7 @@ def _npz(tmp_path: Path, **arrays) -> str:
         (lambda p: DataSpec(dataset="csv", path=str(write_csv(p / "b.csv", ["age", "y"],
                                                               [[str(i), i % 2] for i in range(9)] + [["4O", 1]])),
                             target="y"),
-         r"b\.csv: column 'age', line 11: '4O' is not a number \(9 of its 10 values are\)"),
+         r"b\.csv: column 'age', line 11: '4O' is not a number \(9 of its 10 filled values are\)"),
         (lambda p: DataSpec(dataset="csv", path=str(write_csv(p / "b.csv", ["age", "y"],
                                                               [[i, i % 2] for i in range(9)] + [["", 1]])),
                             target="y"),
@@ -296,16 +243,6 @@ def test_bad_data_is_one_line_naming_the_place(tmp_path, make, message):
     assert "\n" not in str(error.value)
 
 
-def test_unreadable_image_is_named(tmp_path, monkeypatch):
-    monkeypatch.setenv("SEARCHER_CACHE_DIR", str(tmp_path / "cache"))
-    root = digits_png_folder(tmp_path, per_class=3)
-    broken = root / "digit-4" / "001.png"
-    broken.write_bytes(b"not a png at all")
-    with pytest.raises(DataError, match=rf"^{broken}: not a readable image \(Unknown image file format") as error:
-        load_search_data(DataSpec(dataset="images", path=str(root), test_fraction=0.2), split_seed=0)
-    assert "{{" not in str(error.value) and "[Op:" not in str(error.value)
-
-
 # --- end to end: init -> launch -> export -> retrain -> predict on the raw CSV rows ----------------
 
 
@@ -320,15 +257,16 @@ def searcher(*args: str, cwd: Path, ok: bool = True, env: dict[str, str] | None 
 @pytest.mark.slow
 def test_csv_with_a_categorical_column_and_string_target_end_to_end(tmp_path):
     data, test_file = wine_csv(tmp_path)
-    made = searcher("init", data.name, "--target", "cultivar", "--test", test_file.name, "-o", "wine.yaml",
-                    cwd=tmp_path)
+    made = run_searcher("init", data.name, "--target", "cultivar", "--test", test_file.name, "-o", "wine.yaml",
+                        cwd=tmp_path, check=True)
     # 142 training rows: init cross-validates (one validation split would hold 29 rows).
     assert "wrote wine.yaml: mlp on 142 training rows in 5 cross-validation folds / 36 test rows" in made.stdout
     assert "cellar (3)" in made.stdout
     spec_text = (tmp_path / "wine.yaml").read_text()
     assert "test_path: wine-test.csv" in spec_text and "standardized" in spec_text and "cv_folds: 5" in spec_text
     url = f"sqlite:///{tmp_path}/s.db"
-    launched = searcher("launch", "wine.yaml", "--workers", "1", "--trials", "3", "--storage", url, cwd=tmp_path)
+    launched = run_searcher("launch", "wine.yaml", "--workers", "1", "--trials", "3", "--storage", url, cwd=tmp_path,
+                            check=True)
     assert "data: 142 training rows in 5 cross-validation folds / 36 test rows" in launched.stdout
     assert "searcher export wine --storage" in launched.stdout and "--ensemble 3" in launched.stdout
     import optuna
@@ -341,15 +279,16 @@ def test_csv_with_a_categorical_column_and_string_target_end_to_end(tmp_path):
         assert t.value == pytest.approx(np.mean(t.user_attrs["cv_values"]), abs=1e-5)
         assert 1 <= t.user_attrs["best_epoch"] <= t.user_attrs["epochs"]
 
-    searcher("report", "wine", "--storage", url, "-o", "report.html", cwd=tmp_path)
+    run_searcher("report", "wine", "--storage", url, "-o", "report.html", cwd=tmp_path, check=True)
     page = (tmp_path / "report.html").read_text()
     assert "Cross-validated: every trial trained on each of 5 stratified folds of the 142 training rows" in page
     assert re.search(r"<td class='n'>\d\.\d{4} ± \d\.\d{4}</td>", page)  # the top trials' fold spread
 
-    exported = searcher("export", "wine", "--storage", url, "--ensemble", "2", "-o", "best.yaml", cwd=tmp_path)
+    exported = run_searcher("export", "wine", "--storage", url, "--ensemble", "2", "-o", "best.yaml", cwd=tmp_path,
+                            check=True)
     assert "wrote best.yaml" in exported.stdout
     assert "# final model: average of 10 models (2 configs x 5 folds): trials" in (tmp_path / "best.yaml").read_text()
-    retrained = searcher("retrain", "best.yaml", "-o", "best.keras", cwd=tmp_path)
+    retrained = run_searcher("retrain", "best.yaml", "-o", "best.keras", cwd=tmp_path, check=True)
     assert "test accuracy" in retrained.stdout and "average of 10 models (2 configs x 5 folds)" in retrained.stdout
     metrics = json.loads((tmp_path / "best.metrics.json").read_text())
     assert len(metrics["members"]) == 10 and {m["fold"] for m in metrics["members"]} == {1, 2, 3, 4, 5}
@@ -381,138 +320,9 @@ def test_bad_data_stores_nothing(tmp_path):
     write_csv(tmp_path / "broken.csv", ["x", "y"], [[i, i % 2] for i in range(10)] + [["oops", 1]])
     (tmp_path / "broken.yaml").write_text(
         "data: {dataset: csv, path: broken.csv, target: y}\nmodel: {kind: mlp}\nbudget: {n_trials: 2}\n")
-    out = searcher("launch", "broken.yaml", "--storage", f"sqlite:///{tmp_path}/s.db", cwd=tmp_path, ok=False)
+    out = run_searcher("launch", "broken.yaml", "--storage", f"sqlite:///{tmp_path}/s.db", cwd=tmp_path)
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == [
-        "Error: broken.csv: column 'x', line 12: 'oops' is not a number (10 of its 11 values are); "
+        "Error: broken.csv: column 'x', line 12: 'oops' is not a number (10 of its 11 filled values are); "
         "fix the value, or list the column in data.categorical"]
     assert not (tmp_path / "s.db").exists()
-
-
-def test_init_writes_a_cnn_spec_for_an_image_folder(tmp_path, monkeypatch):
-    from searcher.init import init_spec
-    from searcher.sizing import describe as describe_budget
-    from searcher.spec import load_spec
-
-    monkeypatch.setenv("SEARCHER_CACHE_DIR", str(tmp_path / "cache"))
-    root = digits_png_folder(tmp_path, per_class=12)
-    made = init_spec(str(root), output=tmp_path / "pngs.yaml", workers=2, minutes=5)
-    spec = load_spec(made.path)
-    assert spec.model.kind == "cnn" and spec.data.dataset == "images"
-    assert (spec.data.color_mode, spec.data.image_size, spec.data.test_fraction) == ("grayscale", (8, 8), 0.2)
-    assert 8 <= spec.budget.n_trials <= 300 and spec.baselines[0].name == "plain-adam"
-    text = made.path.read_text()
-    assert "uint8 inputs 8x8x1, rescaled to [0, 1] (divided by 255)" in text
-    sizing = made.sizing
-    assert spec.budget.n_trials == sizing.n_trials
-    # What the comment says is what the budget takes here: trials x seconds each / workers.
-    assert sizing.seconds == pytest.approx(sizing.n_trials * sizing.trial_seconds / 2)
-    assert f"# budget: {describe_budget(sizing)}, measured on a middle configuration." in text
-    if sizing.note is None:  # the fewest trials worth running fit: the budget fits the minutes asked
-        assert sizing.seconds <= 5 * 60 and spec.budget.n_trials >= 12
-
-
-def small_png_folder(folder: Path) -> Path:
-    """40 random 16x16 RGB PNGs in 4 class folders."""
-    rng = np.random.default_rng(0)
-    root = folder / "pngs"
-    for label in range(4):
-        (root / f"class-{label}").mkdir(parents=True)
-        for i in range(10):
-            png = tf.io.encode_png(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).numpy()
-            (root / f"class-{label}" / f"{i}.png").write_bytes(png)
-    return root
-
-
-def _trials_take(monkeypatch, epoch_s: float) -> None:
-    """A measured epoch of ``epoch_s`` seconds, whatever this machine's speed: the shaping is
-    decided by these numbers alone."""
-    from searcher import init
-    from searcher.sizing import TrialCost
-
-    monkeypatch.setattr(init, "_measure_trial", lambda raw, data: TrialCost(epoch_s=epoch_s, first_epoch_extra_s=0.0))
-
-
-@pytest.mark.parametrize(
-    ("epoch_s", "n_trials", "max_epochs", "searched", "note"),
-    [
-        # 12 trials of 40 epochs (~22 run) take 78 s; 21 epochs fit 48 s (80 % of the minute).
-        (0.25, 12, 21, 13, "--minutes 1 cannot hold 12 trials of the full study here (about 1.3 min); shaped to fit: "
-                           "21 epochs per trial (was 40)"),
-        # 5 epochs of the full space do not fit 12 trials; 8 trials of 6 knobs at 9 epochs (5 run) do.
-        (1.0, 8, 9, 6, "--minutes 1 cannot hold 12 trials of the full study here (about 4.6 min); shaped to fit: "
-                       "9 epochs per trial (was 40); 6 of 13 knobs searched (learning_rate, dropout, batch_size, "
-                       "depth, filters, dense_units)"),
-        # Nothing fits: the most shaped study, its fewest trials, and the minutes it needs.
-        (20.0, 8, 5, 6, "--minutes 1 is too short here: even shaped (5 epochs per trial (was 40); 6 of 13 knobs "
-                        "searched (learning_rate, dropout, batch_size, depth, filters, dense_units)), the fewest "
-                        "trials worth running (8) take about 11 min; pass --minutes 14, or --minutes 111 for the "
-                        "full study"),
-    ],
-)
-def test_init_shapes_the_study_when_the_minutes_cannot_hold_it(tmp_path, monkeypatch, epoch_s, n_trials, max_epochs,
-                                                                searched, note):
-    from searcher.init import init_spec
-    from searcher.sizing import describe as describe_budget
-
-    monkeypatch.setenv("SEARCHER_CACHE_DIR", str(tmp_path / "cache"))
-    _trials_take(monkeypatch, epoch_s)
-    made = init_spec(str(small_png_folder(tmp_path)), output=tmp_path / "pngs.yaml", workers=1, minutes=1)
-    spec = made.spec  # loaded back from the file: a valid spec
-    assert (spec.budget.n_trials, spec.training.max_epochs, len(spec.search.searched())) == (n_trials, max_epochs,
-                                                                                             searched)
-    assert made.sizing.note == note
-    text = made.path.read_text()
-    assert f"# {note}." in text and f"# budget: {describe_budget(made.sizing)}," in text
-    assert spec.pruner.n_warmup_steps < spec.training.max_epochs and spec.training.patience < spec.training.max_epochs
-    if searched < 13:
-        assert spec.sampler.n_startup_trials == 4 and "activation: relu" in text
-        assert "# fixed so the budget fits (see the top)" in text
-
-
-@pytest.mark.slow
-def test_a_shaped_spec_launches(tmp_path, monkeypatch):
-    """The most shaped spec init writes (fewest knobs, fewest epochs) runs as `searcher init` printed it."""
-    from typer.testing import CliRunner
-
-    from searcher.cli import app
-
-    monkeypatch.setenv("SEARCHER_CACHE_DIR", str(tmp_path / "cache"))
-    _trials_take(monkeypatch, 20.0)
-    root = small_png_folder(tmp_path)
-    monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["init", str(root), "-o", "pngs.yaml", "--minutes", "1", "--workers", "1"],
-                                terminal_width=300)
-    assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
-    assert lines[0].startswith("wrote pngs.yaml: cnn on ")
-    assert lines[1].startswith("--minutes 1 is too short here: even shaped (5 epochs per trial (was 40); ")
-    assert lines[2] == "budget 8 trials, about 11 min here with 1 worker(s) (a trial: ~81 s); next: searcher launch pngs.yaml"
-    out = searcher("launch", "pngs.yaml", "--workers", "1", "--trials", "2", "--storage", f"sqlite:///{tmp_path}/s.db",
-                   cwd=tmp_path)
-    assert "pngs: 1 worker(s)" in out.stdout and "budget 2 trials" in out.stdout
-    import optuna
-
-    study = optuna.load_study(study_name="pngs", storage=f"sqlite:///{tmp_path}/s.db")
-    assert sorted(t.state.name for t in study.get_trials()) == ["COMPLETE", "COMPLETE"]
-    assert study.get_trials()[0].user_attrs["baseline"] == "plain-adam"
-    assert all(t.user_attrs["epochs"] <= 5 for t in study.get_trials())
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["wine.csv"], r"Error: --target: which column holds the class\? wine\.csv has columns alcohol, malic_acid"),
-        (["wine.csv", "--target", "kind"], r"Error: --target: wine\.csv has no column 'kind'"),
-        (["nothing.csv"], r"Error: nothing\.csv: no such file or folder"),
-        (["wine.csv", "--target", "cultivar", "-o", "wine.yaml"], r"Error: -o: wine\.yaml exists; pass --force"),
-    ],
-)
-def test_init_mistakes_are_one_line(tmp_path, args, message):
-    wine_csv(tmp_path)
-    (tmp_path / "wine.yaml").write_text("keep me\n")
-    out = searcher("init", *args, cwd=tmp_path, ok=False)
-    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
-    assert re.search(message, out.stderr)
-    assert (tmp_path / "wine.yaml").read_text() == "keep me\n"
-

@@ -20,8 +20,8 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
+from cli_process import HANG_GUARD, run_searcher
 from postgres_server import free_port
-from test_launch import run_searcher
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 BIN = Path(sys.executable).parent
@@ -48,7 +48,8 @@ def test_optuna_cli_and_dashboard_open_the_study_with_the_printed_url(postgres_u
     assert f"searcher dashboard --storage '{printed}'" in out.stdout
 
     trials = subprocess.run([BIN / "optuna", "trials", "--study-name", "tiny-seed1", "--storage", printed,
-                             "-f", "json"], capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+                             "-f", "json"], capture_output=True, text=True, timeout=HANG_GUARD,
+                            env={**os.environ, **env})
     assert trials.returncode == 0, trials.stderr
     rows = json.loads(trials.stdout)
     assert [(r["number"], r["state"]) for r in rows] == [(0, "COMPLETE")]
@@ -58,7 +59,7 @@ def test_optuna_cli_and_dashboard_open_the_study_with_the_printed_url(postgres_u
         dashboard = subprocess.Popen([BIN / "optuna-dashboard", printed, "--host", "127.0.0.1", "--port", str(port)],
                                      stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + HANG_GUARD
         while True:
             try:
                 summaries = _api(f"http://127.0.0.1:{port}/api/studies")["study_summaries"]
@@ -69,7 +70,7 @@ def test_optuna_cli_and_dashboard_open_the_study_with_the_printed_url(postgres_u
                 time.sleep(0.3)
     finally:
         dashboard.terminate()
-        dashboard.wait(timeout=10)
+        dashboard.wait(timeout=120)
     assert [s["study_name"] for s in summaries] == ["tiny-seed1"]
 
     listed = run_searcher("studies", "--storage", printed, cwd=tmp_path, env=env)

@@ -26,6 +26,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from browser import chromium_page, wait_for_plotly
+from made_trials import ROWS, cost_study
+from scale_harness import build_large_study
 from searcher import ranking
 from searcher.errors import UserError
 from searcher.report import ReportData, collect, render_html, write_report
@@ -155,9 +157,10 @@ def synthetic_study(tmp_path: Path) -> optuna.Study:
     return build_study(_storage(tmp_path))
 
 
-@pytest.fixture(params=["synthetic", "real-search"])
+@pytest.fixture(params=["synthetic", pytest.param("real-search", marks=pytest.mark.slow)])
 def report_study(request, synthetic_study: optuna.Study) -> optuna.Study:
-    """The study the generic tests run on: the planted one, and one from a real digits search."""
+    """The study the generic tests run on: the planted one, and one from a real digits search (slow: it
+    starts worker processes)."""
     if request.param == "synthetic":
         return synthetic_study
     run = request.getfixturevalue("digits_search")
@@ -352,6 +355,52 @@ def test_adam_knobs_sampled_for_some_trials_only_are_shown_and_do_not_break_the_
     assert data.best.params["optimizer"] == "adam" and data.best.params["beta_1"] == pytest.approx(0.86)
     page = render_html(data)
     assert "beta_1=0.86" in page and "epsilon=1.0e-07" in page
+
+
+def test_tradeoff_marks_the_front_the_baselines_and_what_a_point_buys():
+    import plotly.graph_objects as go
+
+    from searcher.report import _tradeoff as tradeoff
+
+    study = cost_study(ROWS + [(0.976, 3_000, 0.35, False)])  # trial 6 ties trial 3: the earlier one stays
+    study.add_trial(create_trial(values=[0.95], user_attrs={"n_params": 4480, "latency_ms_b1": 0.3,
+                                                            "baseline": "tutorial"}))
+    d = tradeoff.collect(study)
+    assert (d.cost, d.multi, d.best) == ("n_params", False, 0)
+    assert d.front == (4, 3, 2, 0)
+    assert [(p.points, p.by, p.trial.number) for p in d.picks] == [
+        (0.5, "n_params", 3), (0.5, "latency_ms", 5), (1.0, "n_params", 3), (1.0, "latency_ms", 5)]
+    fig = tradeoff.draw(go, d)
+    assert [t.name for t in fig.data] == ["trial", "infeasible (over a constraint)", "Pareto front", "baseline"]
+    assert list(fig.data[2].x) == [2_000, 3_000, 9_000, 40_000] and fig.layout.xaxis.type == "log"
+    assert list(fig.data[1].x) == [90_000], "the trial over a constraint is drawn, never on the front"
+    page = tradeoff.tables_html(d)
+    assert "The Pareto front (val_accuracy against parameters): 4 trial(s)" in page
+    assert page.count("<tr") == 1 + 4 + 1 + 4
+
+    rows = [(0.98, 40_000, 0.5, False), (0.98, 9_000, 0.3, False), (0.97, 2_000, 0.2, False)]
+    two = tradeoff.collect(cost_study(rows, objectives=("val_accuracy", "n_params")))
+    assert (two.multi, two.front, two.best) == (True, (2, 1), 1), "a tie on the metric goes to the cheaper"
+
+
+@pytest.mark.slow  # thousands of trials
+def test_a_large_study_report_thins_its_curves_and_says_so(tmp_path):
+    """3,000 finished trials (add_trials, in memory: the report reads them as from any storage):
+    at most MAX_GREY_CURVES pruned curves, thousands of markers in WebGL, and the page says so."""
+    import optuna
+
+    from searcher.report import write_report
+    from searcher.report._figures import MAX_GREY_CURVES, MAX_LINES, MAX_POINTS
+
+    study = build_large_study(optuna.storages.InMemoryStorage(), "large", 3000)
+    pruned = sum(1 for t in study.get_trials(deepcopy=False) if t.state.name == "PRUNED")
+    complete = sum(1 for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE")
+    assert pruned > MAX_GREY_CURVES and complete > MAX_POINTS
+    page = write_report(study, tmp_path / "report.html").read_text()
+    assert f"curves of {MAX_GREY_CURVES} of the {pruned:,} pruned trials are drawn" in page
+    assert f"{complete:,} trials: box plots show the quartiles of all of them and only the outlying points" in page
+    assert f"{MAX_LINES:,} of the {complete:,} complete trials are drawn: the best {MAX_LINES // 2:,}" in page
+    assert '"scattergl"' in page  # thousands of markers drawn with WebGL
 
 
 def test_the_best_against_a_baseline_reads_the_same_everywhere_for_a_loss(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from collections import Counter
 import pytest
 
 from postgres_server import PgBouncer, PostgresServer, PostgresServerError, PostgresUnavailable
-from scale_harness import FINISHED, build_large_study, run_scale, scale_spec
+from scale_harness import FINISHED, run_scale, scale_spec
 from searcher.storage import normalize_url
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -70,22 +70,3 @@ def test_many_workers_keep_the_budget_exact(small_server, tmp_path, workers, n_t
     assert all(t.intermediate_values for t in run.trials if t.state.name in FINISHED)  # per-epoch reports stored
     assert all("config" in t.user_attrs and "sec_per_epoch" in t.user_attrs for t in run.trials
                if t.state.name in FINISHED)
-
-
-def test_a_large_study_report_thins_its_curves_and_says_so(tmp_path):
-    """3,000 finished trials (add_trials, in memory: the report reads them as from any storage):
-    at most MAX_GREY_CURVES pruned curves, thousands of markers in WebGL, and the page says so."""
-    import optuna
-
-    from searcher.report import write_report
-    from searcher.report._figures import MAX_GREY_CURVES, MAX_LINES, MAX_POINTS
-
-    study = build_large_study(optuna.storages.InMemoryStorage(), "large", 3000)
-    pruned = sum(1 for t in study.get_trials(deepcopy=False) if t.state.name == "PRUNED")
-    complete = sum(1 for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE")
-    assert pruned > MAX_GREY_CURVES and complete > MAX_POINTS
-    page = write_report(study, tmp_path / "report.html").read_text()
-    assert f"curves of {MAX_GREY_CURVES} of the {pruned:,} pruned trials are drawn" in page
-    assert f"{complete:,} trials: box plots show the quartiles of all of them and only the outlying points" in page
-    assert f"{MAX_LINES:,} of the {complete:,} complete trials are drawn: the best {MAX_LINES // 2:,}" in page
-    assert '"scattergl"' in page  # thousands of markers drawn with WebGL

@@ -25,8 +25,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from deploy_checks import assert_cli_accepts, env_names_searcher_reads
+from searches import FINISHED, Database, digits_spec
 from slurm_cluster import SlurmCluster
-from test_distributed import FINISHED, Database, write_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SBATCH = ROOT / "deploy" / "slurm" / "searcher-worker.sbatch"
@@ -189,8 +189,8 @@ class SlurmStudy:
         pgpass = folder / "pgpass"
         pgpass.write_text(f"{url.host}:{url.port}:{url.database}:{url.username}:{url.password}\n")
         pgpass.chmod(0o600)
-        self.spec = write_spec(folder, name, training={"max_epochs": epochs, "patience": None},
-                               pruner={"name": "none"}, search={"batch_size": 32})
+        self.spec = digits_spec(folder, name, training={"max_epochs": epochs, "patience": None},
+                                pruner={"name": "none"}, search={"batch_size": 32})
         self.env = {**os.environ, "STUDY": str(self.spec), "PGPASSFILE": str(pgpass), "PYTHONUNBUFFERED": "1",
                     "SEARCHER_STORAGE": url.set(password=None).render_as_string(hide_password=False),
                     "SEARCHER_VENV": str(VENV_BIN.parent), "SEARCHER_ALLOW_CPU_FALLBACK": "1"}
