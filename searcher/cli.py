@@ -399,6 +399,10 @@ def retrain(
     console.print(f"test accuracy {metrics['test_accuracy']:.4f} (loss {metrics['test_loss']:.4f}) on "
                   f"{metrics['test_examples']} held-out examples; {trained}, "
                   f"{metrics['n_params']:,} parameters", highlight=False)
+    for name, ref in (metrics.get("references") or {}).items():
+        if isinstance(ref, dict):
+            console.print(f"  {name.replace('_', ' ')}: test accuracy {ref['test_accuracy']:.4f} "
+                          f"(loss {ref['test_loss']:.4f})", highlight=False)
     console.print(f"cost here: {metrics['model_bytes'] / 1e6:.3g} MB file; {_latency(metrics)} "
                   f"({metrics['latency_of']})", highlight=False)
     serving = metrics.get("serving")

@@ -73,7 +73,7 @@ def _batch(examples: Split, size: int) -> Any:
 
         # One tensor, converted once: the timed calls measure the model, not numpy -> tensor copies
         # (and a tf.data pipeline, as tables need, costs more to build than all the timed calls).
-        return tf.convert_to_tensor(rows.x)
+        return tf.convert_to_tensor(np.asarray(rows.x))
     return next(iter(to_tf_dataset(rows, batch_size=size)))[0]
 
 

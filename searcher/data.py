@@ -35,6 +35,47 @@ DEFAULT_TEST_FRACTION = 0.2
 _TEST_SEED = 20260101
 
 
+class Rows:
+    """Some rows of a memory-mapped array (an image folder's cache), read only when used:
+    splitting a folder larger than RAM into fit, validation and test copies nothing.
+    ``np.asarray`` reads the rows into memory; ``to_tf_dataset`` streams them in batches."""
+
+    def __init__(self, base: np.ndarray, index: np.ndarray) -> None:
+        self.base, self.index = base, np.asarray(index)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.index), *self.base.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.base.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.base.ndim
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, (int, np.integer)):
+            return self.base[self.index[index]]
+        return Rows(self.base, self.index[index])
+
+    def read(self, positions: np.ndarray) -> np.ndarray:
+        """Rows at ``positions`` (of this selection), read in file order and returned in the asked order."""
+        rows = self.index[positions]
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((len(rows), *self.base.shape[1:]), dtype=self.base.dtype)
+        out[order] = self.base[rows[order]]
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self.read(np.arange(len(self.index)))
+        return out if dtype is None else out.astype(dtype)
+
+
 @dataclass(frozen=True)
 class Split:
     x: Features
@@ -46,6 +87,8 @@ class Split:
     def take(self, index: np.ndarray) -> Split:
         if isinstance(self.x, dict):
             return Split({name: column[index] for name, column in self.x.items()}, self.y[index])
+        if isinstance(self.x, np.memmap):
+            return Split(Rows(self.x, index), self.y[index])
         return Split(self.x[index], self.y[index])
 
 
@@ -201,6 +244,10 @@ def to_tf_dataset(split: Split, *, batch_size: int, shuffle_seed: int | None = N
     per-example weights (``weights[class]``) when given."""
     import tensorflow as tf
 
+    if isinstance(split.x, np.memmap):
+        split = Split(Rows(split.x, np.arange(len(split.x))), split.y)
+    if isinstance(split.x, Rows):
+        return _streamed(split, batch_size=batch_size, shuffle_seed=shuffle_seed, weights=weights)
     if isinstance(split.x, dict):
         return _table_dataset(split, batch_size=batch_size, shuffle_seed=shuffle_seed, weights=weights)
     parts = (split.x, split.y) if weights is None else (split.x, split.y, weights[split.y])
@@ -208,6 +255,27 @@ def to_tf_dataset(split: Split, *, batch_size: int, shuffle_seed: int | None = N
     if shuffle_seed is not None:
         ds = ds.shuffle(len(split), seed=shuffle_seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _streamed(split: Split, *, batch_size: int, shuffle_seed: int | None, weights: np.ndarray | None):
+    """``to_tf_dataset`` for rows of a memory-mapped array: positions are shuffled and batched,
+    and each batch's rows are read from the file in parallel map calls, ``prefetch`` keeping the
+    next batches ready, so only a few batches are in memory at a time."""
+    import tensorflow as tf
+
+    rows: Rows = split.x
+    parts = (np.arange(len(split)), split.y) if weights is None else (np.arange(len(split)), split.y, weights[split.y])
+    ds = tf.data.Dataset.from_tensor_slices(parts)
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(split), seed=shuffle_seed, reshuffle_each_iteration=True)
+    shape = (None, *rows.shape[1:])
+
+    def read(positions, *rest):
+        x = tf.numpy_function(rows.read, [positions], tf.as_dtype(rows.dtype), stateful=False)
+        x.set_shape(shape)
+        return (x, *rest)
+
+    return ds.batch(batch_size).map(read, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def _table_dataset(split: Split, *, batch_size: int, shuffle_seed: int | None, weights: np.ndarray | None):
@@ -336,7 +404,7 @@ def _check_features(x: Features, source: str, *, missing: str, table: Table | No
     if x.ndim == 3:  # (rows, height, width): grayscale images get their channel axis
         x = x[..., None]
     if x.dtype == np.uint8:
-        return x  # images stay compact; the model rescales them
+        return x  # images stay compact (a memory map stays one); the model rescales them
     return x.astype("float32")
 
 
@@ -443,6 +511,7 @@ def fit_preprocessing(spec: DataSpec, fit: Split, table: Table | None) -> Prepro
 
 def _per_feature(stat, x: np.ndarray) -> list[float]:
     """``stat`` over every axis but the last: per feature, or per channel of images."""
+    x = np.asarray(x)  # rows of an image cache: read (only a non-default preprocess of images needs this)
     values = stat(x.reshape(-1, x.shape[-1]).astype("float64"), axis=0)
     return [float(v) if np.isfinite(v) else 0.0 for v in values]
 

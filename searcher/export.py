@@ -194,6 +194,10 @@ def retrain(
     # The only evaluation on test data in searcher, after every choice has been made.
     test = load_test_split(config.data, data_dir=data_dir)
     scores = score_test(model, test, data.class_names)
+    from searcher import reference
+
+    references = (reference.evaluate(data, config.training.metric, test=test, seed=config.split_seed)
+                  if reference.applies(data) else None)
     model_path.parent.mkdir(parents=True, exist_ok=True)
     model.save(model_path)
     numbers = source.get("ensemble") or [source.get("trial")]
@@ -216,6 +220,7 @@ def retrain(
         "seconds": round(time.perf_counter() - started, 2),
         "model": str(model_path),
         "source": source,
+        **({"references": references} if references else {}),
     }
     metrics_path(model_path).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics

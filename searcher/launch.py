@@ -105,6 +105,8 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
     n_trials = study.user_attrs[stored.BUDGET]
     if data_summary is not None:
         study.set_user_attr(stored.DATA, data_summary)
+        if stored.references(study) is None:
+            _store_references(study, spec, data_dir=request.data_dir, console=console)
     if studies.budget_left(study, n_trials) <= 0:
         console.print(f"{name}: the study already has {n_trials} finished trials; raise --trials (or "
                       f"`searcher budget {name} N`) to continue.", highlight=False, markup=False)
@@ -155,6 +157,21 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
         console.print(f"[red]worker {slot.placement.index} ended with exit code {slot.last_exit}; "
                       f"see {plan.log_dir}/worker-{slot.placement.index}.log[/]")
     return 1 if len(crashed) == len(slots) else EXIT_DONE
+
+
+def _store_references(study: optuna.Study, spec: StudySpec, *, data_dir: str | None, console: Console) -> None:
+    """Fit the reference models once per study, before the workers start, on the search's splits."""
+    from searcher import reference
+    from searcher.data import load_search_data
+
+    data = load_search_data(spec.data, split_seed=spec.split_seed, data_dir=data_dir)
+    if not reference.applies(data):
+        return
+    started = time.monotonic()
+    references = reference.evaluate(data, spec.training.metric, seed=spec.split_seed)
+    study.set_user_attr(stored.REFERENCES, references)
+    console.print(f"references: {reference.describe(references)}; fitted in {time.monotonic() - started:.1f}s",
+                  highlight=False)
 
 
 def _goal_lines(spec: StudySpec) -> list[str]:

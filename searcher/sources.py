@@ -39,6 +39,7 @@ CACHE_DIR_ENV = "SEARCHER_CACHE_DIR"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 # digits has no official test split; one fixed split keeps every study's test set the same.
 _DIGITS_TEST_FRACTION, _DIGITS_TEST_SEED = 0.2, 20260101
+_DECODE_CHUNK = 256  # images per task of the decoding pool
 
 _FILES = {
     "mnist": ["mnist.npz"],
@@ -179,28 +180,57 @@ def list_images(folder: Path, *, field: str = "data.path") -> list[tuple[Path, s
 
 def _read_image_folder(folder: Path, spec: DataSpec, *, field: str,
                        size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
-    """Decode every image once, resized to ``size`` (default: the first image's), as uint8;
-    cached on disk by the files' names, sizes and times, so the other workers and later runs
-    skip decoding."""
+    """Every image resized to ``size`` (default: the first image's), as a read-only uint8 array
+    memory-mapped from a ``.npy`` cache, so a folder larger than RAM trains, and workers on one
+    host share its pages instead of each holding a copy. The cache is keyed by the files' names,
+    sizes and times: a changed file makes a new one. Decoded in parallel threads (TensorFlow's
+    decoders release the GIL); without a writable cache folder, into memory."""
     files = list_images(folder, field=field)
     channels = 1 if spec.color_mode == "grayscale" else 3
     key = hashlib.sha256(json.dumps([
         [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p, _ in files
     ] + [list(size) if size else "first image's size", channels]).encode()).hexdigest()[:24]
-    cache = _cache_dir() / f"images-{key}.npz"
+    cache = _cache_dir() / f"images-{key}.npy"
     labels = np.asarray([label for _, label in files], dtype=object)
     if cache.is_file():
         try:
-            with np.load(cache, allow_pickle=False) as arrays:
-                return arrays["x"], labels
-        except (OSError, ValueError, KeyError):
-            pass  # a cache written by a worker that died midway: decode again
+            return np.load(cache, mmap_mode="r"), labels
+        except (OSError, ValueError):
+            pass  # unreadable: decode again
     height, width = size or _decode_image(files[0][0], height=None, width=None, channels=channels).shape[:2]
-    x = np.empty((len(files), height, width, channels), dtype=np.uint8)
-    for i, (path, _) in enumerate(files):
-        x[i] = _decode_image(path, height=height, width=width, channels=channels)
-    _write_cache(cache, x)
-    return x, labels
+    shape = (len(files), height, width, channels)
+    partial = cache.with_suffix(f".{os.getpid()}.tmp.npy")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        x = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
+    except OSError:
+        partial, x = None, np.empty(shape, dtype=np.uint8)  # a read-only home: every worker decodes for itself
+    try:
+        _decode_all([p for p, _ in files], x, height=height, width=width, channels=channels)
+    except BaseException:
+        if partial is not None:
+            del x
+            partial.unlink(missing_ok=True)
+        raise
+    if partial is None:
+        return x, labels
+    x.flush()
+    del x
+    os.replace(partial, cache)  # atomic: a reader sees the whole file or none
+    return np.load(cache, mmap_mode="r"), labels
+
+
+def _decode_all(paths: list[Path], out: np.ndarray, *, height: int, width: int, channels: int) -> None:
+    """Decode ``paths`` into ``out``'s rows, in chunks on a thread pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def decode(start: int) -> None:
+        for i in range(start, min(start + _DECODE_CHUNK, len(paths))):
+            out[i] = _decode_image(paths[i], height=height, width=width, channels=channels)
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for done in pool.map(decode, range(0, len(paths), _DECODE_CHUNK)):
+            pass  # map re-raises a chunk's error (a DataError naming the file) here
 
 
 def peek_image(path: Path) -> tuple[int, int, int]:
@@ -227,16 +257,6 @@ def _decode_image(path: Path, *, height: int | None, width: int | None, channels
 
 def _cache_dir() -> Path:
     return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "searcher")
-
-
-def _write_cache(path: Path, x: np.ndarray) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(partial, x=x)
-        os.replace(partial, path)  # atomic: a reader sees the whole file or none
-    except OSError:
-        pass  # a read-only home: every worker decodes for itself
 
 
 # --- the downloadable data sets ------------------------------------------------------------

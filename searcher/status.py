@@ -18,6 +18,7 @@ from rich.text import Text
 
 from searcher import ranking, stored
 from searcher.formatting import format_cost, format_cost_value, format_elapsed, format_params
+from searcher.reference import describe as describe_references
 from searcher.study import finished
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
@@ -49,6 +50,7 @@ class Snapshot:
     infeasible: int = 0  # finished trials over a constraint (never best)
     no_feasible: str | None = None  # why there is no best although trials completed
     front: list[dict[str, Any]] = field(default_factory=list)  # two objectives: the Pareto front, cheapest first
+    references: dict[str, Any] = field(default_factory=dict)  # boosted trees and logistic regression (reference.py)
     baselines: list[dict[str, Any]] = field(default_factory=list)  # name, trial, state, value, infeasible
 
     @property
@@ -98,6 +100,7 @@ def take_snapshot(study: optuna.Study) -> Snapshot:
         infeasible=len(over),
         no_feasible=ranking.no_feasible_message(study) if best is None and over else None,
         front=[{"trial": t.number, "values": list(t.values), **ranking.figures_of(t)} for t in on_front],
+        references=stored.references(study) or {},
         baselines=[{"name": t.user_attrs[stored.BASELINE], "trial": t.number, "state": t.state.name,
                     "value": ranking.metric_value(t) if t.state == TrialState.COMPLETE else None,
                     "infeasible": t.user_attrs.get(stored.INFEASIBLE) or (not ranking.is_feasible(t))}
@@ -130,6 +133,8 @@ def render(snapshot: Snapshot, *, elapsed_s: float | None = None, eta_s: float |
             parts.append(Text(f"  cost: {cost}", "dim"))
     elif snapshot.no_feasible:
         parts.append(Text(f"no best trial: {snapshot.no_feasible}", "red"))
+    if references := describe_references(snapshot.references):
+        parts.append(Text(f"references: {references}", "dim" if snapshot.best_value is None else ""))
     if snapshot.infeasible:
         parts.append(Text(f"infeasible (over a constraint, never best): {snapshot.infeasible}", "yellow"))
     parts += [Text(f"  {line}") for line in baseline_lines(snapshot)]

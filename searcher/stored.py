@@ -21,6 +21,7 @@ BUDGET = "n_trials"  # finished trials the study runs to; --trials changes it
 BASELINES_ENQUEUED = "baselines_enqueued"
 DATA = "data"  # the data summary (rows, features, classes, preprocessing): data.SearchData.summary
 CONFIRMED = "confirmed_ranking"  # `searcher confirm`'s ranking, best first
+REFERENCES = "references"  # boosted trees and logistic regression on the same split (reference.evaluate)
 
 # --- trial attrs: what the trial ran
 CONFIG = "config"  # TrialConfig.to_dict: everything needed to train it again
@@ -69,6 +70,12 @@ def budget(study: _HasAttrs) -> int | None:
     """The study's budget of finished trials, if stored."""
     value = study.user_attrs.get(BUDGET)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def references(study: _HasAttrs) -> dict[str, Any] | None:
+    """The reference models' validation scores (``reference.evaluate``), if stored."""
+    raw = study.user_attrs.get(REFERENCES)
+    return dict(raw) if isinstance(raw, Mapping) else None
 
 
 def config_of(trial: _HasAttrs) -> dict[str, Any] | None:

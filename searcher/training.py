@@ -36,6 +36,9 @@ class TrialFailed(Exception):
         self.reason = reason
 
 
+_ONE_CALL_STEPS = 32  # epochs of at most this many batches run in one call (steps_per_call)
+
+
 def trial_seed(study_seed: int, trial_number: int) -> int:
     """A seed for one trial, derived from the study seed and the trial number."""
     return int(np.random.SeedSequence([study_seed, trial_number]).generate_state(1)[0] % (2**31 - 1))
@@ -169,6 +172,7 @@ def train(
     """
     training = config.training
     model = _fresh_model(config, data, runtime=runtime, seed=config.seed)
+    model.steps_per_execution = steps_per_call(len(data.train), training.batch_size)
     clock = _EpochClock()
     val_batch = max(training.batch_size, 256)
     cbs: list[keras.callbacks.Callback] = [_DataLoss(), _FailOnNaN(), clock]
@@ -218,6 +222,14 @@ def _build_training_state(model: keras.Model, examples) -> None:
     model.optimizer.build(model.trainable_variables)
     model.compute_metrics(x, y, model(x, training=False), sample_weight=None)
     model.reset_metrics()
+
+
+def steps_per_call(rows: int, batch_size: int) -> int:
+    """Batches per call of Keras's compiled train function: a small data set's whole epoch in one
+    call, so Python returns once per epoch, not once per batch. The same batches in the same
+    order, and every callback here works per epoch, so the numbers do not change."""
+    steps = math.ceil(rows / batch_size)
+    return steps if steps <= _ONE_CALL_STEPS else 1
 
 
 def fold_seed(seed: int, fold: int) -> int:

@@ -194,3 +194,21 @@ def test_a_trial_traces_its_train_step_once_and_trains_bit_for_bit_as_before(dig
     lazy, lazy_history, lazy_weights = run()
     assert (once, lazy) == (1, 2)
     assert history == lazy_history and np.array_equal(weights, lazy_weights)
+
+
+def test_a_small_epoch_in_one_call_trains_the_same_numbers(digits, monkeypatch):
+    from searcher import training
+
+    spec, data = digits
+    assert training.steps_per_call(len(data.train), 64) == math.ceil(len(data.train) / 64) > 1
+    assert training.steps_per_call(60_000, 32) == 1  # a large epoch keeps one batch per call
+    values = {"activation": "relu", "initializer": "glorot_uniform", "optimizer": "adam", "learning_rate": 0.01,
+              "dropout": 0.1, "l2": 1e-4, "batch_norm": True, "batch_size": 64, "depth": 1, "units": 16}
+    config = trial_config(spec, suggest_values(optuna.trial.FixedTrial(baseline_params(spec, values)), spec), seed=1)
+    one_call = train(config, data, direction="maximize", runtime=TrainingRuntime(), max_epochs=2, early_stopping=False)
+    assert one_call.model.steps_per_execution > 1
+    monkeypatch.setattr(training, "steps_per_call", lambda rows, batch_size: 1)
+    per_batch = train(config, data, direction="maximize", runtime=TrainingRuntime(), max_epochs=2, early_stopping=False)
+    assert per_batch.model.steps_per_execution == 1
+    for key in ("loss", "val_loss", "val_accuracy"):
+        assert one_call.history[key] == pytest.approx(per_batch.history[key], rel=1e-4, abs=1e-6)

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cli_process import run_searcher
-from own_files import wine_csv, write_csv
-from searcher import ranking
-from searcher.data import class_weights, load_search_data, load_test_split
+from own_files import digits_png_folder, wine_csv, write_csv
+from searcher import ranking, sources
+from searcher.data import Rows, class_weights, load_search_data, load_test_split, to_tf_dataset
 from searcher.errors import DataError
 from searcher.spec import DataSpec
 
@@ -128,6 +131,68 @@ def test_balanced_class_weights_make_each_class_weigh_the_same(tmp_path):
     assert weights[0] * 90 == pytest.approx(weights[1] * 10)
 
 
+# --- image folders ------------------------------------------------------------------------------
+
+
+def test_image_folder_is_decoded_once_into_a_shared_memory_map(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEARCHER_CACHE_DIR", str(tmp_path / "cache"))
+    root = digits_png_folder(tmp_path, per_class=10)
+    spec = DataSpec(dataset="images", path=str(root), color_mode="grayscale", test_fraction=0.2)
+    data = load_search_data(spec, split_seed=0)
+    assert data.input_shape == (8, 8, 1) and data.train.x.dtype == np.uint8
+    assert data.class_names == tuple(f"digit-{i}" for i in range(10))
+    caches = list((tmp_path / "cache").glob("images-*.npy"))
+    assert len(caches) == 1 and not list((tmp_path / "cache").glob("*.tmp*"))
+    # The splits are rows of the one read-only map, not copies; streamed batches hold the right images.
+    assert isinstance(data.train.x, Rows) and isinstance(data.train.x.base, np.memmap)
+    assert not data.train.x.base.flags.writeable
+    decoded = tf.io.decode_png((root / "digit-3" / "004.png").read_bytes()).numpy()
+    row = sources.list_images(root).index((root / "digit-3" / "004.png", "digit-3"))
+    assert np.array_equal(data.train.x.base[row], decoded)
+    batches = list(to_tf_dataset(data.train, batch_size=7, shuffle_seed=1))
+    streamed = np.concatenate([x.numpy() for x, _ in batches])
+    labels = np.concatenate([y.numpy() for _, y in batches])
+    assert streamed.shape == (len(data.train), 8, 8, 1) and sorted(labels) == sorted(data.train.y)
+    by_row = {bytes(np.asarray(data.train.x)[i]): data.train.y[i] for i in range(len(data.train))}
+    assert all(by_row[bytes(x)] == y for x, y in zip(streamed, labels))  # every image with its own label
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again despite the cache")
+
+    with monkeypatch.context() as m:
+        m.setattr(sources, "_decode_image", no_decoding)
+        again = sources.read(spec)
+        assert isinstance(again.x_train, np.memmap) and again.x_train.shape == (100, 8, 8, 1)
+        assert list(again.y_train[:2]) == ["digit-0", "digit-0"]
+    # A changed file is a new cache, decoded again: the image read is the new one.
+    changed = root / "digit-3" / "004.png"
+    changed.write_bytes(tf.io.encode_png(np.full((8, 8, 1), 200, "uint8")).numpy())
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    fresh = sources.read(spec)
+    assert len(list((tmp_path / "cache").glob("images-*.npy"))) == 2
+    assert (fresh.x_train[row] == 200).all() and not np.array_equal(fresh.x_train[row], decoded)
+
+
+@pytest.mark.slow
+def test_an_image_folder_trains_end_to_end_from_the_memory_map(tmp_path):
+    digits_png_folder(tmp_path, per_class=12)
+    (tmp_path / "pngs.yaml").write_text(
+        "name: pngs\ndata: {dataset: images, path: digits-png, color_mode: grayscale, test_fraction: 0.2}\n"
+        "model: {kind: cnn}\ntraining: {max_epochs: 2}\nbudget: {n_trials: 1}\n")
+    url = f"sqlite:///{tmp_path}/s.db"
+    env = {"SEARCHER_CACHE_DIR": str(tmp_path / "cache")}
+    launched = searcher("launch", "pngs.yaml", "--workers", "1", "--storage", url, cwd=tmp_path, env=env)
+    assert "data: 76 fit / 20 validation / 24 test rows" in launched.stdout
+    assert len(list((tmp_path / "cache").glob("images-*.npy"))) == 1
+    import optuna
+
+    trials = optuna.load_study(study_name="pngs", storage=url).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] and trials[0].user_attrs["epochs"] == 2
+    searcher("export", "pngs", "--storage", url, "-o", "best.yaml", cwd=tmp_path)
+    retrained = searcher("retrain", "best.yaml", "-o", "best.keras", cwd=tmp_path, env=env)
+    assert "on 24 held-out examples" in retrained.stdout
+
+
 # --- bad data: one line naming the file, column or array --------------------------------------
 
 
@@ -179,6 +244,14 @@ def test_bad_data_is_one_line_naming_the_place(tmp_path, make, message):
 
 
 # --- end to end: init -> launch -> export -> retrain -> predict on the raw CSV rows ----------------
+
+
+def searcher(*args: str, cwd: Path, ok: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "searcher", *args], cwd=cwd, capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
+    if ok:
+        assert out.returncode == 0, out.stdout + out.stderr
+    return out
 
 
 @pytest.mark.slow

@@ -94,6 +94,7 @@ class ReportData:
     spec_name: str | None = None  # the spec the study was created from (its name can differ: --name, --seed)
     seed: int | None = None
     split_seed: int | None = None  # the validation split's seed
+    references: Mapping[str, Any] | None = None  # boosted trees and logistic regression (reference.evaluate)
 
     @property
     def complete(self) -> tuple[TrialRow, ...]:
@@ -142,6 +143,7 @@ def gather(study: optuna.Study, *, top_k: int = TOP_K) -> ReportData:
         confirmed=tuple(study.user_attrs.get(stored.CONFIRMED) or ()),
         importance_note=importance_note,
         data=study.user_attrs.get(stored.DATA),
+        references=stored.references(study),
         tradeoff=_tradeoff.collect(study),
         objectives=ranking.goal(study).names,
         spec_name=str(spec["name"]) if spec.get("name") else None,

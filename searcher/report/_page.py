@@ -45,6 +45,7 @@ SECTIONS: tuple[Section, ...] = (
     _tables.summary,
     _tables.data,
     _tables.baselines,
+    _tables.references,
     _tables.best_config,
     _tables.top_trials,
     _tables.confirmed,

@@ -75,6 +75,28 @@ def baselines(d: ReportData) -> str:
             f"</tr>{''.join(rows)}</table>")
 
 
+def references(d: ReportData) -> str:
+    """The best trial beside boosted trees and a logistic regression fitted on the same split."""
+    from searcher.reference import NAMES
+
+    refs = d.references or {}
+    metric = refs.get("metric")
+    if metric != d.metric:
+        return ""
+    rows = [f"<tr class=best><td>searcher best (trial #{d.best.number})</td><td class=n>{d.best.value:.4f}</td>"
+            "<td class=n></td></tr>"]
+    for name, label in NAMES.items():
+        if isinstance(refs.get(name), dict) and metric in refs[name]:
+            value = refs[name][metric]
+            rows.append(f"<tr><td>{esc(label)}</td><td class=n>{value:.4f}</td>"
+                        f"<td class=n>{_reference_gain(d, value)}</td></tr>")
+    folds = " (mean over the folds)" if d.data and d.data.get("cv_folds") else ""
+    return (f"<h2>Against reference models</h2><p>scikit-learn's HistGradientBoostingClassifier and a standardized "
+            f"logistic regression, fitted on the same fit split and scored on the same validation split{folds}.</p>"
+            f"<table><tr><th>model</th><th class=n>{esc(metric)}</th><th class=n>best − reference</th></tr>"
+            f"{''.join(rows)}</table>")
+
+
 def best_config(d: ReportData) -> str:
     """The best trial's whole resolved configuration, fixed knobs too."""
     flat = _flatten(d.best.config) or list(d.best.params.items())
@@ -115,6 +137,13 @@ def confirmed(d: ReportData) -> str:
     return (f"<h2>Confirmed over fresh seeds</h2><table><tr><th class=n>confirmed rank</th><th class=n>trial</th>"
             f"<th class=n>mean {esc(d.metric)} ± sd</th><th class=n>runs</th><th class=n>single run</th>"
             f"<th class=n>single-run rank</th></tr>{rows}</table>")
+
+
+def _reference_gain(d: ReportData, value: float) -> str:
+    gain = d.best.value - value
+    cls = "" if gain == 0 else "good" if (gain > 0) == d.maximize else "bad"
+    points = any(s in d.metric.lower() for s in ("acc", "auc", "precision", "recall", "f1"))  # fractions
+    return f'<span class="{cls}">{against_best(d.best.value, value, maximize=d.maximize, points=points)}</span>'
 
 
 def _fmt_gain(d: ReportData, b: BaselineRow) -> str:
