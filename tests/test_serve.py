@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from own_files import write_csv
 from searcher.data import load_search_data
 from searcher.spec import DataSpec
 
@@ -77,14 +78,6 @@ def predict_without_searcher(keras_path: Path, csv_path: Path, *, served: Path |
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("SCORES"))
     return {k: np.asarray(v) for k, v in json.loads(line[len("SCORES"):]).items()}
-
-
-def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 def survey_rows(n: int, seed: int) -> list[list[str]]:

@@ -12,28 +12,15 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 
 from postgres_server import free_port
+from searches import digits_spec
 from searcher.worker import EXIT_INTERRUPTED, EXIT_UNAVAILABLE
-
-DIGITS = Path(__file__).parent.parent / "studies" / "digits-mlp.yaml"
-
-
-def _spec(folder: Path, name: str, **sections) -> Path:
-    raw = yaml.safe_load(DIGITS.read_text())
-    raw["name"] = name
-    for section, values in sections.items():
-        raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) else values
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
-
 
 def test_a_database_that_stays_away_ends_the_worker_with_exit_69(tmp_path):
     """Nothing listens on the port (as during an outage): the worker waits its deadline
     (``runtime.db_outage_minutes``, here 3 s), says so in a line or two, and exits 69."""
-    spec = _spec(tmp_path, "away", runtime={"db_outage_minutes": 0.05})
+    spec = digits_spec(tmp_path, "away", runtime={"db_outage_minutes": 0.05})
     url = f"postgresql+psycopg2://searcher:secret@127.0.0.1:{free_port()}/searcher"
     began = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "searcher", "worker", str(spec)], cwd=tmp_path, capture_output=True,
@@ -56,7 +43,7 @@ def test_signals_stop_a_worker_once_and_queue_its_trial_once(tmp_path, signals, 
     """The trial waits after its third epoch until a gate file exists (never, here), so it is
     running when the signals come, by construction; the later ones land while the first is
     handled (failing the trial, queuing it again, releasing the lock)."""
-    spec = _spec(tmp_path, "signals", training={"max_epochs": 30, "patience": None}, pruner={"name": "none"},
+    spec = digits_spec(tmp_path, "signals", training={"max_epochs": 30, "patience": None}, pruner={"name": "none"},
                  baselines=[])
     url = f"sqlite:///{tmp_path}/s.db"
     created = subprocess.run([sys.executable, "-m", "searcher", "create", str(spec), "--trials", "2", "--storage", url],
@@ -101,7 +88,7 @@ def test_signals_stop_a_worker_once_and_queue_its_trial_once(tmp_path, signals, 
 def test_a_worker_whose_trial_was_reaped_anyway_says_so_and_goes_on(tmp_path):
     """Its trial is failed as stale (and queued again) while it trains, as after an outage longer
     than the grace period: one line, no traceback, and the retry runs to the budget."""
-    spec = _spec(tmp_path, "reaped", training={"max_epochs": 6, "patience": None}, pruner={"name": "none"},
+    spec = digits_spec(tmp_path, "reaped", training={"max_epochs": 6, "patience": None}, pruner={"name": "none"},
                  baselines=[])
     url = f"sqlite:///{tmp_path}/s.db"
     created = subprocess.run([sys.executable, "-m", "searcher", "create", str(spec), "--trials", "1", "--storage", url],
