@@ -73,10 +73,14 @@ def test_a_killed_worker_trial_is_failed_and_retried(db, tmp_path):
     launch = searcher("launch", str(spec), "--workers", "2", "--trials", "4", cwd=tmp_path, url=db.url, env=held.env())
     try:
         victim = wait_for(lambda: db.running_trial("killed"), what="a running trial", process=launch)
+        # The restarted worker waits too: if it started a trial before the victim's heartbeat went
+        # stale (a quick restart on an idle machine), that trial would be held and nothing would
+        # run the retry. So the launcher's timer fails the stale trial and queues its retry.
+        held.hold_new_workers()
         os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
 
         def retry() -> optuna.trial.FrozenTrial | None:
-            return next((t for t in db.trials("killed", "RUNNING", *FINISHED)
+            return next((t for t in db.trials("killed", "WAITING", "RUNNING", *FINISHED)
                          if t.system_attrs.get("failed_trial") == victim.number), None)
 
         wait_for(retry, what=f"a retry of trial {victim.number}", process=launch)
