@@ -346,7 +346,8 @@ def test_a_task_requeues_itself_near_its_time_limit_and_while_the_database_is_aw
     text = log.read_text()
     assert text.count("(restart 0)") == 1, text[-3000:]
     assert text.count("(restart 1)") == 1 and text.count("requeueing") == 1
-    assert "worker 3 interrupted; its running trial was marked failed and queued to run again" in text
+    assert re.search(r"worker 3 interrupted \(SIG\w+\); its running trial was marked failed and queued to run again",
+                     text), text[-3000:]
     assert text.count("worker 3: assigned GPU") == 2 and "stops: study budget of 2 trials reached" in text
     assert study.password not in text
 
