@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, help="profile: epochs per side of the seconds-per-epoch comparison "
                                                    "(default 680; 40 with --quick)")
     parser.add_argument("--profile-trials", type=int, help="profile: trials per profile run (default 6; 3 with --quick)")
+    parser.add_argument("--rounds", type=int, help="profile: rounds of every side, alternating order (default 2; 1 with --quick)")
     args = parser.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(only) - set(SECTIONS))
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan.quick() if args.quick else Plan.full()
     if args.profile_trials:
         plan = dataclasses.replace(plan, profile_trials=args.profile_trials)
+    if args.rounds:
+        plan = dataclasses.replace(plan, profile_rounds=args.rounds)
     workdir = Path(tempfile.mkdtemp(prefix="searcher-bench-"))
     started = time.perf_counter()
     load_at_start = round(os.getloadavg()[0], 2)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
-import importlib.util
 import json
 import os
 import statistics
@@ -101,7 +100,7 @@ def main() -> None:
     clock = Clock()
     _instrument_keras(clock, keras, TensorFlowTrainer)
     trainers = [importlib.import_module(name) for name in ("searcher.objective", "searcher.training")
-                if importlib.util.find_spec(name)]
+                if _in_tree(name)]
     for module in trainers:
         _instrument_searcher(clock, keras, module)
 
@@ -147,7 +146,14 @@ def main() -> None:
 
 
 def _first_module(*names: str):
-    return importlib.import_module(next(name for name in names if importlib.util.find_spec(name)))
+    return importlib.import_module(next(name for name in names if _in_tree(name)))
+
+
+def _in_tree(name: str) -> bool:
+    # Not importlib.util.find_spec: the venv's editable install of another checkout answers for
+    # submodules that the tree on PYTHONPATH does not have.
+    import searcher
+    return (Path(searcher.__path__[0]) / f"{name.rsplit('.', 1)[-1]}.py").exists()
 
 
 def _split_tracing(parts: dict[str, float], clock: Clock, kind: str) -> None:
