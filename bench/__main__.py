@@ -23,16 +23,17 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import gpu, nan_check, overhead, own_data, profile, quality, scale, scaling, startup, storage
+from bench import gpu, nan_check, overhead, own_data, profile, quality, scale, scaling, startup, storage, warm_start
 from bench._common import REPO, Plan, Section, not_run_section
 
 log = logging.getLogger("bench")
-SECTIONS = ("overhead", "scaling", "storage", "startup", "quality", "gpu", "nan_check", "scale", "own_data", "profile")
-# scale (minutes, hundreds of processes), own_data (nine searches, ~40 min) and profile (~1 h) run with --only
-DEFAULT_SECTIONS = SECTIONS[:-3]
+SECTIONS = ("overhead", "scaling", "storage", "startup", "quality", "gpu", "nan_check", "scale", "own_data", "profile", "warm_start")
+# scale (minutes, hundreds of processes), own_data (nine searches, ~40 min), profile (~1 h) and warm_start (~20 min) run with --only
+DEFAULT_SECTIONS = SECTIONS[:-4]
 TITLES = {"overhead": overhead.TITLE, "scaling": scaling.TITLE, "storage": storage.TITLE,
           "startup": startup.TITLE, "quality": quality.TITLE, "gpu": gpu.TITLE, "nan_check": nan_check.TITLE,
-          "scale": scale.TITLE, "own_data": own_data.TITLE, "profile": profile.TITLE}
+          "scale": scale.TITLE, "own_data": own_data.TITLE, "profile": profile.TITLE,
+          "warm_start": warm_start.TITLE}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,7 +151,8 @@ def _run_sections(plan: Plan, workdir: Path, only: list[str], *, trees: dict[str
                     ("nan_check", lambda: nan_check.run(plan, workdir)),
                     ("scale", lambda: scale.run(plan, workdir)),
                     ("own_data", lambda: own_data.run(plan, workdir)),
-                    ("profile", lambda: profile.run(plan, workdir, trees or {}, epochs=epochs))):
+                    ("profile", lambda: profile.run(plan, workdir, trees or {}, epochs=epochs)),
+                    ("warm_start", lambda: warm_start.run(plan, workdir))):
         if key in only:
             value = attempt(key, fn)
             if value:

@@ -58,6 +58,9 @@ class Plan:
     profile_trials: int = 3  # trials per profile run (section 10)
     profile_rounds: int = 1  # rounds of every side, alternating order
     profile_epochs: int = 40  # epochs per side in the seconds-per-epoch comparison
+    warm_seeds: tuple[int, ...] = (0,)  # warm-start comparison (section 11): seeds, cold and old budgets
+    warm_cold_trials: int = 12
+    warm_old_trials: int = 6
 
     @classmethod
     def quick(cls) -> Plan:
@@ -74,7 +77,7 @@ class Plan:
                    quality_budget=200, quality_parallel=2, gpu_epochs=3, nan_epochs=20, nan_repeats=5,
                    scale_workers=(1, 8, 32, 100, 200), scale_epoch_s=1.0, scale_study_sizes=(1000, 3000, 10000),
                    own_data_splits=(0, 1, 2), own_data_minutes=4.0, profile_trials=6, profile_rounds=2,
-                   profile_epochs=680)
+                   profile_epochs=680, warm_seeds=(0, 1, 2), warm_cold_trials=80, warm_old_trials=40)
 
 
 @dataclass

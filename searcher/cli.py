@@ -107,6 +107,8 @@ def launch(
     mixed_precision: MixedPrecisionOpt = None,
     xla: XlaOpt = None,
     wait: WaitOpt = None,
+    warm_start: Annotated[Optional[str], typer.Option("--warm-start", metavar="OLD", help="Start a new study from the earlier study OLD: its best configurations that fit this space run first, its finished trials are history the sampler learns from (not counted in the budget or results). Overrides the spec's warm_start.")] = None,
+    from_storage: Annotated[Optional[str], typer.Option("--from-storage", metavar="URL", help="The storage of the --warm-start study (default: --storage).")] = None,
 ) -> None:
     """Create or continue a study and run worker processes until its budget is reached.
 
@@ -123,7 +125,8 @@ def launch(
     request = LaunchRequest(study=study, storage=storage, workers=workers, trials=trials, timeout=timeout,
                             data_dir=data_dir, seed=seed, name=name, workers_per_gpu=workers_per_gpu,
                             mixed_precision=mixed_precision, xla=xla,
-                            gpus=tuple(parse_gpu_list(gpus)) if gpus is not None else None)
+                            gpus=tuple(parse_gpu_list(gpus)) if gpus is not None else None,
+                            warm_start=warm_start, from_storage=from_storage)
     raise typer.Exit(code=run_launch(request, console=console))
 
 

@@ -70,7 +70,7 @@ def replay_trial(study: optuna.Study, number: int, *, data_dir: str | None = Non
     from searcher.devices import apply_runtime
     from searcher.training import train
 
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    trials = {t.number: t for t in ranking.own_trials(study)}
     if number not in trials:
         raise UserError(f"TRIAL: study {study.study_name!r} has no trial {number} (it has 0..{len(trials) - 1})")
     trial = trials[number]

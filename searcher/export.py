@@ -44,7 +44,7 @@ def pick_trial(study: optuna.Study, *, rank: int | None = None,
     ranked = ranked_trials(study)
     if not ranked:
         raise UserError(ranking.no_feasible_message(study))
-    feasible = " feasible" if ranking.infeasible(study.get_trials(deepcopy=False)) else ""
+    feasible = " feasible" if ranking.infeasible(ranking.own_trials(study)) else ""
     if pick.any:
         if rank is not None:
             raise UserError("--rank cannot be combined with --smallest-within, --max-params or --max-latency-ms")

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from searcher import ranking, stored
+from searcher import ranking, stored, warm_start
 from searcher import study as studies
 from searcher.devices import detect_gpus, plan_warning, plan_workers
 from searcher.status import render, take_snapshot
@@ -52,6 +52,8 @@ class LaunchRequest:
     mixed_precision: bool | None = None  # None: as the spec says
     xla: bool | None = None
     log_dir: Path = Path("searcher-logs")
+    warm_start: str | None = None  # an earlier study to start from (spec warm_start.study)
+    from_storage: str | None = None  # where it is, if not in this study's storage
 
 
 def create_study(spec: StudySpec, url: str, *, n_trials: int | None, name: str | None = None,
@@ -88,6 +90,7 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
     """Run the search to its budget; return the process exit code (130 when interrupted)."""
     spec, spec_path = studies.load_launch_spec(request.study, request.seed, mixed_precision=request.mixed_precision,
                                        xla=request.xla)
+    spec = warm_start.with_flags(spec, request.warm_start, request.from_storage)
     name = studies.study_name(spec.name, name=request.name, seed=request.seed)
     if request.name is None and name != spec.name:
         console.print(f"study {name}: spec {spec.name} with --seed {request.seed} (--name picks another name)",
@@ -102,6 +105,8 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
                                outage=outage)
     if note:
         console.print(note, highlight=False, markup=False)
+    if record := study.user_attrs.get(stored.WARM_START):
+        console.print(warm_start.describe(record), highlight=False, markup=False)
     n_trials = study.user_attrs[stored.BUDGET]
     if data_summary is not None:
         study.set_user_attr(stored.DATA, data_summary)
@@ -238,7 +243,7 @@ class _NoLive:
 
 
 def _log_finished(study: optuna.Study, reported: set[int], console: Console) -> None:
-    for t in study.get_trials(deepcopy=False):
+    for t in ranking.own_trials(study):
         if t.state.is_finished() and t.number not in reported:
             reported.add(t.number)
             value = "/".join(f"{v:.4g}" for v in t.values) if t.values else "-"

@@ -103,12 +103,19 @@ def goal(study: optuna.Study) -> StudyGoal:
     return StudyGoal(names=tuple(names), maximize=maximize)
 
 
+def own_trials(study: optuna.Study, *, states: Sequence[TrialState] | None = None) -> list[FrozenTrial]:
+    """The study's own trials: not those a warm start carried in as history (``stored.CARRIED``),
+    which its sampler learns from but which are never its results. Use it wherever trials are shown
+    or counted; Optuna's sampler and pruner read ``study.get_trials`` and see both."""
+    return [t for t in study.get_trials(deepcopy=False, states=states) if not stored.is_carried(t)]
+
+
 def ranked(study: optuna.Study) -> list[FrozenTrial]:
     """Feasible complete trials, best metric first; ties: the cheaper by the second objective (so
     the first is on the Pareto front), then the lower validation loss (many trials reach the same
     accuracy on a small validation split), then the earlier trial."""
     maximize = goal(study).maximize
-    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)]
+    trials = [t for t in own_trials(study, states=(TrialState.COMPLETE,)) if is_feasible(t)]
 
     def order(t: FrozenTrial) -> tuple:
         loss = t.user_attrs.get(stored.VAL_LOSS_AT_BEST)
@@ -220,7 +227,7 @@ def _points(x: float) -> str:
 
 def no_feasible_message(study: optuna.Study) -> str:
     """Why there is no best trial: none finished, or none within the constraints (and what to do)."""
-    trials = study.get_trials(deepcopy=False)
+    trials = own_trials(study)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     over = infeasible(trials)
     name = study.study_name

@@ -501,6 +501,17 @@ class Baseline(_Frozen):
     note: str = ""
 
 
+class WarmStartSpec(_Frozen):
+    """Start the study from an earlier one (``searcher.warm_start``): its top configurations run
+    first, its finished trials are history the sampler learns from. ``storage``: the old study's
+    database (default: the new study's); ``top``: configurations to run again (default
+    min(5, budget / 4))."""
+
+    study: str = Field(pattern=NAME_PATTERN)
+    storage: str | None = None
+    top: int | None = Field(None, ge=0)
+
+
 class StudySpec(_Frozen):
     """A whole study spec, validated: data, model, search space, training, budget, pruner,
     runtime, constraints and objectives. Frozen; ``search_hash`` names what a worker must share."""
@@ -519,6 +530,7 @@ class StudySpec(_Frozen):
     baselines: tuple[Baseline, ...] = ()
     constraints: ConstraintsSpec | None = None
     objectives: tuple[str, ...] | None = None  # [metric] or [metric, cost]; None: the metric alone
+    warm_start: WarmStartSpec | None = None  # how the study begins, not what it searches: not in search_hash
 
     @model_validator(mode="after")
     def _objectives_and_constraints(self) -> StudySpec:
@@ -571,6 +583,12 @@ class StudySpec(_Frozen):
         for name, domain in KNOBS.items():
             if self.model.kind not in domain.model_kinds:
                 del raw["search"][name]
+        if raw["warm_start"] is None:
+            del raw["warm_start"]
+        elif raw["warm_start"]["storage"]:  # the spec is stored in the study: never a password
+            from searcher.storage import mask_url
+
+            raw["warm_start"]["storage"] = mask_url(raw["warm_start"]["storage"])
         for key in ("constraints", "objectives"):  # absent when unset: older studies keep their hash
             if raw[key] is None:
                 del raw[key]
@@ -587,7 +605,7 @@ class StudySpec(_Frozen):
 
         Workers compare it before joining a study so two search spaces never mix.
         """
-        relevant = {k: v for k, v in self.to_dict().items() if k not in ("budget", "runtime", "description")}
+        relevant = {k: v for k, v in self.to_dict().items() if k not in ("budget", "runtime", "description", "warm_start")}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
     @property

@@ -64,7 +64,7 @@ class Snapshot:
 def take_snapshot(study: optuna.Study) -> Snapshot:
     """What ``status`` and the live view show: trials by state, failure reasons, the best feasible
     trial and its cost, infeasible and running trials, the Pareto front of two objectives."""
-    trials = study.get_trials(deepcopy=False)
+    trials = ranking.own_trials(study)
     counts = Counter(t.state.name for t in trials)
     reasons = Counter(stored.fail_reason(t) for t in trials if t.state == TrialState.FAIL)
     now = dt.datetime.now()

@@ -22,6 +22,7 @@ BASELINES_ENQUEUED = "baselines_enqueued"
 DATA = "data"  # the data summary (rows, features, classes, preprocessing): data.SearchData.summary
 CONFIRMED = "confirmed_ranking"  # `searcher confirm`'s ranking, best first
 REFERENCES = "references"  # boosted trees and logistic regression on the same split (reference.evaluate)
+WARM_START = "warm_start"  # what a warm start carried and left out, once (warm_start.carry)
 
 # --- trial attrs: what the trial ran
 CONFIG = "config"  # TrialConfig.to_dict: everything needed to train it again
@@ -41,6 +42,9 @@ CV_VALUES = "cv_values"  # every fold's value at best_epoch, with data.cv_folds
 # --- trial attrs: what the model costs (cost.measure_cost)
 MODEL_BYTES, LATENCY_B1, LATENCY_LARGE = "model_bytes", "latency_ms_b1", "latency_ms_b256"  # cost.LARGE_BATCH
 COST_SECONDS = "cost_seconds"  # what measuring took
+# --- trial attrs of a warm start (warm_start.carry)
+CARRIED = "warm_start_from"  # {study, trial}: an old study's trial added as history, never a result here
+WARM_TOP = "warm_start_top"  # {study, trial}: an old study's top configuration, enqueued to run here
 # --- trial attrs of a `searcher confirm` run
 OF_TRIAL, RUN = "of_trial", "run"
 
@@ -82,6 +86,11 @@ def config_of(trial: _HasAttrs) -> dict[str, Any] | None:
     """The trial's config (``TrialConfig.to_dict``), or None when it stored none (yet)."""
     raw = trial.user_attrs.get(CONFIG)
     return raw if isinstance(raw, Mapping) else None
+
+
+def is_carried(trial: _HasAttrs) -> bool:
+    """Whether a warm start carried the trial in from another study as history (not a result here)."""
+    return CARRIED in trial.user_attrs
 
 
 def fail_reason(trial: _HasAttrs) -> str:

@@ -22,7 +22,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
-from searcher import stored
+from searcher import stored, warm_start
 from searcher.errors import StorageError, UserError
 from searcher.space import baseline_params, grid_search_space
 from searcher.outage import Outage
@@ -158,7 +158,7 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 def create_or_continue(spec: StudySpec, storage: optuna.storages.BaseStorage, *, n_trials: int | None,
                        name: str | None = None) -> optuna.Study:
     """Create the study ``name`` (default: the spec's name) or load it, before any worker
-    starts; enqueue baselines once.
+    starts; enqueue baselines once, and warm-start it (``spec.warm_start``) once.
 
     The budget becomes ``n_trials`` (None: the spec's) on a new study; on an existing one it
     only grows: a larger stored budget, raised by ``searcher budget`` or ``launch --trials``,
@@ -183,13 +183,16 @@ def create_or_continue(spec: StudySpec, storage: optuna.storages.BaseStorage, *,
     before = stored.budget(study)
     if before is None or asked > before:
         study.set_user_attr(stored.BUDGET, asked)
-    if not study.user_attrs.get(stored.BASELINES_ENQUEUED):
+    created = bool(study.user_attrs.get(stored.BASELINES_ENQUEUED))
+    if not created:
         for baseline in spec.baselines:
             study.enqueue_trial(
                 baseline_params(spec, baseline.params),
                 user_attrs={stored.BASELINE: baseline.name, stored.BASELINE_NOTE: baseline.note},
                 skip_if_exists=True,
             )
+    warm_start.carry(study, spec, storage)  # after the baselines, before the study counts as created
+    if not created:
         study.set_user_attr(stored.BASELINES_ENQUEUED, True)
     return study
 
@@ -319,8 +322,9 @@ def check_same_spec(study: optuna.Study, spec: StudySpec) -> None:
 
 
 def count_states(study: optuna.Study) -> Counter[str]:
-    """Trials by state name (COMPLETE, PRUNED, FAIL, RUNNING, WAITING)."""
-    return Counter(t.state.name for t in study.get_trials(deepcopy=False))
+    """The study's own trials by state name (COMPLETE, PRUNED, FAIL, RUNNING, WAITING): not the
+    history a warm start carried in, which never counts against the budget."""
+    return Counter(t.state.name for t in study.get_trials(deepcopy=False) if not stored.is_carried(t))
 
 
 def finished(states: Counter[str]) -> int:
@@ -340,7 +344,8 @@ def budget_left(study: optuna.Study, n_trials: int, *, storage: optuna.storages.
 
 
 def count_states_in_database(storage: optuna.storages.RDBStorage, name: str) -> Counter[str]:
-    """Trials by state name, counted by the database (Optuna's ``trials`` table, unchanged since 2.x).
+    """The study's own trials by state name, counted by the database (Optuna's ``trials`` and
+    ``trial_user_attributes`` tables, unchanged since 2.x); warm-start history is left out.
 
     Runs in this thread's Optuna session, so inside the budget lock's transaction when held.
     """
@@ -348,7 +353,9 @@ def count_states_in_database(storage: optuna.storages.RDBStorage, name: str) -> 
     try:
         rows = session.execute(sqlalchemy.text(
             "SELECT t.state, count(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
-            "WHERE s.study_name = :name GROUP BY t.state"), {"name": name}).all()
+            "WHERE s.study_name = :name AND NOT EXISTS (SELECT 1 FROM trial_user_attributes a "
+            "WHERE a.trial_id = t.trial_id AND a.key = :carried) GROUP BY t.state"),
+            {"name": name, "carried": stored.CARRIED}).all()
     finally:
         session.close()
     return Counter({str(state): n for state, n in rows})

@@ -106,7 +106,7 @@ def gather(study: optuna.Study, *, top_k: int = TOP_K) -> ReportData:
     """Everything but the figure plan (figures=(), notes={}); raise UserError when no trial is complete."""
     name = study.study_name
     spec = stored.spec_dict(study)
-    trials = study.get_trials(deepcopy=False)
+    trials = ranking.own_trials(study)
     rows = tuple(_row(t) for t in trials)
     counts = Counter(r.state for r in rows)
     complete = [r for r in rows if r.value is not None and r.feasible]
@@ -212,6 +212,18 @@ def _metric_target(study: optuna.Study) -> Any:
     return (lambda t: -ranking.metric_value(t)) if goal.maximize[0] else ranking.metric_value
 
 
+def _own_study(study: optuna.Study) -> optuna.Study:
+    """The study, or an in-memory copy of its own finished trials when a warm start carried history in
+    (importances are this study's result; Optuna's evaluator reads every trial of the study it gets)."""
+    trials = study.get_trials(deepcopy=False)
+    own = ranking.own_trials(study)
+    if len(own) == len(trials):
+        return study
+    copy = optuna.create_study(directions=study.directions)
+    copy.add_trials(t for t in own if t.state.is_finished())
+    return copy
+
+
 def _importances(study: optuna.Study, complete: list[TrialRow], kinds: Mapping[str, str]) -> tuple[dict, str | None]:
     if len(complete) < 2:
         return {}, f"needs at least 2 complete trials (have {len(complete)})"
@@ -220,7 +232,7 @@ def _importances(study: optuna.Study, complete: list[TrialRow], kinds: Mapping[s
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PED-ANOVA warns on small samples; the note below says it
-            imp = optuna.importance.get_param_importances(study, target=_metric_target(study))
+            imp = optuna.importance.get_param_importances(_own_study(study), target=_metric_target(study))
     except (ValueError, RuntimeError) as e:
         log.warning("parameter importance failed: %s", e)
         return {}, f"could not be computed: {e}"

@@ -69,7 +69,7 @@ def collect(study: optuna.Study) -> Tradeoff | None:
     goal = ranking.goal(study)
     cost = goal.cost or "n_params"
     ranked = ranking.ranked(study)
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    complete = ranking.own_trials(study, states=(TrialState.COMPLETE,))
     points = tuple(_point(t, cost) for t in complete if ranking.cost_of(t, cost) is not None)
     if sum(p.feasible for p in points) < 2:
         return None
