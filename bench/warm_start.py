@@ -1,11 +1,15 @@
 """Section 11, warm starts: trials a warm-started study needs to reach a cold study's best.
 
-Per seed, in one SQLite file, on the cheap digits MLP space (bench/spaces/digits-mlp-cheap.yaml,
-one validation split for every seed):
+On the cheap digits MLP space (bench/spaces/digits-mlp-cheap.yaml, one validation split for
+every seed), one worker, per seed S:
 
 - ``cold``: ``launch --seed S --trials 80`` (the issue's 80-trial study); its target is its
-  best validation accuracy, and the trials it took to first reach it;
-- ``old``: a 40-trial study of the same space with another seed (``1000 + S``);
+  best validation accuracy, and its count the trials it took to first reach it;
+- ``old``: a 40-trial study of the same space with another seed: the first 40 trials of the
+  next seed's cold study, copied with ``add_trials`` (user attrs, curves, the stored spec).
+  With one worker that is exactly a 40-trial run: TPE and the median pruner never look
+  ahead, and the budget only says when to stop. With a single seed (``--quick``) the old
+  study is launched on its own, with seed 1000 + S;
 - ``warm``: the same space with ``warm_start: {study: old}``, ``launch --seed S``: the old
   study's top configurations run first, its finished trials are history. It is launched
   with a growing budget (10, 20, 40, 80 trials) until one of its own trials reaches the
@@ -14,7 +18,7 @@ one validation split for every seed):
 "Trials to reach" counts a study's own finished trials in trial-number order (one worker, so
 also the order they ran); carried history trials are not counted, the enqueued top
 configurations are. The old study's 40 trials are the warm start's up-front cost: the table
-shows them beside the count.
+says so beside the counts.
 """
 
 from __future__ import annotations
@@ -47,7 +51,17 @@ class SeedRun:
 
 
 def run(plan: Plan, workdir: Path) -> Section:
-    runs = [_one_seed(seed, plan, workdir / "warm_start" / f"seed{seed}") for seed in plan.warm_seeds]
+    seeds = plan.warm_seeds
+    folders = {seed: workdir / "warm_start" / f"seed{seed}" for seed in seeds}
+    for seed in seeds:
+        launch(SPACE, study="cold", workers=1, trials=plan.warm_cold_trials, cwd=folders[seed], seed=seed, timeout=7200)
+    for i, seed in enumerate(seeds):
+        if len(seeds) > 1:
+            _copy_first(_url(folders[seeds[(i + 1) % len(seeds)]]), _url(folders[seed]), plan.warm_old_trials)
+        else:
+            launch(SPACE, study="old", workers=1, trials=plan.warm_old_trials, cwd=folders[seed], seed=1000 + seed,
+                   timeout=7200)
+    runs = [_one_seed(seed, plan, folders[seed]) for seed in seeds]
     rows = [[r.seed, f"{r.target:.4f}", r.cold_reach, _reach(r), f"{r.warm_best:.4f} ({r.warm_trials})",
              f"{r.old_best:.4f}", f"{r.history} / {r.enqueued}"] for r in runs]
     reached = [r.warm_reach for r in runs if r.warm_reach is not None]
@@ -58,7 +72,8 @@ def run(plan: Plan, workdir: Path) -> Section:
                  "", "", ""])
     text = table(["seed", "cold best (80 trials)", "cold: trials to reach it", "warm: trials to reach it",
                   "warm best (own trials)", "old study's best (40 trials)", "carried: history / enqueued"], rows)
-    text += (f"\nCold: {plan.warm_cold_trials} trials; old: {plan.warm_old_trials} trials with seed 1000+S; warm: "
+    old = "the next seed's cold study's first" if len(runs) > 1 else "a study with seed 1000+S:"
+    text += (f"\nCold: {plan.warm_cold_trials} trials; old: {old} {plan.warm_old_trials} trials; warm: "
              f"warm-started from the old study, budgets {', '.join(map(str, _steps(plan)))} until it reaches the "
              f"cold best. Trials are the study's own (history not counted); the warm start also paid for the old "
              f"study's {plan.warm_old_trials}. One worker, `{SPACE.relative_to(REPO)}`.\n")
@@ -78,21 +93,45 @@ def _steps(plan: Plan) -> list[int]:
     return [n for n in WARM_STEPS if n < plan.warm_cold_trials] + [plan.warm_cold_trials]
 
 
+def _url(folder: Path) -> str:
+    return f"sqlite:///{folder / 'study.db'}"
+
+
+def _copy_first(source_url: str, url: str, n: int) -> None:
+    """Study ``old`` in ``url``: the first ``n`` finished trials of ``cold`` in ``source_url``, as stored."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if "old" in optuna.get_all_study_names(url):
+        return
+    source = optuna.load_study(study_name="cold", storage=source_url)
+    first = [t for t in source.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED")][:n]
+    old = optuna.create_study(study_name="old", storage=url, directions=source.directions)
+    for key, value in source.user_attrs.items():  # the spec, its hash, the data summary
+        old.set_user_attr(key, value)
+    old.set_user_attr("n_trials", n)
+    old.set_metric_names(source.metric_names)
+    old.add_trials(first)
+
+
 def _one_seed(seed: int, plan: Plan, folder: Path) -> SeedRun:
-    launch(SPACE, study="cold", workers=1, trials=plan.warm_cold_trials, cwd=folder, seed=seed, timeout=7200)
-    launch(SPACE, study="old", workers=1, trials=plan.warm_old_trials, cwd=folder, seed=1000 + seed, timeout=7200)
-    url = f"sqlite:///{folder / 'study.db'}"
-    cold = _own_values(url, "cold")
-    target = max(cold)
+    url = _url(folder)
+    target = max(_own_values(url, "cold"))
     raw = yaml.safe_load(SPACE.read_text())
     raw.update(name="warm", warm_start={"study": "old"})
     warm_spec = folder / "warm.yaml"
     warm_spec.write_text(yaml.safe_dump(raw, sort_keys=False))
     for budget in _steps(plan):
         launch(warm_spec, study="warm", workers=1, trials=budget, cwd=folder, seed=seed, timeout=7200)
-        warm = _own_values(url, "warm")
-        if max(warm) >= target:
+        if max(_own_values(url, "warm")) >= target:
             break
+    return outcome(seed, url)
+
+
+def outcome(seed: int, url: str) -> SeedRun:
+    """What the seed's cold, old and warm studies in ``url`` show."""
+    cold, warm = _own_values(url, "cold"), _own_values(url, "warm")
+    target = max(cold)
     trials = load_trials(url, "warm")
     return SeedRun(seed=seed, target=target, cold_reach=_first_reaching(cold, target),
                    warm_reach=_first_reaching(warm, target) if max(warm) >= target else None,

@@ -190,7 +190,8 @@ def list_stored(storage: optuna.storages.BaseStorage) -> list[StoredStudy]:
     """Every study in the storage, by name, with its trial counts and best value."""
     rows = []
     for s in storage.get_all_studies():
-        trials = storage.get_all_trials(storage.get_study_id_from_name(s.study_name), deepcopy=False)
+        trials = [t for t in storage.get_all_trials(storage.get_study_id_from_name(s.study_name), deepcopy=False)
+                  if not stored.is_carried(t)]  # a warm start's history is not the study's
         counts = Counter(t.state.name for t in trials)
         spec = stored.spec_dict(s)
         data = spec.get("data") if isinstance(spec.get("data"), dict) else {}

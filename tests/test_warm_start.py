@@ -23,7 +23,7 @@ from searcher.export import pick_trial
 from searcher.report._data import gather
 from searcher.space import suggest_values
 from searcher.spec import load_spec
-from searcher.status import take_snapshot
+from searcher.status import list_stored, take_snapshot
 from searcher.storage import open_storage, resolve_url
 
 OLD_TRIALS = 30
@@ -101,6 +101,8 @@ def test_history_is_carried_marked_and_never_counted_or_shown(tmp_path, url):
     assert ranking.ranked(new) == []
     snap = take_snapshot(new)
     assert (snap.finished, snap.best_trial, snap.counts["WAITING"]) == (0, None, 5)
+    listed = next(r for r in list_stored(storage) if r.name == "new")  # `searcher studies`
+    assert (listed.counts["COMPLETE"], listed.counts["PRUNED"], listed.best_value) == (0, 0, None)
     with pytest.raises(UserError, match="has no complete trials yet"):
         gather(new)
     with pytest.raises(UserError, match="has no complete trials yet"):
