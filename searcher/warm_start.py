@@ -87,7 +87,8 @@ def carry(study: optuna.Study, spec: StudySpec, storage: optuna.storages.BaseSto
         return done
     if ws.storage is None and ws.study == study.study_name:
         raise UserError(f"{FIELD}: a study cannot warm-start from itself ({ws.study!r})")
-    started = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    trials = study.get_trials(deepcopy=False)
+    started = [t for t in trials if t.state != TrialState.WAITING and not stored.is_carried(t)]
     if started:
         raise UserError(f"{FIELD}: study {study.study_name!r} has run {len(started)} trial(s) already; a warm start "
                         f"is for a study that has run none (launch under another --name)")
@@ -100,7 +101,10 @@ def carry(study: optuna.Study, spec: StudySpec, storage: optuna.storages.BaseSto
         study.enqueue_trial(params, user_attrs={stored.WARM_TOP: {"study": ws.study, "trial": number}},
                             skip_if_exists=True)  # a top configuration that is also a baseline runs once
     enqueued = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) - waiting
-    study.add_trials(plan.history)
+    # A carry cut short (a lost database) left some history behind: the next launch adds the rest.
+    there = {(t.user_attrs[stored.CARRIED]["study"], t.user_attrs[stored.CARRIED]["trial"]) for t in trials
+             if stored.is_carried(t)}
+    study.add_trials(t for t in plan.history if (ws.study, t.user_attrs[stored.CARRIED]["trial"]) not in there)
     record = {"study": ws.study, "storage": where, "history": len(plan.history), "enqueued": enqueued,
               "curves": plan.curves, "left_out": dict(plan.left_out),
               "examples": {k: v[:3] for k, v in plan.examples.items()}}
