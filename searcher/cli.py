@@ -75,6 +75,8 @@ MixedPrecisionOpt = Annotated[
     typer.Option("--mixed-precision/--no-mixed-precision", help="mixed_float16 on GPUs (default: the spec's runtime.mixed_precision)."),
 ]
 XlaOpt = Annotated[Optional[bool], typer.Option("--xla/--no-xla", help="XLA compilation (default: the spec's runtime.xla).")]
+TensorBoardOpt = Annotated[Optional[str], typer.Option(
+    "--tensorboard", metavar="DIR", help="Write TensorBoard logs (curves, HParams) to DIR/STUDY/trial-N (default: the spec's runtime.tensorboard).")]
 
 
 @app.callback()
@@ -106,6 +108,7 @@ def launch(
     workers_per_gpu: Annotated[int, typer.Option("--workers-per-gpu", min=1, help="Workers sharing one GPU (memory growth on).")] = 1,
     mixed_precision: MixedPrecisionOpt = None,
     xla: XlaOpt = None,
+    tensorboard: TensorBoardOpt = None,
     wait: WaitOpt = None,
 ) -> None:
     """Create or continue a study and run worker processes until its budget is reached.
@@ -122,7 +125,7 @@ def launch(
 
     request = LaunchRequest(study=study, storage=storage, workers=workers, trials=trials, timeout=timeout,
                             data_dir=data_dir, seed=seed, name=name, workers_per_gpu=workers_per_gpu,
-                            mixed_precision=mixed_precision, xla=xla,
+                            mixed_precision=mixed_precision, xla=xla, tensorboard=tensorboard,
                             gpus=tuple(parse_gpu_list(gpus)) if gpus is not None else None)
     raise typer.Exit(code=run_launch(request, console=console))
 
@@ -139,6 +142,7 @@ def worker(
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="auto: lock a free GPU (for containers that see all GPUs); or a GPU index.")] = None,
     mixed_precision: MixedPrecisionOpt = None,
     xla: XlaOpt = None,
+    tensorboard: TensorBoardOpt = None,
     wait: WaitOpt = None,
     worker_index: Annotated[Optional[int], typer.Option("--worker-index", hidden=True)] = None,
     parent_pid: Annotated[Optional[int], typer.Option("--parent-pid", hidden=True)] = None,
@@ -152,6 +156,7 @@ def worker(
 
     request = WorkerRequest(study=study, storage=storage, data_dir=data_dir, seed=seed, name=name, create=create,
                             timeout=timeout, gpu=gpu, mixed_precision=mixed_precision, xla=xla, wait=wait,
+                            tensorboard=tensorboard,
                             index=worker_index, parent_pid=parent_pid, deadline=deadline)
     raise typer.Exit(code=serve(request))
 

@@ -482,6 +482,8 @@ class RuntimeSpec(_Frozen):
     # How long a worker waits for a lost database (a drained PostgreSQL pod is away 1-3 minutes)
     # before it exits 69 (EX_UNAVAILABLE), which launch, Kubernetes, compose and Slurm restart.
     db_outage_minutes: float = Field(30.0, gt=0)
+    # A folder for TensorBoard logs (searcher/tensorboard.py); a relative path is from the working directory.
+    tensorboard: str | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
     def _grace_exceeds_interval(self) -> RuntimeSpec:

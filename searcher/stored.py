@@ -22,6 +22,7 @@ BASELINES_ENQUEUED = "baselines_enqueued"
 DATA = "data"  # the data summary (rows, features, classes, preprocessing): data.SearchData.summary
 CONFIRMED = "confirmed_ranking"  # `searcher confirm`'s ranking, best first
 REFERENCES = "references"  # boosted trees and logistic regression on the same split (reference.evaluate)
+TENSORBOARD = "tensorboard"  # the folder of the study's TensorBoard logs (tensorboard.study_log_dir)
 
 # --- trial attrs: what the trial ran
 CONFIG = "config"  # TrialConfig.to_dict: everything needed to train it again
@@ -76,6 +77,12 @@ def references(study: _HasAttrs) -> dict[str, Any] | None:
     """The reference models' validation scores (``reference.evaluate``), if stored."""
     raw = study.user_attrs.get(REFERENCES)
     return dict(raw) if isinstance(raw, Mapping) else None
+
+
+def tensorboard_dir(study: _HasAttrs) -> str | None:
+    """The folder of the study's TensorBoard logs, if a worker wrote any."""
+    raw = study.user_attrs.get(TENSORBOARD)
+    return raw if isinstance(raw, str) else None
 
 
 def config_of(trial: _HasAttrs) -> dict[str, Any] | None:
