@@ -134,8 +134,10 @@ class TrialBoard:
     def write_hparams(self, params: dict[str, Any], *, trial_id: str) -> None:
         from tensorboard.plugins.hparams import api as hp
 
+        # The plugin takes bools, numbers and strings; anything else a choice may hold (None) shows as text.
+        values = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in params.items()}
         with _writer(self.folder):
-            hp.hparams(params, trial_id=trial_id)
+            hp.hparams(values, trial_id=trial_id)
 
     def finish(self, value: float, *, step: int) -> None:
         """The trial's value under the study's metric name, the figure the HParams table shows."""
@@ -174,6 +176,8 @@ def write_experiment(folder: Path, spec: StudySpec) -> None:
             os.link(written[0], target)
         except FileExistsError:
             log.debug("%s: another worker wrote the HParams experiment first", target)
+        except OSError:  # a file system without hard links: a rename is atomic too, and every copy is the same
+            os.replace(written[0], target)
 
 
 @contextlib.contextmanager

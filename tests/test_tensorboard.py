@@ -136,3 +136,21 @@ def test_a_bad_tensorboard_value_is_one_line_naming_the_field(tmp_path):
     for command in ("launch", "worker"):
         assert _one_line_error([command, "digits-mlp", "--tensorboard", str(a_file)]) == \
             f"Error: --tensorboard: {a_file} is a file; TensorBoard logs need a folder"
+
+
+def test_workers_starting_together_leave_one_hparams_experiment(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from searcher.spec import load_spec
+    from searcher.tensorboard import CONFIG_FILE, write_experiment
+
+    spec = load_spec("digits-mlp")
+    folder = tmp_path / "digits-mlp"
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: write_experiment(folder, spec), range(8)))
+    assert [p.name for p in folder.iterdir()] == [CONFIG_FILE]  # no scratch folders left behind
+    experiment = _experiment(folder)
+    assert [h.name for h in experiment.hparam_infos][:3] == ["activation", "initializer", "optimizer"]
+    lr = next(h for h in experiment.hparam_infos if h.name == "lr")
+    assert (lr.domain_interval.min_value, lr.domain_interval.max_value) == (1e-4, 0.3)
+    assert len(_event_files(folder)) == 1
