@@ -343,6 +343,13 @@ def export(
     name: NameOpt = None,
     seed: ReadSeedOpt = None,
     rank: Annotated[Optional[int], typer.Option("--rank", help="Export the K-th best trial instead of the winner.")] = None,
+    trial: Annotated[Optional[int], typer.Option("--trial", help="Export trial N (a complete trial, by number).")] = None,
+    model: Annotated[bool, typer.Option(
+        "--model", help="Write the trial's trained model (-o FILE.keras), kept by the search "
+                        "(runtime.keep_models), instead of its config; no training.")] = False,
+    artifacts: Annotated[Optional[str], typer.Option(
+        "--artifacts", help="With --model: the artifact store (folder or s3://bucket/prefix), if not the "
+                            "study's runtime.artifacts or the folder beside its SQLite file.")] = None,
     smallest_within: Annotated[Optional[float], typer.Option(
         "--smallest-within", help="The smallest trial (parameters) at most this many points (0.01) of the metric "
                                   "below the best.")] = None,
@@ -364,7 +371,18 @@ def export(
     if fmt not in ("yaml", "json"):
         raise UserError(f"--format: must be yaml or json, got {fmt!r}")
     pick = PickByCost(smallest_within=smallest_within, max_params=max_params, max_latency_ms=max_latency_ms)
-    document = export_config(_load_study(study, storage, name=name, seed=seed), rank=rank, pick=pick, ensemble=ensemble)
+    if model:
+        if ensemble > 1:
+            raise UserError("--ensemble cannot be combined with --model (a kept model is one trial's)")
+        from searcher.artifacts import write_kept_model
+        from searcher.storage import resolve_url
+
+        _, what = write_kept_model(_load_study(study, storage, name=name, seed=seed), resolve_url(storage), output,
+                                   location=artifacts, number=trial, rank=rank, pick=pick)
+        console.print(f"wrote {output}: {what}", highlight=False, markup=False)
+        return
+    document = export_config(_load_study(study, storage, name=name, seed=seed), rank=rank, pick=pick, ensemble=ensemble,
+                             number=trial)
     text = write_export(document, output, fmt=fmt)
     if output is None:
         typer.echo(text, nl=False)
@@ -426,8 +444,11 @@ def dashboard(
     host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8080,
     wait: WaitOpt = None,
+    artifacts: Annotated[Optional[str], typer.Option(
+        "--artifacts", help="The artifact store of kept models (folder or s3://bucket/prefix); default: "
+                            "the folder beside a SQLite database.")] = None,
 ) -> None:
-    """Serve optuna-dashboard on the study storage.
+    """Serve optuna-dashboard on the study storage (with the kept models as trial artifacts).
 
     Example: searcher dashboard --port 8080 --wait 300
     """
@@ -436,7 +457,7 @@ def dashboard(
 
     _wait_for_storage(storage, wait)
     url = resolve_url(storage)
-    server = make_dashboard_server(url, host=host, port=port)
+    server = make_dashboard_server(url, host=host, port=port, artifacts=artifacts)
     console.print(f"optuna-dashboard for {mask_url(url)} at http://{host}:{server.server_port}/ (Ctrl-C to stop)",
                   highlight=False)
     try:
