@@ -504,6 +504,8 @@ def confirm(
     top: Annotated[Optional[int], typer.Option("--top", min=1, help="How many of the best trials to retrain "
                                                                   "(default 3; two objectives: the whole Pareto front).")] = None,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Fresh seeds per trial.")] = 3,
+    trial: Annotated[Optional[list[int]], typer.Option(
+        "--trial", help="Confirm trial N instead of the top ones (repeat: --trial 4 --trial 17).")] = None,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Processes running retrains at once.")] = 1,
     storage: StorageOpt = None,
     name: NameOpt = None,
@@ -524,7 +526,8 @@ def confirm(
 
     loaded, opened = _open_study(study, storage, name=name, seed=seed)
     import_tensorflow()  # the seeds come from searcher.training, which imports Keras
-    ranking, added = run_confirm(loaded, storage=opened, top=top, seeds=seeds, workers=workers, data_dir=data_dir)
+    ranking, added = run_confirm(loaded, storage=opened, top=top, seeds=seeds, workers=workers, data_dir=data_dir,
+                                 numbers=trial or ())
     table = Table("rank", "trial", "mean", "spread (sd)", "runs", "single-run value", "single-run rank", "params",
                   box=None, header_style="bold")
     for rank, c in enumerate(ranking, start=1):

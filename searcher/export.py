@@ -62,10 +62,9 @@ def pick_trial(study: optuna.Study, *, rank: int | None = None,
                             f"trials), got {rank}")
         return ranked[rank - 1], f"rank {rank} by validation value"
     confirmed = study.user_attrs.get(stored.CONFIRMED)
-    if confirmed:
-        number = confirmed[0]["trial"]
-        trial = next(t for t in ranked if t.number == number)
-        return trial, f"confirmed best over {confirmed[0]['runs']} seeded runs"
+    winner = next((t for t in ranked if confirmed and t.number == confirmed[0]["trial"]), None)
+    if winner is not None:  # a trial confirmed by number may be infeasible: then the best by value
+        return winner, f"confirmed best over {confirmed[0]['runs']} seeded runs"
     if ranking.goal(study).multi:
         return ranked[0], f"best{feasible} {ranking.goal(study).metric} on the Pareto front ({ranking.goal(study).describe()})"
     return ranked[0], f"best{feasible} validation value"
