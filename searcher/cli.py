@@ -430,7 +430,8 @@ def retrain(
                       f"TensorFlow Lite: not written ({serving['tflite_skipped']})", highlight=False)
     shipped = [str(model_path), *([serving["saved_model"]] + ([serving["tflite"]] if serving["tflite"] else [])
                                   if serving else [])]
-    console.print(f"wrote {', '.join(shipped)} and {metrics_path(model_path)}", highlight=False)
+    console.print(f"wrote {', '.join(shipped)} and {metrics_path(model_path)}: the final model, scored once on the "
+                  "test split", highlight=False)
 
 
 def _latency(figures: dict) -> str:
