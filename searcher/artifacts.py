@@ -253,5 +253,6 @@ def write_kept_model(study: optuna.Study, url: str, output: Path | None, *, loca
     store = open_store(location or (spec.get("runtime") or {}).get("artifacts"), url)
     export_model(study, trial, store, output)
     metric = (stored.config_of(trial) or {}).get("training", {}).get("metric", ranking.goal(study).metric)
-    return trial, (f"trial {trial.number}'s trained model ({why}; {metric} {ranking.metric_value(trial):.4f}), "
+    picked = "" if number is not None else f"{why}; "
+    return trial, (f"trial {trial.number}'s trained model ({picked}{metric} {ranking.metric_value(trial):.4f}), "
                    "not scored on test: `searcher retrain` trains a final model scored once on the test split")
