@@ -29,7 +29,8 @@ def kept_search(tmp_path_factory):
     spec = digits_spec(folder, "kept", training={"max_epochs": 4, "patience": 2}, pruner={"name": "none"},
                        runtime={"keep_models": KEEP}, baselines=[], sampler={"name": "random"})
     url = f"sqlite:///{folder / 'searcher.db'}"
-    run_searcher("launch", str(spec), "--workers", "1", "--trials", "6", "--storage", url, cwd=folder, check=True)
+    out = run_searcher("launch", str(spec), "--workers", "1", "--trials", "6", "--storage", url, cwd=folder, check=True)
+    assert f"searcher export kept --storage '{url}' --model -o kept-trained.keras" in out.stdout
     return folder, url, optuna.load_study(study_name="kept", storage=url)
 
 
