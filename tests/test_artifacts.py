@@ -170,3 +170,29 @@ def test_a_server_database_has_no_default_store_and_s3_needs_boto3(tmp_path):
             open_store("s3://bucket/models", "sqlite:///x.db")
     with pytest.raises(UserError, match=r"^runtime\.artifacts: an S3 location needs a bucket"):
         open_store("s3:///models", "sqlite:///x.db")
+
+
+def test_keeper_removes_dropped_models_and_tolerates_one_already_gone(tmp_path):
+    import keras
+
+    from searcher.artifacts import ModelKeeper
+    from searcher.spec import RuntimeSpec
+    from searcher.training import TrainResult
+
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    study = optuna.create_study(storage=url, direction="maximize", study_name="k")
+    keeper = ModelKeeper(RuntimeSpec(keep_models=2), patience=2, cross_validated=False)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    values = [0.1, 0.5, 0.3, 0.9, 0.2]
+
+    def objective(trial: optuna.Trial) -> float:
+        value = values[trial.number]
+        if trial.number == 2:  # another worker removed trial 0's model meanwhile: nothing to remove is fine
+            (tmp_path / "k-artifacts" / study.trials[0].user_attrs[stored.MODEL_ARTIFACT]).unlink()
+        keeper.keep(trial, TrainResult(model, {"val_accuracy": [value]}, "val_accuracy", "maximize"), (value,))
+        return value
+
+    study.optimize(objective, n_trials=len(values))
+    uploaded = {t.number: t.user_attrs[stored.MODEL_ARTIFACT] for t in study.trials if stored.MODEL_ARTIFACT in t.user_attrs}
+    assert sorted(uploaded) == [0, 1, 2, 3], "each was in the top 2 when it finished; trial 4 never was"
+    assert sorted(p.name for p in (tmp_path / "k-artifacts").iterdir()) == sorted([uploaded[1], uploaded[3]])
