@@ -175,13 +175,13 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions,
         while True:
             runner.trial = None
             try:
+                # A stale RUNNING trial counts against the budget until it is failed and queued again:
+                # reaped only inside study.optimize, it would make the last workers stop with the
+                # budget "reached" and its retry never run. Outside the lock: Optuna settles races.
+                optuna.storages.fail_stale_trials(study)
                 lock.acquire()
                 try:
                     n_trials = _current_budget(storage, name, n_trials, options.index)
-                    # A stale RUNNING trial counts against the budget until it is failed and queued
-                    # again: reaped only inside study.optimize, it would make the last workers stop
-                    # with the budget "reached" and its retry never run.
-                    optuna.storages.fail_stale_trials(study)
                     if reason := _stop_reason(study, n_trials, options, storage):
                         log.info("worker %d stops: %s", options.index, reason)
                         return EXIT_DONE
