@@ -348,6 +348,13 @@ def export(
     name: NameOpt = None,
     seed: ReadSeedOpt = None,
     rank: Annotated[Optional[int], typer.Option("--rank", help="Export the K-th best trial instead of the winner.")] = None,
+    trial: Annotated[Optional[int], typer.Option("--trial", help="Export trial N (a complete trial, by number).")] = None,
+    model: Annotated[bool, typer.Option(
+        "--model", help="Write the trial's trained model (-o FILE.keras), kept by the search "
+                        "(runtime.keep_models), instead of its config; no training.")] = False,
+    artifacts: Annotated[Optional[str], typer.Option(
+        "--artifacts", help="With --model: the artifact store (folder or s3://bucket/prefix), if not the "
+                            "study's runtime.artifacts or the folder beside its SQLite file.")] = None,
     smallest_within: Annotated[Optional[float], typer.Option(
         "--smallest-within", help="The smallest trial (parameters) at most this many points (0.01) of the metric "
                                   "below the best.")] = None,
@@ -369,7 +376,18 @@ def export(
     if fmt not in ("yaml", "json"):
         raise UserError(f"--format: must be yaml or json, got {fmt!r}")
     pick = PickByCost(smallest_within=smallest_within, max_params=max_params, max_latency_ms=max_latency_ms)
-    document = export_config(_load_study(study, storage, name=name, seed=seed), rank=rank, pick=pick, ensemble=ensemble)
+    if model:
+        if ensemble > 1:
+            raise UserError("--ensemble cannot be combined with --model (a kept model is one trial's)")
+        from searcher.artifacts import write_kept_model
+        from searcher.storage import resolve_url
+
+        _, what = write_kept_model(_load_study(study, storage, name=name, seed=seed), resolve_url(storage), output,
+                                   location=artifacts, number=trial, rank=rank, pick=pick)
+        console.print(f"wrote {output}: {what}", highlight=False, markup=False)
+        return
+    document = export_config(_load_study(study, storage, name=name, seed=seed), rank=rank, pick=pick, ensemble=ensemble,
+                             number=trial)
     text = write_export(document, output, fmt=fmt)
     if output is None:
         typer.echo(text, nl=False)
@@ -417,7 +435,8 @@ def retrain(
                       f"TensorFlow Lite: not written ({serving['tflite_skipped']})", highlight=False)
     shipped = [str(model_path), *([serving["saved_model"]] + ([serving["tflite"]] if serving["tflite"] else [])
                                   if serving else [])]
-    console.print(f"wrote {', '.join(shipped)} and {metrics_path(model_path)}", highlight=False)
+    console.print(f"wrote {', '.join(shipped)} and {metrics_path(model_path)}: the final model, scored once on the "
+                  "test split", highlight=False)
 
 
 def _latency(figures: dict) -> str:
@@ -431,8 +450,11 @@ def dashboard(
     host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8080,
     wait: WaitOpt = None,
+    artifacts: Annotated[Optional[str], typer.Option(
+        "--artifacts", help="The artifact store of kept models (folder or s3://bucket/prefix); default: "
+                            "the folder beside a SQLite database.")] = None,
 ) -> None:
-    """Serve optuna-dashboard on the study storage.
+    """Serve optuna-dashboard on the study storage (with the kept models as trial artifacts).
 
     Example: searcher dashboard --port 8080 --wait 300
     """
@@ -441,7 +463,7 @@ def dashboard(
 
     _wait_for_storage(storage, wait)
     url = resolve_url(storage)
-    server = make_dashboard_server(url, host=host, port=port)
+    server = make_dashboard_server(url, host=host, port=port, artifacts=artifacts)
     console.print(f"optuna-dashboard for {mask_url(url)} at http://{host}:{server.server_port}/ (Ctrl-C to stop)",
                   highlight=False)
     try:
@@ -488,6 +510,8 @@ def confirm(
     top: Annotated[Optional[int], typer.Option("--top", min=1, help="How many of the best trials to retrain "
                                                                   "(default 3; two objectives: the whole Pareto front).")] = None,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Fresh seeds per trial.")] = 3,
+    trial: Annotated[Optional[list[int]], typer.Option(
+        "--trial", help="Confirm trial N instead of the top ones (repeat: --trial 4 --trial 17).")] = None,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Processes running retrains at once.")] = 1,
     storage: StorageOpt = None,
     name: NameOpt = None,
@@ -508,7 +532,8 @@ def confirm(
 
     loaded, opened = _open_study(study, storage, name=name, seed=seed)
     import_tensorflow()  # the seeds come from searcher.training, which imports Keras
-    ranking, added = run_confirm(loaded, storage=opened, top=top, seeds=seeds, workers=workers, data_dir=data_dir)
+    ranking, added = run_confirm(loaded, storage=opened, top=top, seeds=seeds, workers=workers, data_dir=data_dir,
+                                 numbers=trial or ())
     table = Table("rank", "trial", "mean", "spread (sd)", "runs", "single-run value", "single-run rank", "params",
                   box=None, header_style="bold")
     for rank, c in enumerate(ranking, start=1):

@@ -285,6 +285,8 @@ def print_summary(study: optuna.Study, *, console: Console, url: str, default_ur
     results = (f"searcher report {name}{flag} -o {name}-report.html",) if ranked else ()
     shipping = (f"searcher export {name}{flag}{ensemble} -o {name}-best.yaml",
                 f"searcher retrain {name}-best.yaml -o {name}-best.keras") if ranked else ()
+    if ranked and ranked[0].user_attrs.get(stored.MODEL_ARTIFACT):  # kept by the search: no training
+        shipping = (f"searcher export {name}{flag} --model -o {name}-trained.keras", *shipping)
     console.print("\nNext:")
     for command in (f"searcher status {name}{flag}", *results, f"searcher dashboard{flag}", *shipping,
                     # The URL with its driver (postgresql+psycopg2://): Optuna's own tools cannot guess it.

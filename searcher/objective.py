@@ -16,6 +16,7 @@ import keras
 import optuna
 
 from searcher import stored
+from searcher.artifacts import ModelKeeper
 from searcher.cost import measure_cost
 from searcher.data import SearchData
 from searcher.devices import TrainingRuntime
@@ -170,6 +171,7 @@ class Objective:
         self.outage = Outage(minutes=spec.runtime.db_outage_minutes)
         self._cost_every_trial = measures_cost_of_pruned(spec)
         self.board = StudyBoard(spec) if spec.runtime.tensorboard else None
+        self.keeper = ModelKeeper(spec.runtime, patience=spec.training.patience, cross_validated=bool(data.folds))
 
     def config_for(self, trial: optuna.Trial) -> TrialConfig:
         values = suggest_values(trial, self.spec)
@@ -232,9 +234,9 @@ class Objective:
             raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at}")
         value = cv_score(folds, direction).value
         board.finish(value, step=len(result.curve))
-        if len(objectives) > 1:
-            return value, figures[objectives[1]]
-        return value
+        values = (value, figures[objectives[1]]) if len(objectives) > 1 else (value,)
+        self.keeper.keep(trial, result, values)
+        return values if len(values) > 1 else value
 
     def _fail(self, trial: optuna.Trial, guard: MemoryGuard, error: TrialFailed) -> TrialFailed:
         """Record why the trial failed; out of memory says by how much (it is not retried)."""

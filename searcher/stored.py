@@ -42,6 +42,8 @@ CV_VALUES = "cv_values"  # every fold's value at best_epoch, with data.cv_folds
 # --- trial attrs: what the model costs (cost.measure_cost)
 MODEL_BYTES, LATENCY_B1, LATENCY_LARGE = "model_bytes", "latency_ms_b1", "latency_ms_b256"  # cost.LARGE_BATCH
 COST_SECONDS = "cost_seconds"  # what measuring took
+# --- trial attrs: the trained model kept as an Optuna artifact (searcher.artifacts)
+MODEL_ARTIFACT = "model_artifact"  # its artifact id; the file is removed when the trial leaves the top K
 # --- trial attrs of a `searcher confirm` run
 OF_TRIAL, RUN = "of_trial", "run"
 
