@@ -75,6 +75,8 @@ MixedPrecisionOpt = Annotated[
     typer.Option("--mixed-precision/--no-mixed-precision", help="mixed_float16 on GPUs (default: the spec's runtime.mixed_precision)."),
 ]
 XlaOpt = Annotated[Optional[bool], typer.Option("--xla/--no-xla", help="XLA compilation (default: the spec's runtime.xla).")]
+TensorBoardOpt = Annotated[Optional[str], typer.Option(
+    "--tensorboard", metavar="DIR", help="Write TensorBoard logs (curves, HParams) to DIR/STUDY/trial-N (default: the spec's runtime.tensorboard).")]
 
 
 @app.callback()
@@ -106,6 +108,7 @@ def launch(
     workers_per_gpu: Annotated[int, typer.Option("--workers-per-gpu", min=1, help="Workers sharing one GPU (memory growth on).")] = 1,
     mixed_precision: MixedPrecisionOpt = None,
     xla: XlaOpt = None,
+    tensorboard: TensorBoardOpt = None,
     wait: WaitOpt = None,
     warm_start: Annotated[Optional[str], typer.Option("--warm-start", metavar="OLD", help="Start a new study from the earlier study OLD: its best configurations that fit this space run first, its finished trials are history the sampler learns from (not counted in the budget or results). Overrides the spec's warm_start.")] = None,
     from_storage: Annotated[Optional[str], typer.Option("--from-storage", metavar="URL", help="The storage of the --warm-start study (default: --storage).")] = None,
@@ -124,7 +127,7 @@ def launch(
 
     request = LaunchRequest(study=study, storage=storage, workers=workers, trials=trials, timeout=timeout,
                             data_dir=data_dir, seed=seed, name=name, workers_per_gpu=workers_per_gpu,
-                            mixed_precision=mixed_precision, xla=xla,
+                            mixed_precision=mixed_precision, xla=xla, tensorboard=tensorboard,
                             gpus=tuple(parse_gpu_list(gpus)) if gpus is not None else None,
                             warm_start=warm_start, from_storage=from_storage)
     raise typer.Exit(code=run_launch(request, console=console))
@@ -142,6 +145,7 @@ def worker(
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="auto: lock a free GPU (for containers that see all GPUs); or a GPU index.")] = None,
     mixed_precision: MixedPrecisionOpt = None,
     xla: XlaOpt = None,
+    tensorboard: TensorBoardOpt = None,
     wait: WaitOpt = None,
     worker_index: Annotated[Optional[int], typer.Option("--worker-index", hidden=True)] = None,
     parent_pid: Annotated[Optional[int], typer.Option("--parent-pid", hidden=True)] = None,
@@ -155,6 +159,7 @@ def worker(
 
     request = WorkerRequest(study=study, storage=storage, data_dir=data_dir, seed=seed, name=name, create=create,
                             timeout=timeout, gpu=gpu, mixed_precision=mixed_precision, xla=xla, wait=wait,
+                            tensorboard=tensorboard,
                             index=worker_index, parent_pid=parent_pid, deadline=deadline)
     raise typer.Exit(code=serve(request))
 
@@ -346,6 +351,13 @@ def export(
     name: NameOpt = None,
     seed: ReadSeedOpt = None,
     rank: Annotated[Optional[int], typer.Option("--rank", help="Export the K-th best trial instead of the winner.")] = None,
+    trial: Annotated[Optional[int], typer.Option("--trial", help="Export trial N (a complete trial, by number).")] = None,
+    model: Annotated[bool, typer.Option(
+        "--model", help="Write the trial's trained model (-o FILE.keras), kept by the search "
+                        "(runtime.keep_models), instead of its config; no training.")] = False,
+    artifacts: Annotated[Optional[str], typer.Option(
+        "--artifacts", help="With --model: the artifact store (folder or s3://bucket/prefix), if not the "
+                            "study's runtime.artifacts or the folder beside its SQLite file.")] = None,
     smallest_within: Annotated[Optional[float], typer.Option(
         "--smallest-within", help="The smallest trial (parameters) at most this many points (0.01) of the metric "
                                   "below the best.")] = None,
@@ -367,7 +379,18 @@ def export(
     if fmt not in ("yaml", "json"):
         raise UserError(f"--format: must be yaml or json, got {fmt!r}")
     pick = PickByCost(smallest_within=smallest_within, max_params=max_params, max_latency_ms=max_latency_ms)
-    document = export_config(_load_study(study, storage, name=name, seed=seed), rank=rank, pick=pick, ensemble=ensemble)
+    if model:
+        if ensemble > 1:
+            raise UserError("--ensemble cannot be combined with --model (a kept model is one trial's)")
+        from searcher.artifacts import write_kept_model
+        from searcher.storage import resolve_url
+
+        _, what = write_kept_model(_load_study(study, storage, name=name, seed=seed), resolve_url(storage), output,
+                                   location=artifacts, number=trial, rank=rank, pick=pick)
+        console.print(f"wrote {output}: {what}", highlight=False, markup=False)
+        return
+    document = export_config(_load_study(study, storage, name=name, seed=seed), rank=rank, pick=pick, ensemble=ensemble,
+                             number=trial)
     text = write_export(document, output, fmt=fmt)
     if output is None:
         typer.echo(text, nl=False)
@@ -415,7 +438,8 @@ def retrain(
                       f"TensorFlow Lite: not written ({serving['tflite_skipped']})", highlight=False)
     shipped = [str(model_path), *([serving["saved_model"]] + ([serving["tflite"]] if serving["tflite"] else [])
                                   if serving else [])]
-    console.print(f"wrote {', '.join(shipped)} and {metrics_path(model_path)}", highlight=False)
+    console.print(f"wrote {', '.join(shipped)} and {metrics_path(model_path)}: the final model, scored once on the "
+                  "test split", highlight=False)
 
 
 def _latency(figures: dict) -> str:
@@ -429,8 +453,11 @@ def dashboard(
     host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8080,
     wait: WaitOpt = None,
+    artifacts: Annotated[Optional[str], typer.Option(
+        "--artifacts", help="The artifact store of kept models (folder or s3://bucket/prefix); default: "
+                            "the folder beside a SQLite database.")] = None,
 ) -> None:
-    """Serve optuna-dashboard on the study storage.
+    """Serve optuna-dashboard on the study storage (with the kept models as trial artifacts).
 
     Example: searcher dashboard --port 8080 --wait 300
     """
@@ -439,7 +466,7 @@ def dashboard(
 
     _wait_for_storage(storage, wait)
     url = resolve_url(storage)
-    server = make_dashboard_server(url, host=host, port=port)
+    server = make_dashboard_server(url, host=host, port=port, artifacts=artifacts)
     console.print(f"optuna-dashboard for {mask_url(url)} at http://{host}:{server.server_port}/ (Ctrl-C to stop)",
                   highlight=False)
     try:
@@ -486,6 +513,8 @@ def confirm(
     top: Annotated[Optional[int], typer.Option("--top", min=1, help="How many of the best trials to retrain "
                                                                   "(default 3; two objectives: the whole Pareto front).")] = None,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Fresh seeds per trial.")] = 3,
+    trial: Annotated[Optional[list[int]], typer.Option(
+        "--trial", help="Confirm trial N instead of the top ones (repeat: --trial 4 --trial 17).")] = None,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Processes running retrains at once.")] = 1,
     storage: StorageOpt = None,
     name: NameOpt = None,
@@ -506,7 +535,8 @@ def confirm(
 
     loaded, opened = _open_study(study, storage, name=name, seed=seed)
     import_tensorflow()  # the seeds come from searcher.training, which imports Keras
-    ranking, added = run_confirm(loaded, storage=opened, top=top, seeds=seeds, workers=workers, data_dir=data_dir)
+    ranking, added = run_confirm(loaded, storage=opened, top=top, seeds=seeds, workers=workers, data_dir=data_dir,
+                                 numbers=trial or ())
     table = Table("rank", "trial", "mean", "spread (sd)", "runs", "single-run value", "single-run rank", "params",
                   box=None, header_style="bold")
     for rank, c in enumerate(ranking, start=1):

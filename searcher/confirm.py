@@ -13,7 +13,7 @@ import os
 import statistics
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import multiprocessing
 import optuna
@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from searcher import ranking
 from searcher.errors import UserError
 from searcher.devices import TrainingRuntime
-from searcher.export import ranked_trials
+from searcher.export import ranked_trials, trial_by_number
 from searcher.stored import CONFIG, CONFIRMED, CURVE, N_PARAMS, OF_TRIAL, RUN, RUNTIME, SEED, THREADS
 from searcher.space import TrialConfig
 
@@ -149,9 +149,17 @@ def _metric_direction(study: optuna.Study) -> str:
     return "maximize" if ranking.goal(study).maximize[0] else "minimize"
 
 
-def candidates(study: optuna.Study, top: int | None) -> list[optuna.trial.FrozenTrial]:
-    """What to confirm: in a two-objective study the Pareto front (best metric first), else the
-    top trials; ``top`` caps either (default: the whole front, or 3). Feasible trials only."""
+def candidates(study: optuna.Study, top: int | None,
+               numbers: Sequence[int] = ()) -> list[optuna.trial.FrozenTrial]:
+    """What to confirm: the complete trials ``numbers`` if given; else in a two-objective study
+    the Pareto front (best metric first), else the top trials; ``top`` caps either (default:
+    the whole front, or 3). Feasible trials only, except those asked for by number."""
+    if numbers:
+        if top is not None:
+            raise UserError("--trial cannot be combined with --top")
+        order = {t.number: k for k, t in enumerate(ranked_trials(study))}  # best first, infeasible last
+        return sorted((trial_by_number(study, n) for n in dict.fromkeys(numbers)),
+                      key=lambda t: (order.get(t.number, len(order)), t.number))
     goal, ranked = ranking.goal(study), ranked_trials(study)
     if goal.multi:
         on_front = ranking.front(ranked, cost=goal.cost, maximize=goal.maximize[0])[::-1]  # best metric first
@@ -167,11 +175,12 @@ def confirm(
     seeds: int,
     workers: int = 1,
     data_dir: str | None = None,
+    numbers: Sequence[int] = (),
 ) -> tuple[list[ConfirmedConfig], int]:
     """Run the missing (trial, seed) pairs for the candidates (``candidates``); return the ranking and runs added.
 
     The runs are a study of their own beside ``study``, in ``storage`` (the one ``study`` was loaded from)."""
-    ranked = candidates(study, top)
+    ranked = candidates(study, top, numbers)
     if not ranked:
         raise UserError(ranking.no_feasible_message(study))
     direction = _metric_direction(study)

@@ -22,16 +22,20 @@ class _QuietHandler(WSGIRequestHandler):
         log.debug(format, *args)
 
 
-def make_dashboard_server(url: str, *, host: str, port: int) -> WSGIServer:
+def make_dashboard_server(url: str, *, host: str, port: int, artifacts: str | None = None) -> WSGIServer:
     """A WSGI server for optuna-dashboard; the Optuna schema is created first.
 
     optuna-dashboard fails on a database without Optuna's tables, so a fresh
     PostgreSQL database gets them from ``open_storage`` before the app sees it.
+    The artifact store (``artifacts``, else the folder beside SQLite) lets it list and
+    serve the kept models.
     """
     import optuna_dashboard
 
+    from searcher.artifacts import open_store
+
     storage = open_storage(url)
-    app = optuna_dashboard.wsgi(storage)
+    app = optuna_dashboard.wsgi(storage, artifact_store=open_store(artifacts, url))
     try:
         return make_server(host, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
     except OSError as e:

@@ -38,9 +38,16 @@ def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def pick_trial(study: optuna.Study, *, rank: int | None = None,
-               pick: ranking.PickByCost = ranking.PickByCost()) -> tuple[optuna.trial.FrozenTrial, str]:
-    """The trial to export and why: picked by cost (``pick``), or the K-th best by value, else
-    the confirmed winner, else the best. Only feasible trials are candidates."""
+               pick: ranking.PickByCost = ranking.PickByCost(),
+               number: int | None = None) -> tuple[optuna.trial.FrozenTrial, str]:
+    """The trial to export and why: trial ``number``, or picked by cost (``pick``), or the K-th
+    best by value, else the confirmed winner, else the best. Only feasible trials are
+    candidates, except a trial asked for by number (any complete one)."""
+    if number is not None:
+        if rank is not None or pick.any:
+            raise UserError("--trial cannot be combined with --rank, --smallest-within, --max-params or "
+                            "--max-latency-ms")
+        return trial_by_number(study, number), f"trial {number} by number"
     ranked = ranked_trials(study)
     if not ranked:
         raise UserError(ranking.no_feasible_message(study))
@@ -55,20 +62,34 @@ def pick_trial(study: optuna.Study, *, rank: int | None = None,
                             f"trials), got {rank}")
         return ranked[rank - 1], f"rank {rank} by validation value"
     confirmed = study.user_attrs.get(stored.CONFIRMED)
-    if confirmed:
-        number = confirmed[0]["trial"]
-        trial = next(t for t in ranked if t.number == number)
-        return trial, f"confirmed best over {confirmed[0]['runs']} seeded runs"
+    winner = next((t for t in ranked if confirmed and t.number == confirmed[0]["trial"]), None)
+    if winner is not None:  # a trial confirmed by number may be infeasible: then the best by value
+        return winner, f"confirmed best over {confirmed[0]['runs']} seeded runs"
     if ranking.goal(study).multi:
         return ranked[0], f"best{feasible} {ranking.goal(study).metric} on the Pareto front ({ranking.goal(study).describe()})"
     return ranked[0], f"best{feasible} validation value"
 
 
+def trial_by_number(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    """The study's complete trial ``number``; a ``UserError`` saying what it is otherwise."""
+    trials = study.get_trials(deepcopy=False)
+    found = next((t for t in trials if t.number == number), None)
+    if found is None:
+        have = f"it has trials 0..{len(trials) - 1}" if trials else "it has no trials"
+        raise UserError(f"--trial: study {study.study_name!r} has no trial {number} ({have})")
+    if stored.is_carried(found):
+        raise UserError(f"--trial: trial {number} of {study.study_name!r} is history a warm start carried from "
+                        f"study {found.user_attrs[stored.CARRIED]['study']!r}, not one of its own trials")
+    if found.state != optuna.trial.TrialState.COMPLETE:
+        raise UserError(f"--trial: trial {number} of {study.study_name!r} is {found.state.name}, not COMPLETE")
+    return found
+
+
 def export_config(study: optuna.Study, *, rank: int | None = None, pick: ranking.PickByCost = ranking.PickByCost(),
-                  ensemble: int = 1) -> dict[str, Any]:
+                  ensemble: int = 1, number: int | None = None) -> dict[str, Any]:
     """The exported document: ``source`` (provenance) and ``config`` (what retrain trains);
     with ``ensemble`` K > 1 also ``ensemble``, the next K-1 feasible trials by value."""
-    trial, why = pick_trial(study, rank=rank, pick=pick)
+    trial, why = pick_trial(study, rank=rank, pick=pick, number=number)
     others = [t for t in ranked_trials(study) if t.number != trial.number][: ensemble - 1]
     if len(others) < ensemble - 1:
         raise UserError(f"--ensemble: the study has {len(others) + 1} feasible complete trial(s), "

@@ -30,6 +30,7 @@ from searcher.spec import FILE_DATASETS, StudySpec, directions
 from searcher.outage import DatabaseUnavailable, Outage, is_unreachable
 from searcher.storage import (DEFAULT_SQLITE, RECONNECT_SECONDS, BudgetLock, describe_db_error, mask_url, open_storage,
                               resolve_url)
+from searcher.tensorboard import hint, study_log_dir
 from searcher.supervisor import LaunchPlan, WorkerProcess, fail_orphaned_trials, start_worker, stop_workers, supervise
 from searcher.worker import EXIT_DONE, EXIT_INTERRUPTED, EXIT_UNAVAILABLE, StopOnce
 
@@ -51,6 +52,7 @@ class LaunchRequest:
     workers_per_gpu: int = 1
     mixed_precision: bool | None = None  # None: as the spec says
     xla: bool | None = None
+    tensorboard: str | None = None  # None: as the spec says
     log_dir: Path = Path("searcher-logs")
     warm_start: str | None = None  # an earlier study to start from (spec warm_start.study)
     from_storage: str | None = None  # where it is, if not in this study's storage
@@ -89,7 +91,7 @@ def change_budget(url: str, name: str, n_trials: int) -> studies.BudgetChange:
 def launch(request: LaunchRequest, *, console: Console) -> int:
     """Run the search to its budget; return the process exit code (130 when interrupted)."""
     spec, spec_path = studies.load_launch_spec(request.study, request.seed, mixed_precision=request.mixed_precision,
-                                       xla=request.xla)
+                                       xla=request.xla, tensorboard=request.tensorboard)
     spec = warm_start.with_flags(spec, request.warm_start, request.from_storage)
     name = studies.study_name(spec.name, name=request.name, seed=request.seed)
     if request.name is None and name != spec.name:
@@ -127,12 +129,15 @@ def launch(request: LaunchRequest, *, console: Console) -> int:
     timeout = request.timeout or spec.budget.timeout
     plan = LaunchPlan(spec_path=spec_path, url=url, log_dir=request.log_dir / name, seed=request.seed, study_name=name,
                       mixed_precision=spec.runtime.mixed_precision, xla=spec.runtime.xla,
+                      tensorboard=spec.runtime.tensorboard,
                       deadline=time.time() + timeout if timeout else None, data_dir=request.data_dir)
     slots = [WorkerProcess(p) for p in placements]
     console.print(f"[bold]{name}[/]: {len(slots)} worker(s) on {mask_url(url)}, budget {n_trials} trials; "
                   f"logs in {plan.log_dir}/")
     for line in _goal_lines(spec):
         console.print(f"  {line}", highlight=False)
+    if spec.runtime.tensorboard:
+        console.print(f"  {hint(str(study_log_dir(spec.runtime.tensorboard, name)))}", highlight=False, markup=False)
     for slot in slots:
         console.print(f"  worker {slot.placement.index}: {slot.placement.describe()}")
         start_worker(slot, plan)
@@ -285,6 +290,8 @@ def print_summary(study: optuna.Study, *, console: Console, url: str, default_ur
     results = (f"searcher report {name}{flag} -o {name}-report.html",) if ranked else ()
     shipping = (f"searcher export {name}{flag}{ensemble} -o {name}-best.yaml",
                 f"searcher retrain {name}-best.yaml -o {name}-best.keras") if ranked else ()
+    if ranked and ranked[0].user_attrs.get(stored.MODEL_ARTIFACT):  # kept by the search: no training
+        shipping = (f"searcher export {name}{flag} --model -o {name}-trained.keras", *shipping)
     console.print("\nNext:")
     for command in (f"searcher status {name}{flag}", *results, f"searcher dashboard{flag}", *shipping,
                     # The URL with its driver (postgresql+psycopg2://): Optuna's own tools cannot guess it.

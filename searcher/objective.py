@@ -16,6 +16,7 @@ import keras
 import optuna
 
 from searcher import stored
+from searcher.artifacts import ModelKeeper
 from searcher.cost import measure_cost
 from searcher.data import SearchData
 from searcher.devices import TrainingRuntime
@@ -24,6 +25,7 @@ from searcher.outage import Outage, TrialReaped, is_unreachable
 from searcher.ranking import CONSTRAINED_COST, cost_of, violations
 from searcher.space import TrialConfig, suggest_values, trial_config
 from searcher.spec import COST_OBJECTIVES, StudySpec, objective_names
+from searcher.tensorboard import NO_BOARD, StudyBoard
 from searcher.training import (
     TrialFailed,
     count_params,
@@ -168,6 +170,8 @@ class Objective:
         self._host = socket.gethostname()
         self.outage = Outage(minutes=spec.runtime.db_outage_minutes)
         self._cost_every_trial = measures_cost_of_pruned(spec)
+        self.board = StudyBoard(spec) if spec.runtime.tensorboard else None
+        self.keeper = ModelKeeper(spec.runtime, patience=spec.training.patience, cross_validated=bool(data.folds))
 
     def config_for(self, trial: optuna.Trial) -> TrialConfig:
         values = suggest_values(trial, self.spec)
@@ -198,6 +202,8 @@ class Objective:
         watch = _RecordCurve(trial, config.training.metric, self.outage) if len(objectives) > 1 else pruning
         guard = MemoryGuard(self.spec.runtime.max_worker_memory_mb)
         callbacks = [watch] + ([_MemoryLimit(guard)] if guard.limit_mb else [])
+        board = self.board.trial(trial) if self.board else NO_BOARD
+        callbacks += board.callbacks(1)
         direction = self.spec.training.direction
         try:
             with guard:
@@ -206,7 +212,7 @@ class Objective:
                 folds = [result]
                 if pruning.pruned_at is None and self.data.folds:
                     folds += train_other_folds(config, self.data, direction=direction, epochs=len(result.curve),
-                                               runtime=self.runtime)
+                                               runtime=self.runtime, callbacks=board.callbacks)
         except MemoryLimitExceeded:  # the backstop, for a step that did not return to Python
             raise self._fail(trial, guard, TrialFailed("out of memory", f"resident memory {guard.peak_mb:.0f} MB"))
         except TrialFailed as e:
@@ -224,11 +230,13 @@ class Objective:
         figures = {name: cost_of(trial, name) for name in COST_OBJECTIVES}
         self.outage.retry(lambda: [trial.set_constraint(k, v) for k, v in violations(limits, figures).items()])
         if pruning.pruned_at is not None:
+            board.finish(result.curve[-1], step=len(result.curve))  # Optuna's value of a pruned trial: its last report
             raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at}")
         value = cv_score(folds, direction).value
-        if len(objectives) > 1:
-            return value, figures[objectives[1]]
-        return value
+        board.finish(value, step=len(result.curve))
+        values = (value, figures[objectives[1]]) if len(objectives) > 1 else (value,)
+        self.keeper.keep(trial, result, values)
+        return values if len(values) > 1 else value
 
     def _fail(self, trial: optuna.Trial, guard: MemoryGuard, error: TrialFailed) -> TrialFailed:
         """Record why the trial failed; out of memory says by how much (it is not retried)."""

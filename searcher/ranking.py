@@ -114,15 +114,18 @@ def ranked(study: optuna.Study) -> list[FrozenTrial]:
     """Feasible complete trials, best metric first; ties: the cheaper by the second objective (so
     the first is on the Pareto front), then the lower validation loss (many trials reach the same
     accuracy on a small validation split), then the earlier trial."""
-    maximize = goal(study).maximize
-    trials = [t for t in own_trials(study, states=(TrialState.COMPLETE,)) if is_feasible(t)]
+    return rank(own_trials(study, states=(TrialState.COMPLETE,)), maximize=goal(study).maximize)
+
+
+def rank(trials: Iterable[FrozenTrial], *, maximize: Sequence[bool]) -> list[FrozenTrial]:
+    """``ranked`` on given trials: the feasible complete ones, best first."""
 
     def order(t: FrozenTrial) -> tuple:
         loss = t.user_attrs.get(stored.VAL_LOSS_AT_BEST)
         return (*(-v if up else v for v, up in zip(t.values, maximize)),
                 loss if isinstance(loss, (int, float)) else float("inf"), t.number)
 
-    return sorted(trials, key=order)
+    return sorted((t for t in trials if t.state == TrialState.COMPLETE and is_feasible(t)), key=order)
 
 
 def infeasible(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:

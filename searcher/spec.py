@@ -482,6 +482,12 @@ class RuntimeSpec(_Frozen):
     # How long a worker waits for a lost database (a drained PostgreSQL pod is away 1-3 minutes)
     # before it exits 69 (EX_UNAVAILABLE), which launch, Kubernetes, compose and Slurm restart.
     db_outage_minutes: float = Field(30.0, gt=0)
+    # A folder for TensorBoard logs (searcher/tensorboard.py); a relative path is from the working directory.
+    tensorboard: str | None = Field(None, min_length=1)
+    # The trained models of the best K complete trials, as Optuna artifacts (searcher.artifacts); 0: none.
+    keep_models: int = Field(3, ge=0)
+    # Where: a folder every worker can reach, or s3://bucket/prefix. Default: <db stem>-artifacts/ beside SQLite.
+    artifacts: str | None = None
 
     @model_validator(mode="after")
     def _grace_exceeds_interval(self) -> RuntimeSpec:

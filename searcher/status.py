@@ -20,6 +20,7 @@ from searcher import ranking, stored
 from searcher.formatting import format_cost, format_cost_value, format_elapsed, format_params
 from searcher.reference import describe as describe_references
 from searcher.study import finished
+from searcher.tensorboard import hint as tensorboard_hint
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
@@ -52,6 +53,7 @@ class Snapshot:
     front: list[dict[str, Any]] = field(default_factory=list)  # two objectives: the Pareto front, cheapest first
     references: dict[str, Any] = field(default_factory=dict)  # boosted trees and logistic regression (reference.py)
     baselines: list[dict[str, Any]] = field(default_factory=list)  # name, trial, state, value, infeasible
+    tensorboard: str | None = None  # the folder of the study's TensorBoard logs
 
     @property
     def finished(self) -> int:
@@ -105,6 +107,7 @@ def take_snapshot(study: optuna.Study) -> Snapshot:
                     "value": ranking.metric_value(t) if t.state == TrialState.COMPLETE else None,
                     "infeasible": t.user_attrs.get(stored.INFEASIBLE) or (not ranking.is_feasible(t))}
                    for t in trials if stored.BASELINE in t.user_attrs],
+        tensorboard=stored.tensorboard_dir(study),
     )
 
 
@@ -143,6 +146,8 @@ def render(snapshot: Snapshot, *, elapsed_s: float | None = None, eta_s: float |
         rows = ", ".join(f"#{p['trial']} {p['values'][0]:.4f}/{format_cost_value(names[1], p['values'][1])}"
                          for p in snapshot.front)
         parts.append(Text(f"Pareto front ({names[0]}/{names[1]}), cheapest first: {rows}"))
+    if snapshot.tensorboard:
+        parts.append(Text(tensorboard_hint(snapshot.tensorboard)))
     if snapshot.fail_reasons:
         parts.append(Text("failures: " + ", ".join(f"{k} {v}" for k, v in snapshot.fail_reasons.items()), "red"))
     if workers is not None:

@@ -23,6 +23,7 @@ DATA = "data"  # the data summary (rows, features, classes, preprocessing): data
 CONFIRMED = "confirmed_ranking"  # `searcher confirm`'s ranking, best first
 REFERENCES = "references"  # boosted trees and logistic regression on the same split (reference.evaluate)
 WARM_START = "warm_start"  # what a warm start carried and left out, once (warm_start.carry)
+TENSORBOARD = "tensorboard"  # the folder of the study's TensorBoard logs (tensorboard.study_log_dir)
 
 # --- trial attrs: what the trial ran
 CONFIG = "config"  # TrialConfig.to_dict: everything needed to train it again
@@ -45,6 +46,8 @@ COST_SECONDS = "cost_seconds"  # what measuring took
 # --- trial attrs of a warm start (warm_start.carry)
 CARRIED = "warm_start_from"  # {study, trial}: an old study's trial added as history, never a result here
 WARM_TOP = "warm_start_top"  # {study, trial}: an old study's top configuration, enqueued to run here
+# --- trial attrs: the trained model kept as an Optuna artifact (searcher.artifacts)
+MODEL_ARTIFACT = "model_artifact"  # its artifact id; the file is removed when the trial leaves the top K
 # --- trial attrs of a `searcher confirm` run
 OF_TRIAL, RUN = "of_trial", "run"
 
@@ -80,6 +83,12 @@ def references(study: _HasAttrs) -> dict[str, Any] | None:
     """The reference models' validation scores (``reference.evaluate``), if stored."""
     raw = study.user_attrs.get(REFERENCES)
     return dict(raw) if isinstance(raw, Mapping) else None
+
+
+def tensorboard_dir(study: _HasAttrs) -> str | None:
+    """The folder of the study's TensorBoard logs, if a worker wrote any."""
+    raw = study.user_attrs.get(TENSORBOARD)
+    return raw if isinstance(raw, str) else None
 
 
 def config_of(trial: _HasAttrs) -> dict[str, Any] | None:

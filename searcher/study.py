@@ -28,6 +28,7 @@ from searcher.space import baseline_params, grid_search_space
 from searcher.outage import Outage
 from searcher.spec import NAME_PATTERN, StudySpec, directions, load_spec, objective_names, resolve_spec_path
 from searcher.storage import RECONNECT_SECONDS, mask_url, open_storage
+from searcher.tensorboard import resolve_log_dir
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +36,20 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def load_launch_spec(source: str, seed: int | None, *, mixed_precision: bool | None = None,
-                     xla: bool | None = None) -> tuple[StudySpec, Path]:
+                     xla: bool | None = None, tensorboard: str | None = None) -> tuple[StudySpec, Path]:
     """The spec with the command line's overrides: the seed (a different study), and the
-    runtime options, which change how fast a trial runs, not what it computes."""
-    spec = load_spec(source)
+    runtime options, which change how fast a trial runs, not what it computes. The TensorBoard
+    folder (``--tensorboard``, else the spec's) is made absolute here."""
+    spec, path = load_spec(source), resolve_spec_path(source)
     if seed is not None:
         spec = spec.model_copy(update={"seed": seed})
     runtime = {k: v for k, v in (("mixed_precision", mixed_precision), ("xla", xla)) if v is not None}
+    if board := tensorboard or spec.runtime.tensorboard:
+        runtime["tensorboard"] = resolve_log_dir(board, field="--tensorboard" if tensorboard else
+                                                 f"{path}: runtime.tensorboard")
     if runtime:
         spec = spec.model_copy(update={"runtime": spec.runtime.model_copy(update=runtime)})
-    return spec, resolve_spec_path(source).resolve()
+    return spec, path.resolve()
 
 
 def study_name(base: str, *, name: str | None = None, seed: int | None = None) -> str:

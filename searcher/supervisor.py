@@ -57,6 +57,7 @@ class LaunchPlan:
     data_dir: str | None = None
     mixed_precision: bool = False
     xla: bool = False
+    tensorboard: str | None = None  # an absolute folder
 
 
 def start_worker(slot: WorkerProcess, plan: LaunchPlan) -> None:
@@ -73,6 +74,8 @@ def start_worker(slot: WorkerProcess, plan: LaunchPlan) -> None:
     if plan.data_dir:
         cmd += ["--data-dir", plan.data_dir]
     cmd += ["--mixed-precision" if plan.mixed_precision else "--no-mixed-precision", "--xla" if plan.xla else "--no-xla"]
+    if plan.tensorboard:
+        cmd += ["--tensorboard", plan.tensorboard]
     env = {**os.environ, **slot.placement.env(), STORAGE_ENV: plan.url, "PYTHONUNBUFFERED": "1"}
     plan.log_dir.mkdir(parents=True, exist_ok=True)
     with open(plan.log_dir / f"worker-{slot.placement.index}.log", "ab") as out:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -238,12 +239,13 @@ def fold_seed(seed: int, fold: int) -> int:
 
 
 def train_other_folds(config: TrialConfig, data: SearchData, *, direction: str, epochs: int,
-                      runtime: TrainingRuntime) -> list[TrainResult]:
+                      runtime: TrainingRuntime,
+                      callbacks: Callable[[int], list[keras.callbacks.Callback]] | None = None) -> list[TrainResult]:
     """``config`` on folds 2..K of ``data`` (``data.cv_folds``) for exactly ``epochs`` each, the
     epochs fold 1 ran: without early stopping, so every fold has a value at every epoch of
-    fold 1's curve and ``cv_score`` can average them epoch by epoch."""
+    fold 1's curve and ``cv_score`` can average them epoch by epoch. ``callbacks(k)``: fold k's."""
     return [train(config.model_copy(update={"seed": fold_seed(config.seed, k)}), fold, direction=direction,
-                  runtime=runtime, max_epochs=epochs, early_stopping=False)
+                  runtime=runtime, max_epochs=epochs, early_stopping=False, callbacks=callbacks(k) if callbacks else ())
             for k, fold in enumerate(data.folds, 2)]
 
 

@@ -61,6 +61,7 @@ class WorkerRequest:
     gpu: str | None = None  # "auto" or an index: claim that GPU before TensorFlow starts
     mixed_precision: bool | None = None
     xla: bool | None = None
+    tensorboard: str | None = None  # None: as the spec says
     wait: float | None = None  # seconds to wait for the storage (and the study, unless creating it)
     index: int | None = None  # None: from the scheduler's environment (worker_index_from_env)
     parent_pid: int | None = None
@@ -75,7 +76,7 @@ def serve(request: WorkerRequest) -> int:
     for handler in logging.getLogger("optuna").handlers:  # its records do not propagate to the root logger
         handler.addFilter(InterruptedTrialFilter())
     spec, _ = studies.load_launch_spec(request.study, request.seed, mixed_precision=request.mixed_precision,
-                                       xla=request.xla)
+                                       xla=request.xla, tensorboard=request.tensorboard)
     joins = studies.study_name(spec.name, name=request.name, seed=request.seed)
     if request.wait:
         studies.wait_until_ready(resolve_url(request.storage), seconds=request.wait,

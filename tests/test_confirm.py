@@ -55,3 +55,18 @@ def test_confirm_adds_runs_once_and_export_takes_the_winner(digits_search, tmp_p
     assert [c["trial"] for c in data.confirmed] == [r["trial"] for r in confirmed]
     page = render_html(data)
     assert "Confirmed over fresh seeds" in page and f"#{confirmed[0]['trial']}" in page
+
+
+def test_confirm_trials_by_number(digits_search, tmp_path):
+    run = digits_search.copy(tmp_path)
+    last = max(t.number for t in run.study().get_trials() if t.state.name == "COMPLETE")
+    out = run_searcher("confirm", "digits-mlp", "--trial", str(last), "--seeds", "1", "--storage", run.url,
+                       cwd=tmp_path, check=True)
+    assert "1 new run(s)" in out.stdout and f"confirmed winner: trial {last}" in out.stdout
+    runs = optuna.load_study(study_name="digits-mlp--confirm", storage=run.url).get_trials()
+    assert [t.user_attrs["of_trial"] for t in runs] == [last]
+    wrong = run_searcher("confirm", "digits-mlp", "--trial", "999", "--storage", run.url, cwd=tmp_path)
+    assert wrong.returncode == 1
+    assert wrong.stderr.strip().startswith("Error: --trial: study 'digits-mlp' has no trial 999 (it has trials 0..")
+    both = run_searcher("confirm", "digits-mlp", "--trial", str(last), "--top", "2", "--storage", run.url, cwd=tmp_path)
+    assert both.returncode == 1 and both.stderr.strip() == "Error: --trial cannot be combined with --top"

@@ -95,6 +95,7 @@ class ReportData:
     seed: int | None = None
     split_seed: int | None = None  # the validation split's seed
     references: Mapping[str, Any] | None = None  # boosted trees and logistic regression (reference.evaluate)
+    tensorboard: str | None = None  # the folder of the study's TensorBoard logs
 
     @property
     def complete(self) -> tuple[TrialRow, ...]:
@@ -144,6 +145,7 @@ def gather(study: optuna.Study, *, top_k: int = TOP_K) -> ReportData:
         importance_note=importance_note,
         data=study.user_attrs.get(stored.DATA),
         references=stored.references(study),
+        tensorboard=stored.tensorboard_dir(study),
         tradeoff=_tradeoff.collect(study),
         objectives=ranking.goal(study).names,
         spec_name=str(spec["name"]) if spec.get("name") else None,

@@ -10,6 +10,7 @@ from searcher.ranking import against_best, better_direction
 from searcher.report import _tradeoff
 from searcher.report._data import BaselineRow, ReportData
 from searcher.report._text import esc, fmt
+from searcher.tensorboard import hint
 
 
 def summary(d: ReportData) -> str:
@@ -31,6 +32,8 @@ def summary(d: ReportData) -> str:
     if d.fail_reasons:
         reasons = ", ".join(f"{esc(k)} ×{n}" for k, n in sorted(d.fail_reasons.items(), key=lambda kv: -kv[1]))
         out.append(f'<p class="note">Failed trials: {reasons}.</p>')
+    if d.tensorboard:
+        out.append(f'<p class="note">{esc(hint(d.tensorboard))}</p>')
     return "".join(out)
 
 
