@@ -249,7 +249,7 @@ def search_sample(fit: Split, val: Split, *, rows: int, seed: int, class_names: 
     """The search's stratified, seeded sample of ``rows`` fit rows and its validation rows
     (``search_sizes``); the rows keep their file order."""
     if rows >= len(fit):
-        raise DataError(f"data.search_rows: must be fewer than the {len(fit)} rows of {source}'s fit split, got "
+        raise DataError(f"data.search_rows: must be fewer than the fit split's {len(fit)} rows ({source}), got "
                         f"{rows}; lower it, or drop it to search on them all")
     n_fit, n_val = search_sizes(len(fit), len(val), rows)
     counts = np.bincount(fit.y, minlength=len(class_names) or None)
@@ -258,8 +258,8 @@ def search_sample(fit: Split, val: Split, *, rows: int, seed: int, class_names: 
     if len(left_out):
         k = int(left_out[np.argmin(counts[left_out])])
         name = class_names[k] if class_names else str(k)
-        raise DataError(f"data.search_rows: {rows} rows leave out class {name!r} ({counts[k]} of the {len(fit)} "
-                        f"fit rows of {source}); raise it to at least {math.ceil(len(fit) / counts[k])}")
+        raise DataError(f"data.search_rows: {rows} rows leave out class {name!r} ({counts[k]} of the fit split's "
+                        f"{len(fit)} rows); raise it to at least {math.ceil(len(fit) / counts[k])}")
     sampled_val = val if n_val == len(val) else val.take(_sample(val.y, n_val, seed))
     return fit.take(_sample(fit.y, n_fit, seed)), sampled_val
 

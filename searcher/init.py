@@ -387,7 +387,8 @@ def _render(raw: dict[str, Any], *, data_path: str, search_data: SearchData, not
         f"# searcher spec for {data_path}, written by `searcher init` on {dt.date.today().isoformat()}.",
         f"# data: {describe_data(search_data.summary())}",
         *[f"# {note}" for note in notes],
-        f"# budget: {describe_budget(sizing)}, measured on a middle configuration.",
+        f"# budget: {describe_budget(sizing)}, measured on a middle configuration"
+        + (" (on the whole fit split and on the sample)." if raw["data"].get("search_rows") else "."),
         *([f"# {sizing.note}."] if sizing.note else []),
         f"# Next: searcher launch {output}; then status, report, export, retrain (see searcher --help).",
         "",
