@@ -221,6 +221,10 @@ def test_a_spec_shaped_to_a_sample_searches_on_it_and_retrains_on_all(pattern_pn
     assert data["rows"] == {"fit": 1400, "validation": 640, "test": 800}
     assert data["whole_rows"] == {"fit": 2560, "validation": 640}
     assert sum(c["fit"] for c in data["classes"]) == 1400 and {c["fit"] for c in data["classes"]} == {350}
+    from searcher.report import _tables, collect
+
+    assert ("a search sample of 1400 of 2560 fit and 640 of 640 validation rows (data.search_rows; retrain trains on "
+            "all)") in _tables.data(collect(study))
     run_searcher("export", "pics", "--storage", url, "-o", "best.yaml", cwd=tmp_path, check=True)
     run_searcher("retrain", "best.yaml", "-o", "model.keras", cwd=tmp_path, check=True)
     metrics = json.loads((tmp_path / "model.metrics.json").read_text())
