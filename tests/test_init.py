@@ -207,7 +207,7 @@ def test_a_spec_shaped_to_a_sample_searches_on_it_and_retrains_on_all(pattern_pn
                                 terminal_width=300)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[1].startswith("--minutes 1 cannot hold 12 trials of the full study here (about 2.9 min); shaped to "
+    assert lines[1].startswith("--minutes 1 cannot hold 12 trials of the full study here (about 3.0 min); shaped to "
                                "fit: 5 epochs per trial (was 25); the search trains on a sample of 1400 of the 2560 fit "
                                "rows (stratified; retrain trains on all)")
     assert lines[2] == "budget 14 trials, about 47 s here with 1 worker(s) (a trial: ~3 s); next: searcher launch pics.yaml"
