@@ -89,6 +89,10 @@ def serve(request: WorkerRequest) -> int:
     options = WorkerOptions(index=index, deadline=deadline, parent_pid=request.parent_pid,
                             data_dir=request.data_dir, create=request.create, study_name=joins)
     code = run_worker(spec, resolve_url(request.storage), options)
+    # The worker's end is decided. Python restores the default handlers while it tears down
+    # (seconds, with TensorFlow loaded), so a late scancel or a forwarded TERM would kill the
+    # process there and replace its exit code with the signal's.
+    StopOnce.ignore_further()
     if gpu_lock is not None:
         gpu_lock.close()
     return code
@@ -171,6 +175,10 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions,
         while True:
             runner.trial = None
             try:
+                # A stale RUNNING trial counts against the budget until it is failed and queued again:
+                # reaped only inside study.optimize, it would make the last workers stop with the
+                # budget "reached" and its retry never run. Outside the lock: Optuna settles races.
+                optuna.storages.fail_stale_trials(study)
                 lock.acquire()
                 try:
                     n_trials = _current_budget(storage, name, n_trials, options.index)
@@ -350,6 +358,12 @@ class StopOnce:
     def install(self) -> None:
         for signum in self.SIGNALS:
             signal.signal(signum, self)
+
+    @classmethod
+    def ignore_further(cls) -> None:
+        """Ignore these signals from now on (Python's exit leaves ignored signals ignored)."""
+        for signum in cls.SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
 
     def __call__(self, signum: int, frame: object) -> None:
         self.count += 1

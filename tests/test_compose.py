@@ -21,7 +21,7 @@ import yaml
 from packaging.utils import canonicalize_name
 
 from deploy_checks import assert_cli_accepts, markdown_commands, read_pins, requirements_of, runtime_requirements
-from searcher.worker import EXIT_DONE, EXIT_RECYCLE
+from searcher.worker import EXIT_DONE, EXIT_RECYCLE, EXIT_UNAVAILABLE
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -36,9 +36,6 @@ STUDIES_DIR = ROOT / "searcher" / "studies"
 FAKE_ENV = {"POSTGRES_PASSWORD": "pw-from-dotenv"}
 EXPECTED_STORAGE = "postgresql+psycopg2://searcher:pw-from-dotenv@postgres:5432/searcher"
 DEFAULT_STUDY = "cifar-cnn"
-# "database unavailable" (EX_UNAVAILABLE): a worker whose database stayed away past its deadline.
-# A literal until searcher's worker defines the code.
-EXIT_DB_UNAVAILABLE = 69
 
 
 class InterpolationError(Exception):
@@ -270,7 +267,7 @@ def test_worker_restarts_only_on_failure(compose):
     )
     # on-failure restarts on any non-zero exit: the recycle (75) and "database unavailable"
     # codes among them, which the worker uses to be started again.
-    for code in (EXIT_RECYCLE, EXIT_DB_UNAVAILABLE):
+    for code in (EXIT_RECYCLE, EXIT_UNAVAILABLE):
         assert code != EXIT_DONE, code
         assert re.search(rf"\b{code}\b", COMPOSE_FILE.read_text()) and re.search(rf"\b{code}\b", DOCKER_DOC.read_text()), (
             f"docker-compose.yml and docs/docker.md say that exit {code} restarts the worker"

@@ -37,7 +37,7 @@ from searcher.cli import app
 from searcher.devices import worker_index_from_env
 from searcher.spec import SHIPPED_STUDIES, load_spec
 from searcher.storage import RECONNECT_SECONDS
-from searcher.worker import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_RECYCLE
+from searcher.worker import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_RECYCLE, EXIT_UNAVAILABLE
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "kubernetes"
@@ -49,9 +49,6 @@ LIBPQ_ENV = {"PGPASSWORD"}  # read by libpq under psycopg2, not by searcher's co
 OLDEST_KUBERNETES = Version("1.29")
 # What an administrator applies; every other kustomization is rendered and validated too.
 DEPLOYABLE = {"in-cluster": "deploy/kubernetes", "external-db": "deploy/kubernetes/overlays/external-db"}
-# "database unavailable" (EX_UNAVAILABLE): a worker whose database stayed away past its deadline.
-# A literal until searcher's worker defines the code.
-EXIT_DB_UNAVAILABLE = 69
 
 
 # --- rendering and validating with the real tools -----------------------------------------
@@ -708,7 +705,7 @@ def test_the_worker_job_runs_one_gpu_per_pod_and_fails_instead_of_looping(render
     usage_error = _exit_code_of(["worker", "digits-mlp", "--no-such-flag"])
     assert _rule_codes(job, "FailJob", container["name"]) == {user_error, usage_error, EXIT_FAILURES}
     killed_starting = 128 + signal.SIGTERM  # before the worker's handler is set: the default action
-    retried = {EXIT_DB_UNAVAILABLE, EXIT_RECYCLE, EXIT_INTERRUPTED, killed_starting}
+    retried = {EXIT_UNAVAILABLE, EXIT_RECYCLE, EXIT_INTERRUPTED, killed_starting}
     assert _rule_codes(job, "Ignore", container["name"]) == retried
     # 69 is replaced uncounted; what keeps a database that never comes back from replacing pods
     # forever is the new pod's start-up wait, which ends in an exit the policy fails the Job on.
@@ -724,7 +721,7 @@ def test_the_worker_job_runs_one_gpu_per_pod_and_fails_instead_of_looping(render
     (create_container,) = _pod_spec(create)["containers"]
     assert create_container["args"][0] == "create" and "--wait" in create_container["args"]
     assert _rule_codes(create, "FailJob", create_container["name"]) == {user_error, usage_error}
-    assert EXIT_DB_UNAVAILABLE in _rule_codes(create, "Count", create_container["name"]), "creating again is safe"
+    assert EXIT_UNAVAILABLE in _rule_codes(create, "Count", create_container["name"]), "creating again is safe"
     assert _pod_spec(create)["restartPolicy"] == "Never"
     assert create["spec"]["ttlSecondsAfterFinished"] > 0
     assert "nvidia.com/gpu" not in str(create_container.get("resources")), "creating a study needs no GPU"

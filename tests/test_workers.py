@@ -4,6 +4,7 @@ stays away ends a worker with exit 69 (EX_UNAVAILABLE), which launch and cluster
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,9 +38,7 @@ def test_a_database_that_stays_away_ends_the_worker_with_exit_69(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("signals, gaps", [
     (["SIGTERM", "SIGTERM"], [0.0]),
-    pytest.param(["SIGUSR1", "SIGINT", "SIGTERM", "SIGTERM", "SIGINT"], [0.0, 0.05, 0.3, 1.0],
-                 marks=pytest.mark.xfail(strict=False, reason="failed on the merged main at the end of the "
-                                         "session that wrote it, not yet diagnosed: issue 19 is open for it")),
+    (["SIGUSR1", "SIGINT", "SIGTERM", "SIGTERM", "SIGINT"], [0.0, 0.05, 0.3, 1.0]),
 ], ids=["term-twice", "mixed"])
 def test_signals_stop_a_worker_once_and_queue_its_trial_once(tmp_path, signals, gaps):
     """The trial waits after its third epoch until a gate file exists (never, here), so it is
@@ -73,7 +72,10 @@ def test_signals_stop_a_worker_once_and_queue_its_trial_once(tmp_path, signals, 
             worker.communicate()
     assert worker.returncode == EXIT_INTERRUPTED == 130, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
-    assert output.count("interrupted (SIGUSR1)" if signals[0] == "SIGUSR1" else "interrupted (SIGTERM)") == 1, output
+    # Signals pending together are handled in signal-number order, so the one named is not always
+    # the first sent; one of them, once.
+    (named,) = re.findall(r"interrupted \((SIG[A-Z0-9]+)\)", output)
+    assert named in signals, output[-3000:]
     trials = optuna.load_study(study_name="signals", storage=url).get_trials()
     (failed,) = [t for t in trials if t.state.name == "FAIL"]
     assert failed.user_attrs["fail_reason"] == "interrupted"
@@ -87,8 +89,6 @@ def test_signals_stop_a_worker_once_and_queue_its_trial_once(tmp_path, signals, 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="never seen passing since it was written; not yet diagnosed: issue 19 is "
-                                        "open for it")
 def test_a_worker_whose_trial_was_reaped_anyway_says_so_and_goes_on(tmp_path):
     """Its trial is failed as stale (and queued again) while it trains, as after an outage longer
     than the grace period: one line, no traceback, and the retry runs to the budget."""
