@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                                                    "(default 680; 40 with --quick)")
     parser.add_argument("--profile-trials", type=int, help="profile: trials per profile run (default 6; 3 with --quick)")
     parser.add_argument("--rounds", type=int, help="profile: rounds of every side, alternating order (default 2; 1 with --quick)")
+    parser.add_argument("--sets", help="own_data: comma-separated data sets (default: all of "
+                                       f"{','.join(own_data.DATASETS)})")
     args = parser.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(only) - set(SECTIONS))
@@ -64,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         plan = dataclasses.replace(plan, profile_trials=args.profile_trials)
     if args.rounds:
         plan = dataclasses.replace(plan, profile_rounds=args.rounds)
+    if args.sets:
+        sets = tuple(s.strip() for s in args.sets.split(",") if s.strip())
+        if unknown := sorted(set(sets) - set(own_data.DATASETS)):
+            parser.error(f"--sets: unknown data set(s) {', '.join(unknown)}; sets are {', '.join(own_data.DATASETS)}")
+        plan = dataclasses.replace(plan, own_data_sets=sets)
     workdir = Path(tempfile.mkdtemp(prefix="searcher-bench-"))
     started = time.perf_counter()
     load_at_start = round(os.getloadavg()[0], 2)

@@ -55,6 +55,7 @@ class Plan:
     scale_study_sizes: tuple[int, ...] = (1000,)
     own_data_splits: tuple[int, ...] = (0,)
     own_data_minutes: float = 1.0  # the search time `searcher init --minutes` sizes each budget for
+    own_data_sets: tuple[str, ...] = ("breast_cancer", "wine", "digits_png")
     profile_trials: int = 3  # trials per profile run (section 10)
     profile_rounds: int = 1  # rounds of every side, alternating order
     profile_epochs: int = 40  # epochs per side in the seconds-per-epoch comparison

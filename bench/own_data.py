@@ -8,7 +8,9 @@ searcher runs on them as the README says: ``searcher init`` (its own spec, budge
 cross-validation, as launch suggests), ``retrain``, which scores the model once on the test
 files. The baseline is scikit-learn's ``StandardScaler`` + ``LogisticRegression`` fitted on the
 same training rows and scored on the same test rows. Neither looks at the test rows to choose
-anything.
+anything. For the tables, the table also has the references searcher fits itself
+(``searcher/reference.py``: boosted trees and a standardized logistic regression on the search's
+own fit split, or each fold's, averaged), as ``retrain`` scored them on the same test rows.
 
 Data sets (offline, from scikit-learn): ``breast_cancer`` (569 rows, 30 features on scales from
 about 0.001 to 4,000, 2 classes), ``wine`` (178 rows, 13 features from about 0.1 to 1,700,
@@ -47,35 +49,45 @@ class Outcome:
     linear_accuracy: float
     linear_wrong: int
     linear_log_loss: float
+    trees_accuracy: float | None  # searcher's boosted-trees reference on the test rows (tables only)
+    reference_linear_accuracy: float | None  # searcher's own logistic-regression reference, likewise
     model: str  # what init chose and export picked, in a few words
     search_s: float
 
 
 def run(plan: Plan, workdir: Path) -> Section:
     outcomes = [_one(name, seed, plan, workdir / "own_data" / f"{name}-{seed}")
-                for name in DATASETS for seed in plan.own_data_splits]
+                for name in plan.own_data_sets for seed in plan.own_data_splits]
     rows, figures = [], {}
-    for o in outcomes:
-        rows.append([o.dataset, o.split_seed, f"{o.train_rows} / {o.test_rows}", o.model,
-                     f"{o.searcher_accuracy:.4f} ({o.searcher_wrong} wrong)",
-                     f"{o.linear_accuracy:.4f} ({o.linear_wrong} wrong)",
-                     f"{100 * (o.searcher_accuracy - o.linear_accuracy):+.1f}",
-                     f"{o.searcher_log_loss:.3f} / {o.linear_log_loss:.3f}", f"{o.search_s:.0f}"])
-    for name in DATASETS:
+    for name in plan.own_data_sets:
         mine = [o for o in outcomes if o.dataset == name]
+        rows += [[o.dataset, o.split_seed, f"{o.train_rows} / {o.test_rows}", o.model,
+                  f"{o.searcher_accuracy:.4f} ({o.searcher_wrong} wrong)",
+                  f"{o.linear_accuracy:.4f} ({o.linear_wrong} wrong)",
+                  _accuracy(o.reference_linear_accuracy), _accuracy(o.trees_accuracy),
+                  f"{100 * (o.searcher_accuracy - o.linear_accuracy):+.1f}",
+                  f"{o.searcher_log_loss:.3f} / {o.linear_log_loss:.3f}", f"{o.search_s:.0f}"] for o in mine]
         searcher, linear = _mean([o.searcher_accuracy for o in mine]), _mean([o.linear_accuracy for o in mine])
         figures[name] = {"searcher_test_accuracy": round(searcher, 4), "linear_test_accuracy": round(linear, 4)}
+        for key, values in (("reference_linear_test_accuracy", [o.reference_linear_accuracy for o in mine]),
+                            ("trees_test_accuracy", [o.trees_accuracy for o in mine])):
+            if None not in values:  # images have no references
+                figures[name][key] = round(_mean(values), 4)
         if len(mine) > 1:
             rows.append([name, "mean", "", "", f"{searcher:.4f}", f"{linear:.4f}",
+                         _accuracy(figures[name].get("reference_linear_test_accuracy")),
+                         _accuracy(figures[name].get("trees_test_accuracy")),
                          f"{100 * (searcher - linear):+.1f}", "", ""])
     text = table(["data", "split seed", "train / test rows", "searcher's model", "searcher test accuracy",
-                  "logistic regression", "difference (points)", "test log loss (searcher / LR)",
-                  "search s"], rows)
+                  "logistic regression", "searcher's LR reference", "boosted trees", "difference (points)",
+                  "test log loss (searcher / LR)", "search s"], rows)
     text += (f"\nEach row: `searcher init --minutes {plan.own_data_minutes:g}` on the training file, "
              "`launch --workers 2`, `export` (`--ensemble 3` for a cross-validated spec), `retrain`; "
              "the logistic regression is `StandardScaler` + `LogisticRegression(max_iter=5000)` on the "
-             "same rows. One test example is worth 100/test rows points: differences of one or two "
-             "examples are noise.\n")
+             "same rows; searcher's LR reference and boosted trees are the references `launch` fits "
+             "on the search's own fit split (each fold's, averaged, when cross-validating) and `retrain` "
+             "scores on the test rows (`model.metrics.json`; none for images). One test example is "
+             "worth 100/test rows points: differences of one or two examples are noise.\n")
     details = {"minutes": plan.own_data_minutes, "splits": list(plan.own_data_splits),
                "runs": [o.__dict__ for o in outcomes]}
     return Section("own_data", TITLE, figures, text, details)
@@ -111,6 +123,7 @@ def _one(name: str, seed: int, plan: Plan, folder: Path) -> Outcome:
     run_python("searcher", "export", study, "--storage", ran.url, *ensemble, "-o", "best.yaml", cwd=folder)
     run_python("searcher", "retrain", "best.yaml", "-o", "best.keras", cwd=folder)
     metrics = json.loads((folder / "best.metrics.json").read_text())
+    references = metrics.get("references") or {}
 
     linear = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(x_train, y_train)
     linear_accuracy = float(linear.score(x_test, y_test))
@@ -122,6 +135,8 @@ def _one(name: str, seed: int, plan: Plan, folder: Path) -> Outcome:
         searcher_log_loss=float(metrics["test_loss"]),
         linear_accuracy=linear_accuracy, linear_wrong=round((1 - linear_accuracy) * len(y_test)),
         linear_log_loss=float(log_loss(y_test, linear.predict_proba(x_test))),
+        trees_accuracy=_reference_accuracy(references, "boosted_trees"),
+        reference_linear_accuracy=_reference_accuracy(references, "logistic_regression"),
         model=model, search_s=ran.wall_s)
 
 
@@ -168,3 +183,11 @@ def _png(gray: np.ndarray) -> bytes:
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
+
+def _reference_accuracy(references: dict, name: str) -> float | None:
+    entry = references.get(name)
+    return float(entry["test_accuracy"]) if isinstance(entry, dict) and "test_accuracy" in entry else None
+
+
+def _accuracy(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

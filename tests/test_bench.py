@@ -136,3 +136,36 @@ def test_own_data_files_hold_what_the_linear_baseline_sees(tmp_path, monkeypatch
     read = np.asarray(test.x).reshape(len(test.y), -1)
     assert sorted(map(tuple, read)) == sorted(map(tuple, x[picked])), "pixels as the baseline sees them"
     assert sorted(test.y.tolist()) == sorted(y[picked].tolist())
+
+
+def test_own_data_table_puts_the_references_beside_searcher_for_tables_only(tmp_path, monkeypatch):
+    """Section 9's table: per split and as a mean row per set, searcher, the bench's logistic
+    regression and the references retrain scored; images have no references, so no figure."""
+    import dataclasses
+
+    monkeypatch.syspath_prepend(str(REPO))
+    from bench import own_data
+    from bench._common import Plan
+
+    accuracy = {("breast_cancer", 0): 0.96, ("breast_cancer", 1): 0.98, ("digits_png", 0): 0.9, ("digits_png", 1): 0.92}
+
+    def outcome(name, seed, plan, folder):
+        table = name != "digits_png"
+        return own_data.Outcome(
+            dataset=name, split_seed=seed, train_rows=455, test_rows=114, searcher_accuracy=accuracy[name, seed],
+            searcher_wrong=3, searcher_log_loss=0.1, linear_accuracy=0.97, linear_wrong=3, linear_log_loss=0.08,
+            trees_accuracy=0.95 + seed / 100 if table else None,
+            reference_linear_accuracy=0.99 - seed / 100 if table else None, model="mlp, one split", search_s=60.0)
+
+    monkeypatch.setattr(own_data, "_one", outcome)
+    plan = dataclasses.replace(Plan.quick(), own_data_splits=(0, 1), own_data_sets=("breast_cancer", "digits_png"))
+    section = own_data.run(plan, tmp_path)
+
+    assert section.figures == {
+        "breast_cancer": {"searcher_test_accuracy": 0.97, "linear_test_accuracy": 0.97,
+                          "reference_linear_test_accuracy": 0.985, "trees_test_accuracy": 0.955},
+        "digits_png": {"searcher_test_accuracy": 0.91, "linear_test_accuracy": 0.97}}
+    rows = [line for line in section.table.splitlines() if line.startswith("| breast_cancer") or line.startswith("| digits")]
+    assert [row.split(" | ")[1] for row in rows] == ["0", "1", "mean", "0", "1", "mean"]
+    assert "| 0.9900 | 0.9500 |" in rows[0] and "| 0.9850 | 0.9550 |" in rows[2]
+    assert "| - | - |" in rows[3] and "| - | - |" in rows[5]
