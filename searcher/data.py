@@ -33,6 +33,9 @@ from searcher.table import MISSING_TEXT
 DEFAULT_TEST_FRACTION = 0.2
 # One fixed seed for carving a test split: every study on the same file scores the same test set.
 _TEST_SEED = 20260101
+# data.search_rows: the search's validation split keeps at least this many rows; below it,
+# accuracy moves in steps of 0.1 point or more and trials tie or swap by luck.
+SEARCH_VALIDATION_FLOOR = 1_000
 
 
 class Rows:
@@ -166,6 +169,8 @@ class SearchData:
     # data.cv_folds: folds 2..K, each with its own fit split, validation fold and preprocessing;
     # this object is fold 1.
     folds: tuple[SearchData, ...] = ()
+    # data.search_rows: the (fit, validation) rows the search's sample was drawn from.
+    whole_rows: tuple[int, int] | None = None
 
     @property
     def n_classes(self) -> int:
@@ -190,20 +195,33 @@ class SearchData:
                         for n, a, b in zip(self.class_names, fit, val)],
             "preprocessing": p.describe(),
             **({"cv_folds": len(self.folds) + 1} if self.folds else {}),  # rows and classes above: fold 1's
+            **({"whole_rows": {"fit": self.whole_rows[0], "validation": self.whole_rows[1]}}
+               if self.whole_rows else {}),  # rows above: the search's sample of these
         }
 
 
-def load_search_data(spec: DataSpec, *, split_seed: int, data_dir: str | Path | None = None) -> SearchData:
-    """Load the training data, carve a stratified, seeded validation split, fit the preprocessing."""
+def load_search_data(spec: DataSpec, *, split_seed: int, data_dir: str | Path | None = None,
+                     whole: bool = False) -> SearchData:
+    """Load the training data, carve a stratified, seeded validation split, fit the preprocessing.
+
+    With ``data.search_rows``, the fit and validation splits are the search's stratified
+    sample of them (``search_sample``), unless ``whole``: what ``retrain`` trains on.
+    """
     train, test, class_names, table = _load_splits(spec, data_dir)
+    whole_rows = None
     if spec.cv_folds:
         splits = cross_validation_folds(train, k=spec.cv_folds, seed=split_seed, class_names=class_names,
                                         source=_train_source(spec))
     else:
         splits = [split_validation(train, fraction=spec.validation_fraction, seed=split_seed,
                                    class_names=class_names, source=_train_source(spec))]
+        if spec.search_rows and not whole:
+            whole_rows = (len(splits[0][0]), len(splits[0][1]))
+            splits = [search_sample(*splits[0], rows=spec.search_rows, seed=split_seed, class_names=class_names,
+                                    source=_train_source(spec))]
     first, *others = [SearchData(name=spec.dataset, train=fit, val=val, preprocessing=fit_preprocessing(spec, fit, table),
-                                 class_names=class_names, test_rows=len(test)) for fit, val in splits]
+                                 class_names=class_names, test_rows=len(test), whole_rows=whole_rows)
+                      for fit, val in splits]
     return dataclasses.replace(first, folds=tuple(others))
 
 
@@ -217,6 +235,48 @@ def split_validation(train: Split, *, fraction: float, seed: int, class_names: t
     """Split ``train`` into (fit, validation), stratified by class and seeded."""
     return _stratified(train, fraction=fraction, seed=seed, what="validation", class_names=class_names,
                        source=source, fix="raise data.validation_fraction, or add examples")
+
+
+def search_sizes(fit_rows: int, val_rows: int, rows: int) -> tuple[int, int]:
+    """The (fit, validation) rows a search samples with ``data.search_rows: rows``: validation
+    shrinks in proportion but keeps SEARCH_VALIDATION_FLOOR rows, or all it has."""
+    val = max(SEARCH_VALIDATION_FLOOR, round(val_rows * rows / max(1, fit_rows)))
+    return min(rows, fit_rows), min(val_rows, val)
+
+
+def search_sample(fit: Split, val: Split, *, rows: int, seed: int, class_names: tuple[str, ...] = (),
+                  source: str = "training data") -> tuple[Split, Split]:
+    """The search's stratified, seeded sample of ``rows`` fit rows and its validation rows
+    (``search_sizes``); the rows keep their file order."""
+    if rows >= len(fit):
+        raise DataError(f"data.search_rows: must be fewer than the fit split's {len(fit)} rows ({source}), got "
+                        f"{rows}; lower it, or drop it to search on them all")
+    n_fit, n_val = search_sizes(len(fit), len(val), rows)
+    counts = np.bincount(fit.y, minlength=len(class_names) or None)
+    take = _stratified_counts(counts, n_fit)
+    left_out = np.flatnonzero((take == 0) & (counts > 0))
+    if len(left_out):
+        k = int(left_out[np.argmin(counts[left_out])])
+        name = class_names[k] if class_names else str(k)
+        raise DataError(f"data.search_rows: {rows} rows leave out class {name!r} ({counts[k]} of the fit split's "
+                        f"{len(fit)} rows); raise it to at least {math.ceil(len(fit) / counts[k])}")
+    sampled_val = val if n_val == len(val) else val.take(_sample(val.y, n_val, seed))
+    return fit.take(_sample(fit.y, n_fit, seed)), sampled_val
+
+
+def _stratified_counts(counts: np.ndarray, n: int) -> np.ndarray:
+    """``n`` split over classes in proportion to ``counts`` (largest remainders round up)."""
+    share = counts * n / counts.sum()
+    take = np.floor(share).astype(int)
+    take[np.argsort(-(share - take), kind="stable")[: n - int(take.sum())]] += 1
+    return take
+
+
+def _sample(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Positions of a stratified, seeded sample of ``n`` of the labels ``y``, in ascending order."""
+    rng = np.random.default_rng(seed)
+    take = _stratified_counts(np.bincount(y), n)
+    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == k))[:t] for k, t in enumerate(take)]))
 
 
 def cross_validation_folds(train: Split, *, k: int, seed: int, class_names: tuple[str, ...] = (),
@@ -311,6 +371,9 @@ def describe_data(summary: dict[str, Any]) -> str:
     counts = ", ".join(f"{c['name']} {c['fit'] + c['validation']}" for c in classes[:6])
     more = f", ... ({len(classes) - 6} more)" if len(classes) > 6 else ""
     split = f"{rows['fit']} fit / {rows['validation']} validation"
+    if whole := summary.get("whole_rows"):
+        split = (f"search on {rows['fit']} of {whole['fit']} fit / {rows['validation']} of {whole['validation']} "
+                 "validation")
     if summary.get("cv_folds"):
         split = f"{rows['fit'] + rows['validation']} training rows in {summary['cv_folds']} cross-validation folds"
     return (f"{split} / {rows['test']} test rows; "

@@ -199,7 +199,8 @@ def retrain(
     runtime = TrainingRuntime.from_dict(source.get("runtime"))
     apply_runtime(runtime)
     config = configs[0]
-    data = load_search_data(config.data, split_seed=config.split_seed, data_dir=data_dir)
+    # The whole fit split, also when the search trained on a sample of it (data.search_rows).
+    data = load_search_data(config.data, split_seed=config.split_seed, data_dir=data_dir, whole=True)
     direction = source.get("direction") or METRICS[config.training.metric]
     # One list of fold results per config: scored as the search scored it.
     trained = [train_every_fold(member, data, direction=direction, runtime=runtime, max_epochs=epochs)

@@ -97,7 +97,7 @@ def init_spec(data_path: str, *, output: Path | None, target: str | None = None,
         from searcher.devices import default_cpu_workers, detect_gpus
 
         workers = len(detect_gpus()) or default_cpu_workers(os.cpu_count() or 1)
-    sizing = size_budget(raw, _measure_trial(raw, search_data), minutes=minutes, workers=workers)
+    sizing = _sized_budget(raw, search_data, minutes=minutes, workers=workers)
     text = _render(sizing.raw, data_path=data_path, search_data=search_data, notes=notes + offers, sizing=sizing,
                    output=output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -320,6 +320,20 @@ class _MiddleTrial:
         return int(round(math.sqrt(low * high))) if log else (low + high) // 2
 
 
+def _sized_budget(raw: dict[str, Any], search_data: SearchData, *, minutes: float, workers: int) -> Sizing:
+    """``size_budget`` on a measured trial; when it chose a search sample, the trial is measured
+    again on that sample, and the budget sized again with what the rows really save here."""
+    classes = search_data.n_classes
+    cost = _measure_trial(raw, search_data)
+    sizing = size_budget(raw, cost, minutes=minutes, workers=workers, classes=classes)
+    rows = sizing.raw["data"].get("search_rows")
+    if not rows:
+        return sizing
+    sample = load_search_data(DataSpec.model_validate(sizing.raw["data"]), split_seed=0)
+    cost = cost.calibrated(_measure_trial(raw, sample))
+    return size_budget(raw, cost, minutes=minutes, workers=workers, classes=classes)
+
+
 def _measure_trial(raw: dict[str, Any], search_data: SearchData) -> TrialCost:
     """What a trial of a middle configuration costs on this machine, from a 3-epoch run."""
     from searcher.devices import import_tensorflow
@@ -333,8 +347,9 @@ def _measure_trial(raw: dict[str, Any], search_data: SearchData) -> TrialCost:
     runtime = TrainingRuntime.from_spec(spec.runtime)  # what the written spec's workers will use
     apply_runtime(runtime)
     config = trial_config(spec, suggest_values(_MiddleTrial(), spec), seed=0)
+    fit_rows, val_rows = len(search_data.train), len(search_data.val)
     # A large table is timed on a sample: an epoch's steps scale with its rows.
-    scale = max(1.0, len(search_data.train) / _TIMING_ROWS)
+    scale = max(1.0, fit_rows / _TIMING_ROWS)
     if scale > 1:
         pick = np.random.default_rng(0).permutation
         search_data = dataclasses.replace(
@@ -344,7 +359,7 @@ def _measure_trial(raw: dict[str, Any], search_data: SearchData) -> TrialCost:
     steady = statistics.median(result.epoch_seconds[1:]) if len(result.epoch_seconds) > 1 else result.epoch_seconds[0]
     # The first epoch also builds and traces the model: every model pays that once.
     return TrialCost(epoch_s=steady * scale, first_epoch_extra_s=max(0.0, result.epoch_seconds[0] - steady),
-                     folds=raw["data"].get("cv_folds") or 1)
+                     folds=raw["data"].get("cv_folds") or 1, fit_rows=fit_rows, val_rows=val_rows)
 
 
 def _render(raw: dict[str, Any], *, data_path: str, search_data: SearchData, notes: list[str], sizing: Sizing,
@@ -361,6 +376,8 @@ def _render(raw: dict[str, Any], *, data_path: str, search_data: SearchData, not
                     "error": "a missing number is an error; missing text is a category of its own"}[
                         raw["data"].get("missing", "error")],
         "image_size": "every image is resized to this (height, width)",
+        "search_rows": f"a stratified sample of the {len(search_data.train)} fit rows for the search, so the budget "
+                       "fits (see the top); retrain trains on all",
     }
     sized = "shortened so the budget fits (see the top)" if any("epochs" in c for c in sizing.shaped) else \
         f"sized to {rows} training rows"
@@ -370,7 +387,8 @@ def _render(raw: dict[str, Any], *, data_path: str, search_data: SearchData, not
         f"# searcher spec for {data_path}, written by `searcher init` on {dt.date.today().isoformat()}.",
         f"# data: {describe_data(search_data.summary())}",
         *[f"# {note}" for note in notes],
-        f"# budget: {describe_budget(sizing)}, measured on a middle configuration.",
+        f"# budget: {describe_budget(sizing)}, measured on a middle configuration"
+        + (" (on the whole fit split and on the sample)." if raw["data"].get("search_rows") else "."),
         *([f"# {sizing.note}."] if sizing.note else []),
         f"# Next: searcher launch {output}; then status, report, export, retrain (see searcher --help).",
         "",

@@ -44,3 +44,40 @@ def digits_png_folder(folder: Path, *, per_class: int = 30) -> Path:
             png = tf.io.encode_png((image * 255 / 16).astype("uint8")[..., None]).numpy()
             (root / f"digit-{label}" / f"{i:03d}.png").write_bytes(png)
     return root
+
+
+def pattern_png_folder(folder: Path, *, per_class: int, side: int = 64, seed: int = 0) -> Path:
+    """``per_class`` noisy RGB PNGs of ``side`` x ``side`` in each of 4 class folders, one pattern
+    per class (horizontal stripes, vertical stripes, a disc, a checkerboard) in random colours,
+    sizes and places: a CNN can learn them, a constant guess cannot."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    def png(rgb: np.ndarray) -> bytes:
+        raw = b"".join(b"\x00" + row.tobytes() for row in rgb)  # filter type 0 per row
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(raw, 1)) + chunk(b"IEND", b""))
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:side, 0:side].astype("float32")
+    root = folder / "pics"
+    for label, name in enumerate(("hstripes", "vstripes", "disc", "checks")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            period, phase = rng.uniform(side / 10, side / 5), rng.uniform(0, 2 * np.pi)
+            if label == 0:
+                mask = np.sin(2 * np.pi * y / period + phase) > 0
+            elif label == 1:
+                mask = np.sin(2 * np.pi * x / period + phase) > 0
+            elif label == 2:
+                cy, cx, r = rng.uniform(side / 4, 3 * side / 4, 2).tolist() + [rng.uniform(side / 8, side / 3)]
+                mask = (y - cy) ** 2 + (x - cx) ** 2 < r ** 2
+            else:
+                mask = (np.floor(y / period * 2) + np.floor(x / period * 2)) % 2 == 0
+            fg, bg = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+            image = np.where(mask[..., None], fg, bg) + rng.normal(0, 40, (side, side, 3))
+            (root / name / f"{i:05d}.png").write_bytes(png(np.clip(image, 0, 255).astype(np.uint8)))
+    return root

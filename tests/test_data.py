@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cli_process import HANG_GUARD
-from searcher.data import load_search_data, load_test_split
+from searcher.data import describe_data, load_search_data, load_test_split
 from searcher.errors import DataError
 from searcher.spec import DataSpec
 
@@ -51,6 +51,50 @@ def test_validation_split_is_stratified_and_seeded():
 def test_test_split_does_not_depend_on_the_study_seed():
     spec = DataSpec(dataset="digits")
     assert np.array_equal(load_test_split(spec).x, load_test_split(spec).x)
+
+
+def test_search_rows_sample_the_fit_split_for_the_search_and_leave_the_rest_whole():
+    whole_spec = DataSpec(dataset="digits", validation_fraction=0.5)
+    spec = DataSpec(dataset="digits", validation_fraction=0.5, search_rows=300)
+    whole = load_search_data(whole_spec, split_seed=1)
+    a, b, c = (load_search_data(spec, split_seed=s) for s in (1, 1, 2))
+    # digits: 1437 training rows, 718 fit / 719 validation; the search gets 300 fit rows, and the
+    # validation split stays whole: shrunk in proportion it would fall below 1,000 rows.
+    assert (len(whole.train), len(whole.val)) == (718, 719)
+    assert (len(a.train), len(a.val)) == (300, 719) and np.array_equal(a.val.y, whole.val.y)
+    assert _rows(a.train.x) <= _rows(whole.train.x)  # a sample of the fit split, nothing else
+    assert np.array_equal(a.train.x, b.train.x) and not np.array_equal(a.train.x, c.train.x)  # seeded
+    share = np.bincount(a.train.y, minlength=10) / 300
+    assert np.abs(share - np.bincount(whole.train.y, minlength=10) / 718).max() < 1 / 300  # stratified
+    assert a.summary()["rows"] == {"fit": 300, "validation": 719, "test": 360}
+    assert a.summary()["whole_rows"] == {"fit": 718, "validation": 719}
+    assert describe_data(a.summary()).startswith("search on 300 of 718 fit / 719 of 719 validation / 360 test rows;")
+    # retrain's data: the whole fit split; the test split does not change
+    full = load_search_data(spec, split_seed=1, whole=True)
+    assert np.array_equal(full.train.x, whole.train.x) and "whole_rows" not in full.summary()
+    assert np.array_equal(load_test_split(spec).x, load_test_split(whole_spec).x)
+
+
+def test_search_validation_shrinks_in_proportion_down_to_its_floor():
+    from searcher.data import search_sizes
+
+    assert search_sizes(12_800, 3_200, 6_400) == (6_400, 1_600)
+    assert search_sizes(12_800, 3_200, 1_200) == (1_200, 1_000)
+    assert search_sizes(12_800, 800, 1_200) == (1_200, 800)
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (718, r"^data\.search_rows: must be fewer than the fit split's 718 rows \(digits\), got 718; lower it, or "
+              r"drop it to search on them all$"),
+        (5, r"^data\.search_rows: 5 rows leave out class '8' \(70 of the fit split's 718 rows\); raise it to at "
+            r"least 11$"),
+    ],
+)
+def test_bad_search_rows_are_one_line(rows, message):
+    with pytest.raises(DataError, match=message):
+        load_search_data(DataSpec(dataset="digits", validation_fraction=0.5, search_rows=rows), split_seed=1)
 
 
 def test_npz_splits_do_not_overlap(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli_process import run_searcher
-from own_files import digits_png_folder, wine_csv
+from own_files import digits_png_folder, pattern_png_folder, wine_csv
 from searcher.cli import app
 
 tf = pytest.importorskip("tensorflow")
@@ -126,6 +126,110 @@ def test_a_shaped_spec_launches(tmp_path, monkeypatch):
     assert sorted(t.state.name for t in study.get_trials()) == ["COMPLETE", "COMPLETE"]
     assert study.get_trials()[0].user_attrs["baseline"] == "plain-adam"
     assert all(t.user_attrs["epochs"] <= 5 for t in study.get_trials())
+
+
+@pytest.fixture(scope="module")
+def pattern_pngs(tmp_path_factory) -> Path:
+    """4,000 16x16 PNGs of 4 learnable patterns: 2,560 fit, 640 validation and 800 test rows."""
+    return pattern_png_folder(tmp_path_factory.mktemp("patterns"), per_class=1000, side=16)
+
+
+def _rows_cost(monkeypatch, row_s: float) -> None:
+    """An epoch costs ``row_s`` per training row and a third of it per validation row, whatever
+    this machine's speed: fit rows and samples are priced by these numbers alone."""
+    from searcher import init
+    from searcher.sizing import TrialCost
+
+    monkeypatch.setattr(init, "_measure_trial", lambda raw, data: TrialCost(
+        epoch_s=row_s * (len(data.train) + len(data.val) / 3), first_epoch_extra_s=0.0, fit_rows=len(data.train),
+        val_rows=len(data.val)))
+
+
+_FULL_EPOCH_ROWS = 2560 + 640 / 3  # what one epoch on the whole fit and validation splits costs, in rows
+
+
+@pytest.mark.parametrize(
+    ("epoch_s", "n_trials", "max_epochs", "search_rows", "searched", "needs"),
+    [
+        # 12 trials of 25 epochs (~14 run) take 3.1 min; 21 epochs (~12 run) fit the 48 s.
+        (0.25, 12, 21, None, 13, None),
+        # 12 trials of 5 epochs (4 run) on all 2,560 fit rows take 1 min; on 1,400 (0.58 of an epoch) they fit.
+        (1.0, 14, 5, 1400, 13, None),
+        # The full space does not fit even on the smallest sample (1,200: 300 per class); 8 trials of 6 knobs,
+        # at 5 epochs on 1,900 rows, do.
+        (1.6, 8, 5, 1900, 6, None),
+        # Nothing fits: the most shaped study (6 knobs, 5 epochs, 1,200 rows), its fewest trials, the minutes it needs.
+        (20.0, 8, 5, 1200, 6, 7),
+    ],
+)
+def test_init_shapes_epochs_then_a_search_sample_then_the_space(pattern_pngs, tmp_path, monkeypatch, epoch_s,
+                                                                 n_trials, max_epochs, search_rows, searched, needs):
+    from searcher.init import init_spec
+
+    monkeypatch.setenv("SEARCHER_CACHE_DIR", str(pattern_pngs.parent / "cache"))
+    _rows_cost(monkeypatch, epoch_s / _FULL_EPOCH_ROWS)
+    made = init_spec(str(pattern_pngs), output=tmp_path / "pics.yaml", workers=1, minutes=1)
+    spec = made.spec  # loaded back from the file: a valid spec
+    assert (spec.budget.n_trials, spec.training.max_epochs, spec.data.search_rows, len(spec.search.searched())) == (
+        n_trials, max_epochs, search_rows, searched)
+    text = made.path.read_text()
+    note = made.sizing.note
+    assert f"# {note}." in text
+    if search_rows:
+        assert (f"the search trains on a sample of {search_rows} of the 2560 fit rows (stratified; retrain trains on "
+                "all)") in note
+        assert re.search(rf"\n  search_rows: {search_rows} +# a stratified sample of the 2560 fit rows for the search, "
+                         r"so the budget fits \(see the top\); retrain trains on all\n", text)
+    else:
+        assert "search_rows" not in text
+    if needs:
+        assert note.startswith("--minutes 1 is too short here: even shaped (5 epochs per trial (was 25); the search "
+                               "trains on a sample of 1200 of the 2560 fit rows")
+        assert f"; pass --minutes {needs}, or --minutes " in note
+    else:  # what the budget takes here fits the minute asked
+        assert made.sizing.seconds <= 60 and note.startswith("--minutes 1 cannot hold 12 trials of the full study")
+
+
+@pytest.mark.slow
+def test_a_spec_shaped_to_a_sample_searches_on_it_and_retrains_on_all(pattern_pngs, tmp_path, monkeypatch):
+    """init writes data.search_rows; the launched search trains on that sample (its recorded data
+    says so), and retrain on the whole fit split."""
+    import json
+
+    import optuna
+
+    from searcher import stored
+
+    monkeypatch.setenv("SEARCHER_CACHE_DIR", str(pattern_pngs.parent / "cache"))
+    _rows_cost(monkeypatch, 1.0 / _FULL_EPOCH_ROWS)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["init", str(pattern_pngs), "-o", "pics.yaml", "--minutes", "1", "--workers", "1"],
+                                terminal_width=300)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[1].startswith("--minutes 1 cannot hold 12 trials of the full study here (about 3.0 min); shaped to "
+                               "fit: 5 epochs per trial (was 25); the search trains on a sample of 1400 of the 2560 fit "
+                               "rows (stratified; retrain trains on all)")
+    assert lines[2] == "budget 14 trials, about 47 s here with 1 worker(s) (a trial: ~3 s); next: searcher launch pics.yaml"
+    url = f"sqlite:///{tmp_path}/s.db"
+    out = run_searcher("launch", "pics.yaml", "--workers", "1", "--trials", "2", "--storage", url, cwd=tmp_path,
+                       check=True)
+    assert "data: search on 1400 of 2560 fit / 640 of 640 validation / 800 test rows;" in out.stdout
+    study = optuna.load_study(study_name="pics", storage=url)
+    assert sorted(t.state.name for t in study.get_trials()) == ["COMPLETE", "COMPLETE"]
+    data = study.user_attrs[stored.DATA]
+    assert data["rows"] == {"fit": 1400, "validation": 640, "test": 800}
+    assert data["whole_rows"] == {"fit": 2560, "validation": 640}
+    assert sum(c["fit"] for c in data["classes"]) == 1400 and {c["fit"] for c in data["classes"]} == {350}
+    from searcher.report import _tables, collect
+
+    assert ("a search sample of 1400 of 2560 fit and 640 of 640 validation rows (data.search_rows; retrain trains on "
+            "all)") in _tables.data(collect(study))
+    run_searcher("export", "pics", "--storage", url, "-o", "best.yaml", cwd=tmp_path, check=True)
+    run_searcher("retrain", "best.yaml", "-o", "model.keras", cwd=tmp_path, check=True)
+    metrics = json.loads((tmp_path / "model.metrics.json").read_text())
+    assert metrics["data"]["rows"] == {"fit": 2560, "validation": 640, "test": 800}
+    assert "whole_rows" not in metrics["data"] and metrics["test_examples"] == 800
 
 
 @pytest.mark.parametrize(

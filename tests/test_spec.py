@@ -116,6 +116,10 @@ def _with(path: str, value):
         (_with("data.cv_folds", 1), r"x\.yaml: data\.cv_folds: input should be greater than or equal to 2, got 1"),
         (_with("data", {"dataset": "digits", "cv_folds": 5, "validation_fraction": 0.3}),
          r"data\.validation_fraction: is not used with cv_folds: each of the 5 folds validates on 1/5"),
+        (_with("data.search_rows", 1), r"x\.yaml: data\.search_rows: input should be greater than or equal to 2, got 1"),
+        (_with("data.search_rows", "half"), r"x\.yaml: data\.search_rows: input should be a valid integer"),
+        (_with("data", {"dataset": "digits", "cv_folds": 5, "search_rows": 500}),
+         r"x\.yaml: data\.search_rows: is not used with cv_folds: folds are for data too small to sample; drop one"),
     ],
 )
 def test_bad_input_names_file_and_field(raw, message):

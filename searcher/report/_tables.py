@@ -52,6 +52,9 @@ def data(d: ReportData) -> str:
     more = (f"<p class=note>… and {len(d.data['classes']) - 50} more classes.</p>"
             if len(d.data["classes"]) > 50 else "")
     split = f"{rows['fit']} fit, {rows['validation']} validation"
+    if whole := d.data.get("whole_rows"):
+        split = (f"a search sample of {rows['fit']} of {whole['fit']} fit and {rows['validation']} of "
+                 f"{whole['validation']} validation rows (data.search_rows; retrain trains on all)")
     if d.data.get("cv_folds"):
         split = f"{rows['fit'] + rows['validation']} training rows in {d.data['cv_folds']} folds (fold 1: {split})"
     return (f"<h2>Data</h2><p>{esc(d.data['dataset'])}: {split} and "
