@@ -176,10 +176,6 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions,
         while True:
             runner.trial = None
             try:
-                # A stale RUNNING trial counts against the budget until it is failed and queued again:
-                # reaped only inside study.optimize, it would make the last workers stop with the
-                # budget "reached" and its retry never run. Outside the lock: Optuna settles races.
-                optuna.storages.fail_stale_trials(study)
                 lock.acquire()
                 try:
                     n_trials = _current_budget(storage, name, n_trials, options.index)
