@@ -20,14 +20,15 @@ def test_a_worker_is_recycled_after_n_trials(tmp_path):
     out = run_searcher("launch", str(spec), "--workers", "1", "--trials", "6", "--storage", url, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     study = optuna.load_study(study_name="recycle", storage=url)
-    done = sorted(finished(study), key=lambda t: t.number)
-    assert len(done) == 6
-    pids = [t.user_attrs["worker_pid"] for t in done]
+    assert len(finished(study)) == 6
+    # Every trial a process ran counts, failed ones too: a sampled config may end on a NaN loss,
+    # and the budget then takes one more trial.
+    pids = [t.user_attrs["worker_pid"] for t in sorted(study.get_trials(), key=lambda t: t.number)]
     # one worker slot, a fresh process every 2 trials
-    assert len(set(pids)) == 3, pids
-    assert pids[0] == pids[1] and pids[1] != pids[2]
+    assert pids == [pid for pid in dict.fromkeys(pids) for _ in range(2)][: len(pids)], pids
+    assert len(set(pids)) >= 3, pids
     log = (tmp_path / "searcher-logs" / "recycle" / "worker-0.log").read_text()
-    assert log.count("recycles: ran 2 trials") == 2
+    assert log.count("recycles: ran 2 trials") == len(set(pids)) - 1
 
 
 def test_a_trial_past_the_memory_limit_fails_and_is_not_retried(tmp_path):
