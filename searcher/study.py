@@ -364,3 +364,19 @@ def count_states_in_database(storage: optuna.storages.RDBStorage, name: str) -> 
     finally:
         session.close()
     return Counter({str(state): n for state, n in rows})
+
+
+def silent_running_trials(storage: optuna.storages.RDBStorage, name: str, seconds: float) -> list[int]:
+    """The numbers of the study's RUNNING trials whose last heartbeat is over ``seconds`` old,
+    by the database's clock (as Optuna's stale-trial check judges): their worker may be gone."""
+    session = storage.scoped_session()
+    try:
+        now = session.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar().replace(tzinfo=None)
+        rows = session.execute(sqlalchemy.text(
+            "SELECT t.number, h.heartbeat FROM trials t JOIN studies s ON s.study_id = t.study_id "
+            "JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+            "WHERE s.study_name = :name AND t.state = 'RUNNING'"
+        ).columns(number=sqlalchemy.Integer, heartbeat=sqlalchemy.DateTime), {"name": name}).all()
+    finally:
+        session.close()
+    return sorted(number for number, beat in rows if (now - beat.replace(tzinfo=None)).total_seconds() > seconds)

@@ -18,7 +18,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import optuna
 import sqlalchemy.exc
@@ -173,15 +173,24 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions,
         if data is not None and stored.DATA not in study.user_attrs:
             outage.retry(lambda: study.set_user_attr(stored.DATA, data.summary()))
         runner = _ReleaseFirst(objective, lock)
+        silent: list[int] = []  # trials this worker waits for at the end (see _silent_trials)
         while True:
             runner.trial = None
+            if silent:  # outside the lock: the others go on starting and ending trials
+                time.sleep(spec.runtime.heartbeat_interval)
             try:
                 lock.acquire()
                 try:
                     n_trials = _current_budget(storage, name, n_trials, options.index)
-                    if reason := _stop_reason(study, n_trials, options, storage):
+                    if reason := _stop_reason(options):
                         log.info("worker %d stops: %s", options.index, reason)
                         return EXIT_DONE
+                    if studies.budget_left(study, n_trials, storage=storage) <= 0:
+                        if silent := _silent_trials(study, spec, storage, silent, options.index):
+                            continue
+                        log.info("worker %d stops: study budget of %d trials reached", options.index, n_trials)
+                        return EXIT_DONE
+                    silent = []
                     if recycle := _recycle_reason(spec, ran, settled_mb, streak.out_of_memory):  # checked after the budget: no fresh process to stop
                         log.info("worker %d recycles: %s", options.index, recycle)
                         return EXIT_RECYCLE
@@ -195,10 +204,11 @@ def run_worker(spec: StudySpec, url: str, options: WorkerOptions,
                     log.warning("worker %d: trial %d was failed as stale while this worker ran it; its retry "
                                 "runs it again, this run's result is dropped", options.index, runner.trial.number)
                 elif is_unreachable(e):
-                    # Nothing is lost: a trial cut short at its start or its end stays RUNNING without
-                    # heartbeats, and the stale-trial check fails it and queues it again.
+                    # A trial cut short at its start stays RUNNING without heartbeats: the stale-trial
+                    # check fails it and queues it again. One that trained is recorded once the database is back.
                     outage.lost(e)
                     outage.retry(lambda: studies.count_states_in_database(storage, name))
+                    _record_cut_short(study, runner, outage, options.index)
                     continue
                 elif (cause := _storage_trouble(e)) is not None:
                     # Errors in a row still stop the worker, as failed trials do.
@@ -269,6 +279,29 @@ def _requeue(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, index: i
         log.warning("worker %d: trial %d not queued again here, the database is unreachable (%s); the "
                     "stale-trial check will", index, trial.number, describe_db_error(e))
         return False
+
+
+def _record_cut_short(study: optuna.Study, runner: _ReleaseFirst, outage: Outage, index: int) -> None:
+    """Record the end of a trial whose objective returned but whose final state the outage cut off.
+
+    Optuna tells the trial after the objective returns, outside anything that waits for the
+    database; left RUNNING, the trial would count against the budget until reaped, and the last
+    workers of a search would stop with it unrecorded. Its result is known: record it, unless a
+    reaper failed it meanwhile (its retry then runs it again).
+    """
+    trial, ended = runner.trial, runner.ended
+    if trial is None or ended is None or _stored_state(study, trial, outage) != optuna.trial.TrialState.RUNNING:
+        return
+    state, values = ended
+    try:
+        outage.retry(lambda: study.tell(trial, values, state=state))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return
+    log.info("worker %d: trial %d recorded %s after the database came back", index, trial.number, state.name)
+
+
+def _stored_state(study: optuna.Study, trial: optuna.Trial, outage: Outage) -> optuna.trial.TrialState:
+    return outage.retry(lambda: study._storage.get_trial(trial._trial_id).state)
 
 
 def _stored(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
@@ -370,14 +403,30 @@ class StopOnce:
         raise KeyboardInterrupt
 
 
-def _stop_reason(study: optuna.Study, n_trials: int, options: WorkerOptions,
-                 storage: optuna.storages.RDBStorage) -> str | None:
+def _silent_trials(study: optuna.Study, spec: StudySpec, storage: optuna.storages.RDBStorage, before: list[int],
+                   index: int) -> list[int]:
+    """The RUNNING trials that have not beaten their heartbeat for two intervals: a worker that
+    finds the budget reached waits for them instead of stopping, since they still hold budget.
+
+    A worker killed in one of the last trials (out of memory, a lost node) leaves its trial
+    RUNNING, counted against the budget; if every other worker stopped, nobody would reap it
+    or run its retry. The waiting worker reaps it once its grace period has passed (Optuna's
+    own check, as before each trial) and runs the retry, or stops once it beats again.
+    """
+    silent = studies.silent_running_trials(storage, study.study_name, 2 * spec.runtime.heartbeat_interval)
+    if silent:
+        optuna.storages.fail_stale_trials(study)
+        if silent != before:
+            log.info("worker %d waits: the budget is reached only with running trials %s, which have stopped "
+                     "beating their heartbeat; failed after runtime.grace_period, they are retried", index, silent)
+    return silent
+
+
+def _stop_reason(options: WorkerOptions) -> str | None:
     if options.parent_pid and os.getppid() != options.parent_pid:
         return "the launching process is gone"
     if options.deadline and time.time() >= options.deadline:
         return "timeout reached"
-    if studies.budget_left(study, n_trials, storage=storage) <= 0:
-        return f"study budget of {n_trials} trials reached"
     return None
 
 
@@ -407,17 +456,27 @@ class _ReleaseFirst:
     def __init__(self, objective, lock: BudgetLock) -> None:
         self.objective, self.lock = objective, lock
         self.trial: optuna.Trial | None = None  # the latest trial, for a retry when interrupted
+        # How the latest trial's objective ended (state, values), to record it if Optuna's tell could not.
+        self.ended: tuple[optuna.trial.TrialState, Any] | None = None
 
-    def __call__(self, trial: optuna.Trial) -> float:
-        self.trial = trial
+    def __call__(self, trial: optuna.Trial) -> Any:
+        self.trial, self.ended = trial, None
         self.lock.release()
         try:
-            return self.objective(trial)
+            values = self.objective(trial)
         except KeyboardInterrupt:
             # Wherever the signal landed (also before or after training), the trial says why it ended.
             with contextlib.suppress(Exception):
                 trial.set_user_attr(stored.FAIL_REASON, "interrupted")
             raise
+        except optuna.TrialPruned:
+            self.ended = optuna.trial.TrialState.PRUNED, None
+            raise
+        except Exception:
+            self.ended = optuna.trial.TrialState.FAIL, None
+            raise
+        self.ended = optuna.trial.TrialState.COMPLETE, values
+        return values
 
 
 class _FailureStreak:

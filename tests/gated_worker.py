@@ -4,10 +4,16 @@ The outage test (test_distributed.py) needs trials that are running, by construc
 it stops the database: each trial waits at the gate, the test stops the server, opens the
 gate a little later (training goes on and ends during the outage), and starts the server
 again. Usage: python gated_worker.py GATE_FILE worker ARGS...
+
+With GATED_AT=end the gate is where the objective returns, after it has recorded everything
+of its own: Optuna's tell comes next. Each trial then writes ``GATE_FILE.reached`` (its value,
+as JSON) before it waits.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,7 +41,23 @@ def _gated_train(real_train):
     return train
 
 
+def _gated_end(real_call):
+    gate = Path(sys.argv[1])
+
+    def call(self, trial):
+        value = real_call(self, trial)
+        gate.with_suffix(".reached").write_text(json.dumps(value))
+        while not gate.exists():
+            time.sleep(0.2)
+        return value
+
+    return call
+
+
 if __name__ == "__main__":
-    objective.train = _gated_train(objective.train)
+    if os.environ.get("GATED_AT") == "end":
+        objective.Objective.__call__ = _gated_end(objective.Objective.__call__)
+    else:
+        objective.train = _gated_train(objective.train)
     sys.argv = [sys.argv[0], *sys.argv[2:]]
     app()

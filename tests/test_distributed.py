@@ -10,6 +10,7 @@ The restart test keeps the default heartbeat (5 s, grace period 20 s).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -97,6 +98,34 @@ def test_a_killed_worker_trial_is_failed_and_retried(db, tmp_path):
     assert retries[0].params == failed.params
 
 
+def test_a_worker_killed_in_the_last_trial_is_retried_by_one_still_running(db, tmp_path):
+    """Two ``searcher worker`` processes (as on two hosts: no launcher restarts anything) share a
+    budget of 2; one is killed inside the last trial. The other finds the budget reached only
+    with that silent trial, waits, fails it after the grace period, and runs its retry."""
+    spec = digits_spec(tmp_path, "last-killed", training={"max_epochs": 3, "patience": None}, pruner={"name": "none"},
+                       runtime={"heartbeat_interval": 1, "grace_period": 10}, baselines=[])
+    searcher("create", str(spec), "--trials", "2", cwd=tmp_path, url=db.url).finish(check=True)
+    held = HeldTrials(tmp_path)  # both trials wait at their first epoch: each worker holds one
+    workers = [searcher("worker", str(spec), "--worker-index", str(i), cwd=tmp_path, url=db.url, env=held.env())
+               for i in range(2)]
+    try:
+        victim, _ = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(running(db.study("last-killed"))),
+                             what="two running trials", process=workers[0])
+        os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
+        time.sleep(3)  # past two heartbeat intervals: the killed trial is silent by the time the other one ends
+        held.release()
+        survivor = next(w for w in workers if w.pid != victim.user_attrs["worker_pid"])
+        out = survivor.finish(check=True)
+    finally:
+        for w in workers:
+            w.stop()
+    assert f"waits: the budget is reached only with running trials [{victim.number}]" in out.stderr, out.stderr[-3000:]
+    db.assert_budget_reached("last-killed", 2)
+    assert db.study("last-killed").trials[victim.number].state.name == "FAIL"
+    (retry,) = [t for t in db.trials("last-killed") if t.system_attrs.get("failed_trial") == victim.number]
+    assert retry.state.name == "COMPLETE" and retry.params == victim.params
+
+
 def test_the_search_survives_a_postgres_restart(restartable_postgres_server, db, tmp_path):
     spec = digits_spec(tmp_path, "restarted", training={"max_epochs": 12, "patience": None}, pruner={"name": "none"})
     launch = searcher("launch", str(spec), "--workers", "2", "--trials", "10", cwd=tmp_path, url=db.url)
@@ -119,6 +148,43 @@ def test_the_search_survives_a_postgres_restart(restartable_postgres_server, db,
     failed = db.trials("restarted", "FAIL")
     print(f"\nPostgreSQL restart: {len(before)} trials finished before it, all kept; "
           f"{len(failed)} failed across it {[t.user_attrs.get('fail_reason') for t in failed]}")
+
+
+def test_a_trial_that_ends_while_the_database_is_down_is_recorded_when_it_is_back(restartable_postgres_server, db,
+                                                                                tmp_path):
+    """The objective returns while the server is down, by construction (the trial waits where
+    the objective returns until the server is stopped), so Optuna's tell fails: the worker keeps
+    the result, records it once the server is back, and does not train the trial again."""
+    spec = digits_spec(tmp_path, "told-late", training={"max_epochs": 3, "patience": None}, pruner={"name": "none"},
+                       baselines=[])
+    searcher("create", str(spec), "--trials", "1", cwd=tmp_path, url=db.url).finish(check=True)
+    gate = tmp_path / "gate"
+    log = tmp_path / "worker.log"
+    with open(log, "w") as out:
+        worker = subprocess.Popen([sys.executable, str(Path(__file__).parent / "gated_worker.py"), str(gate), "worker",
+                                   str(spec)], cwd=tmp_path, text=True, stdout=out, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "SEARCHER_STORAGE": db.url, "GATED_AT": "end"})
+    try:
+        reached = gate.with_suffix(".reached")
+        wait_for(lambda: reached.exists() or worker.poll() is not None, what="the trial's objective to return")
+        assert worker.poll() is None, log.read_text()[-3000:]
+        value = json.loads(reached.read_text())
+        db.storage.engine.dispose()
+        restartable_postgres_server.stop()
+        gate.touch()
+        wait_for(lambda: "database unreachable" in log.read_text() or worker.poll() is not None,
+                 what="the worker's tell to find the database gone")
+        restartable_postgres_server.start()
+        worker.wait(timeout=600)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    output = log.read_text()
+    assert worker.returncode == 0, output[-3000:]
+    assert "trial 0 recorded COMPLETE after the database came back" in output, output[-3000:]
+    (trial,) = db.assert_budget_reached("told-late", 1)
+    assert trial.state.name == "COMPLETE" and trial.value == value, (trial.state, trial.value, value)
 
 
 def test_sigint_stops_workers_and_a_second_launch_continues(db, tmp_path):
