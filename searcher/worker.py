@@ -405,20 +405,22 @@ class StopOnce:
 
 def _silent_trials(study: optuna.Study, spec: StudySpec, storage: optuna.storages.RDBStorage, before: list[int],
                    index: int) -> list[int]:
-    """The RUNNING trials that have not beaten their heartbeat for two intervals: a worker that
-    finds the budget reached waits for them instead of stopping, since they still hold budget.
+    """The RUNNING trials that have missed a heartbeat: a worker that finds the budget reached
+    waits for them instead of stopping, since they still hold budget.
 
     A worker killed in one of the last trials (out of memory, a lost node) leaves its trial
     RUNNING, counted against the budget; if every other worker stopped, nobody would reap it
     or run its retry. The waiting worker reaps it once its grace period has passed (Optuna's
-    own check, as before each trial) and runs the retry, or stops once it beats again.
+    own check, as before each trial) and runs the retry. A live trial that was only late (a
+    busy machine) beats again, and the worker then stops: waiting costs an interval, reaping
+    is judged as ever.
     """
-    silent = studies.silent_running_trials(storage, study.study_name, 2 * spec.runtime.heartbeat_interval)
+    silent = studies.silent_running_trials(storage, study.study_name, spec.runtime.heartbeat_interval)
     if silent:
         optuna.storages.fail_stale_trials(study)
         if silent != before:
-            log.info("worker %d waits: the budget is reached only with running trials %s, which have stopped "
-                     "beating their heartbeat; failed after runtime.grace_period, they are retried", index, silent)
+            log.info("worker %d waits: the budget is reached only with running trials %s, which have missed "
+                     "a heartbeat; failed after runtime.grace_period, they are retried", index, silent)
     return silent
 
 

@@ -112,7 +112,7 @@ def test_a_worker_killed_in_the_last_trial_is_retried_by_one_still_running(db, t
         victim, _ = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(running(db.study("last-killed"))),
                              what="two running trials", process=workers[0])
         os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
-        time.sleep(3)  # past two heartbeat intervals: the killed trial is silent by the time the other one ends
+        time.sleep(2)  # past a heartbeat interval: the killed trial is silent by the time the other one ends
         held.release()
         survivor = next(w for w in workers if w.pid != victim.user_attrs["worker_pid"])
         out = survivor.finish(check=True)

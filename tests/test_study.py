@@ -4,6 +4,8 @@ lowers a budget someone raised."""
 
 from __future__ import annotations
 
+import time
+
 import optuna
 import pytest
 
@@ -109,3 +111,20 @@ def test_a_running_worker_takes_up_a_raised_budget_before_its_next_trial(url, ca
     assert studies.count_states(study) == {"COMPLETE": 10}
     assert "worker 0: the study's budget is now 10 trials (was 6)" in caplog.text
     assert "study budget of 10 trials reached" in caplog.text
+
+
+def test_a_running_trial_is_silent_once_its_heartbeat_is_older_than_asked(url):
+    """By the database's clock, as Optuna's stale-trial check judges; a trial that never beat
+    (and so can never be reaped) and finished trials are left out."""
+    storage = open_storage(url, heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(study_name="beats", storage=storage)
+    beating, never_beat, done = study.ask(), study.ask(), study.ask()
+    for trial in (beating, done):
+        storage.record_heartbeat(trial._trial_id)
+    study.tell(done, 1.0)
+    assert studies.silent_running_trials(storage, "beats", seconds=30) == []
+    time.sleep(2.2)  # SQLite's clock counts whole seconds: at least 2 of them
+    assert studies.silent_running_trials(storage, "beats", seconds=1) == [beating.number]
+    storage.record_heartbeat(beating._trial_id)
+    assert studies.silent_running_trials(storage, "beats", seconds=10) == []
+    assert never_beat.number not in studies.silent_running_trials(storage, "beats", seconds=0)
